@@ -1,0 +1,205 @@
+"""The decoding loop: draft -> verify in one target forward -> emit, as a stream of typed events.
+
+With no drafter every step drafts nothing and the loop is plain autoregressive decoding, so the
+AR reference and speculative decoding share one code path and one set of metrics.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from .drafters import Drafter
+from .events import Drafted, Emitted, Event, Node, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
+from .lm import CachedLM
+from .metrics import Metrics
+from .sampling import Warp, check_warp, entropy, probs
+from .tree import DraftTree, depths
+from .verify import ACCEPTED, RULES, UNVISITED, Rule
+
+MAX_NEW_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_at_eos: bool = True
+
+    @property
+    def warp(self) -> Warp:
+        return Warp(self.temperature, self.top_k, self.top_p)
+
+
+def check_settings(s: Settings) -> None:
+    if not (1 <= s.max_new_tokens <= MAX_NEW_TOKENS):
+        raise ValueError(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}], got {s.max_new_tokens}")
+    check_warp(s.warp)
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]
+    metrics: Metrics
+    stop_reason: str
+    events: list[Event] = field(default_factory=list)
+
+
+def default_rule(warp: Warp) -> str:
+    return "greedy" if warp.greedy else "sampling"
+
+
+class Engine:
+    def __init__(
+        self,
+        target: torch.nn.Module,
+        decode: Callable[[list[int]], str],
+        drafter: Drafter | None = None,
+        eos_ids: set[int] | frozenset = frozenset(),
+        target_name: str = "target",
+        rule: str | None = None,
+        max_draft: int = 64,
+    ):
+        self.target = CachedLM(target)
+        self.decode = decode
+        self.drafter = drafter
+        self.eos_ids = set(eos_ids)
+        self.target_name = target_name
+        self.rule_name = rule
+        self.max_draft = max_draft  # the most nodes a drafter may add to the context in one step
+
+    def check_prompt(self, prompt_ids: list[int], settings: Settings) -> None:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        need = len(prompt_ids) + settings.max_new_tokens + self.max_draft
+        if need > self.target.context:
+            raise ValueError(
+                f"the prompt has {len(prompt_ids)} tokens; with max_new_tokens={settings.max_new_tokens} "
+                f"it needs {need} positions but the target's context is {self.target.context}"
+            )
+
+    def rule(self, warp: Warp) -> tuple[str, Rule]:
+        name = self.rule_name or default_rule(warp)
+        if name not in RULES:
+            raise ValueError(f"unknown verification rule '{name}'; choose one of: {', '.join(RULES)}")
+        return name, RULES[name]
+
+    def run(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "") -> Result:
+        events = list(self.stream(prompt_ids, settings, prompt))
+        end = events[-1]
+        return Result(end.text, end.token_ids, end.metrics, end.stop_reason, events)
+
+    def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "") -> Iterator[Event]:
+        check_settings(settings)
+        self.check_prompt(list(prompt_ids), settings)
+        warp = settings.warp
+        rule_name, rule = self.rule(warp)
+        drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"
+        self.target.reset()
+        if self.drafter:
+            self.drafter.reset()
+        gen = torch.Generator().manual_seed(settings.seed)
+        ids, new = list(prompt_ids), []
+        metrics = Metrics()
+        text_len, stop_reason = 0, "length"
+        yield RunStarted(self.target_name, drafter_name, rule_name, settings.__dict__.copy(), prompt, len(ids))
+        step = 0
+        while len(new) < settings.max_new_tokens:
+            yield StepStarted(step)
+            t0 = time.perf_counter()
+            fwd0 = self._forward_seconds()
+            tree = self.drafter.propose(ids, warp, gen) if self.drafter else DraftTree()
+            t_draft = time.perf_counter() - t0
+            nodes = self._nodes(tree)
+            pause = time.perf_counter()
+            yield Drafted(step, copy.deepcopy(nodes), tree.draw)
+            t1 = time.perf_counter()
+            root, node_logits = self.target.forward(ids, tree.tokens, tree.parents)
+            logits = torch.cat([root[None], node_logits]) if len(tree) else root[None]
+            p_rows = probs(logits, warp).cpu()
+            ent_rows = entropy(logits).cpu()
+            t_verify = time.perf_counter() - t1
+            verdict = rule(tree, p_rows, gen)
+            self.target.accept(verdict.path)
+            if self.drafter:
+                self.drafter.learn(tree, verdict)
+            betas = self._fill_verdict(nodes, tree, p_rows, verdict)
+            tokens = self._tokens(tree, verdict, nodes, p_rows, ent_rows)
+            tokens = tokens[: settings.max_new_tokens - len(new)]
+            for i, tok in enumerate(tokens):
+                if settings.stop_at_eos and tok.id in self.eos_ids:
+                    tokens, stop_reason = tokens[: i + 1], "eos"
+                    break
+            ids += [t.id for t in tokens]
+            new += [t.id for t in tokens]
+            text_len = self._texts(tokens, new, text_len)
+            accepted = sum(t.kind == ACCEPTED for t in tokens)
+            metrics.record_step(len(tokens), len(tree), accepted, betas)
+            elapsed = (pause - t0) + (time.perf_counter() - t1)
+            metrics.elapsed_s += elapsed
+            metrics.draft_s += t_draft
+            metrics.verify_s += t_verify
+            metrics.forward_s += self._forward_seconds() - fwd0
+            yield Verified(step, nodes, verdict.path, verdict.kind)
+            yield Emitted(step, tokens)
+            yield StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify), copy.deepcopy(metrics))
+            step += 1
+            if stop_reason == "eos":
+                break
+        yield RunFinished(self.decode(new), new, stop_reason, metrics)
+
+    def _forward_seconds(self) -> float:
+        lm = getattr(self.drafter, "lm", None)
+        return self.target.forward_seconds + (lm.forward_seconds if lm is not None else 0.0)
+
+    def _nodes(self, tree: DraftTree) -> list[Node]:
+        d = depths(tree.parents)
+        return [
+            Node(i, par, d[i], tok, self.decode([tok]), float(tree.q[par][tok]), tree.entropy.get(par, 0.0))
+            for i, (tok, par) in enumerate(zip(tree.tokens, tree.parents))
+        ]
+
+    @staticmethod
+    def _fill_verdict(nodes: list[Node], tree: DraftTree, p_rows: torch.Tensor, verdict) -> list[tuple[int, float]]:
+        beta_at: dict[int, float] = {}
+        betas = []
+        for node in nodes:
+            p = p_rows[node.parent + 1]
+            node.p = float(p[node.token])
+            node.status = verdict.status[node.id]
+            node.accept_prob = verdict.accept_prob[node.id]
+            if node.status != UNVISITED:
+                if node.parent not in beta_at:
+                    beta_at[node.parent] = float(torch.minimum(p, tree.q[node.parent]).sum())
+                    betas.append((node.depth, beta_at[node.parent]))
+                node.beta = beta_at[node.parent]
+        return betas
+
+    @staticmethod
+    def _tokens(tree, verdict, nodes, p_rows, ent_rows) -> list[Token]:
+        out = []
+        for n in verdict.path:
+            node = nodes[n]
+            out.append(Token(node.token, "", ACCEPTED, node.p, float(ent_rows[node.parent + 1]),
+                             node.q, node.accept_prob, n))
+        last = verdict.path[-1] if verdict.path else -1
+        out.append(Token(verdict.token, "", verdict.kind, float(p_rows[last + 1][verdict.token]),
+                         float(ent_rows[last + 1])))
+        return out
+
+    def _texts(self, tokens: list[Token], new: list[int], text_len: int) -> int:
+        """Give each token the text it adds; a token ending inside a multi-byte character adds ''."""
+        start = len(new) - len(tokens)
+        for i, tok in enumerate(tokens):
+            full = self.decode(new[: start + i + 1])
+            if full.endswith("\ufffd"):
+                continue
+            tok.text, text_len = full[text_len:], len(full)
+        return text_len

@@ -1,0 +1,130 @@
+"""The typed events the engine yields. Every view (app, CLI, bench, trace) is a function of them.
+
+A run is: RunStarted, then per step StepStarted, Drafted, Verified, Emitted, StepFinished, and
+finally RunFinished. Events are plain dataclasses and serialize to JSON losslessly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .metrics import Metrics
+
+
+@dataclass
+class Node:
+    """One drafted token. Verification fields stay None until the Verified event."""
+
+    id: int
+    parent: int  # -1: the last committed token
+    depth: int
+    token: int
+    text: str
+    q: float  # drafter probability of this token (the q it was drawn from)
+    q_entropy: float  # drafter entropy (nats, temperature 1) where it was drawn
+    p: float | None = None  # target probability of the token at that position (warped as q)
+    accept_prob: float | None = None  # min(1, p/q) when it was tried (after earlier siblings' rejections)
+    status: str | None = None  # accepted / rejected / unvisited
+    beta: float | None = None  # sum_x min(p, q) at its parent
+
+
+@dataclass
+class Token:
+    """One emitted token and why it came."""
+
+    id: int
+    text: str
+    kind: str  # accepted / resampled / bonus / target
+    p: float  # target probability of it at its position (before any residual)
+    p_entropy: float  # target entropy there (nats, temperature 1)
+    q: float | None = None  # for accepted drafts
+    accept_prob: float | None = None
+    node: int | None = None  # the draft node it came from
+
+
+@dataclass
+class RunStarted:
+    target: str
+    drafter: str
+    rule: str
+    settings: dict
+    prompt: str
+    prompt_tokens: int
+
+
+@dataclass
+class StepStarted:
+    step: int
+
+
+@dataclass
+class Drafted:
+    step: int
+    nodes: list[Node]
+    draw: str  # how siblings were drawn: iid / without_replacement
+
+
+@dataclass
+class Verified:
+    step: int
+    nodes: list[Node]
+    path: list[int]
+    kind: str  # how the final token came: resampled / bonus / target
+
+
+@dataclass
+class Emitted:
+    step: int
+    tokens: list[Token]
+
+
+@dataclass
+class StepFinished:
+    step: int
+    draft_s: float
+    verify_s: float
+    overhead_s: float
+    metrics: Metrics
+
+
+@dataclass
+class RunFinished:
+    text: str
+    token_ids: list[int]
+    stop_reason: str  # eos / length / cancelled
+    metrics: Metrics
+
+
+Event = RunStarted | StepStarted | Drafted | Verified | Emitted | StepFinished | RunFinished
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, StepStarted, Drafted, Verified, Emitted, StepFinished, RunFinished)}
+_NESTED = {"nodes": Node, "tokens": Token, "metrics": Metrics}
+
+
+def to_dict(event: Event) -> dict:
+    return {"event": type(event).__name__, **asdict(event)}
+
+
+def from_dict(data: dict) -> Event:
+    """Rebuild an event; raises ValueError naming what is wrong with malformed input."""
+    if not isinstance(data, dict) or data.get("event") not in EVENT_TYPES:
+        raise ValueError(f"not a specviz event: {str(data)[:80]!r}")
+    cls = EVENT_TYPES[data["event"]]
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            raise ValueError(f"{cls.__name__} event lacks field '{f.name}'")
+        value = data[f.name]
+        nested = _NESTED.get(f.name)
+        if nested is not None:
+            value = [_build(nested, v) for v in value] if isinstance(value, list) else _build(nested, value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _build(cls, value):
+    if not isinstance(value, dict):
+        raise ValueError(f"{cls.__name__} must be an object")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in value.items() if k in names})
+    except TypeError as err:
+        raise ValueError(f"bad {cls.__name__}: {err}") from None
