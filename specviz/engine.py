@@ -5,9 +5,8 @@ AR reference and speculative decoding share one code path and one set of metrics
 """
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import torch
@@ -64,7 +63,7 @@ class Engine:
         drafter: Drafter | None = None,
         eos_ids: set[int] | frozenset = frozenset(),
         target_name: str = "target",
-        rule: str | None = None,
+        rule: str | Rule | None = None,
         max_draft: int = 64,
     ):
         self.target = CachedLM(target)
@@ -86,6 +85,8 @@ class Engine:
             )
 
     def rule(self, warp: Warp) -> tuple[str, Rule]:
+        if callable(self.rule_name):
+            return getattr(self.rule_name, "__name__", "custom"), self.rule_name
         name = self.rule_name or default_rule(warp)
         if name not in RULES:
             raise ValueError(f"unknown verification rule '{name}'; choose one of: {', '.join(RULES)}")
@@ -119,7 +120,7 @@ class Engine:
             t_draft = time.perf_counter() - t0
             nodes = self._nodes(tree)
             pause = time.perf_counter()
-            yield Drafted(step, copy.deepcopy(nodes), tree.draw)
+            yield Drafted(step, [replace(n) for n in nodes], tree.draw)
             t1 = time.perf_counter()
             root, node_logits = self.target.forward(ids, tree.tokens, tree.parents)
             logits = torch.cat([root[None], node_logits]) if len(tree) else root[None]
@@ -149,7 +150,7 @@ class Engine:
             metrics.forward_s += self._forward_seconds() - fwd0
             yield Verified(step, nodes, verdict.path, verdict.kind)
             yield Emitted(step, tokens)
-            yield StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify), copy.deepcopy(metrics))
+            yield StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify), metrics.snapshot())
             step += 1
             if stop_reason == "eos":
                 break

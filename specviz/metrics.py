@@ -11,7 +11,7 @@ predicted_speedup     (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), g = mean draft
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass
@@ -42,6 +42,10 @@ class Metrics:
         while len(self.accepted_hist) <= accepted:
             self.accepted_hist.append(0)
         self.accepted_hist[accepted] += 1
+
+    def snapshot(self) -> "Metrics":
+        return replace(self, beta_sum=list(self.beta_sum), beta_count=list(self.beta_count),
+                       accepted_hist=list(self.accepted_hist))
 
     @property
     def overhead_s(self) -> float:

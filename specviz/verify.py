@@ -61,13 +61,16 @@ def verify_greedy(tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator) -
         node = nxt
 
 
-def verify_sampling(tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator) -> Verdict:
+def verify_sampling(
+    tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator, residual=residual, drop_rejected: bool = True
+) -> Verdict:
     """Lossless speculative sampling on a tree.
 
     Children of a node are tried in order, accepted with min(1, p(x)/q(x)); after a rejection p
     becomes norm(max(0, p - q)). For children drawn without replacement (RSD), q also loses the
     rejected token and is renormalized. A chain is the one-child case (Leviathan/Chen); i.i.d.
-    children give SpecInfer's multi-step rule.
+    children give SpecInfer's multi-step rule. `residual` and `drop_rejected` exist so tests can
+    show that breaking either one is caught.
     """
     status = [UNVISITED] * len(tree)
     accept_prob: list[float | None] = [None] * len(tree)
@@ -86,7 +89,7 @@ def verify_sampling(tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator)
                 break
             status[child] = REJECTED
             p = residual(p, q)
-            if tree.draw == WITHOUT_REPLACEMENT:
+            if drop_rejected and tree.draw == WITHOUT_REPLACEMENT:
                 q = q.clone()
                 q[x] = 0.0
                 total = q.sum()

@@ -1,0 +1,154 @@
+"""Command line: generate (colored streaming), models, fetch, bench, replay."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .events import Emitted, RunFinished, Verified
+
+# ANSI styles per token origin: the same legend as the app.
+STYLE = {"accepted": "\033[32m", "resampled": "\033[33m", "bonus": "\033[36m", "target": "", "rejected": "\033[9;2;31m"}
+RESET = "\033[0m"
+LEGEND = "green = accepted draft, yellow = resampled after a rejection, cyan = bonus, plain = target only"
+
+
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="smollm2-135m", help="preset name, local directory or hub id")
+    p.add_argument("--drafter", default="pld", help="'none', 'pld', or a model (preset, directory, hub id)")
+    p.add_argument("--strategy", default="chain", help="how a model drafter shapes its proposal (see `models`)")
+    p.add_argument("--draft-len", type=int, default=4, help="draft length (tree depth for tree strategies)")
+    p.add_argument("--rule", default=None, help="verification rule (default: greedy at T=0, else sampling)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="no chat template")
+
+
+def _settings(a):
+    from .engine import Settings
+
+    return Settings(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed)
+
+
+def cmd_generate(a) -> int:
+    from . import trace
+    from .api import build_engine
+
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR") or a.color
+    engine = build_engine(a.target, a.drafter, a.draft_len, a.rule, a.strategy)
+    events = []
+    if color:
+        print(LEGEND + (" , red strike = rejected draft" if a.show_rejected else ""), file=sys.stderr)
+    for ev in engine.stream_text(a.prompt, _settings(a), raw=a.raw):
+        events.append(ev)
+        if isinstance(ev, Verified) and a.show_rejected and color:
+            for node in ev.nodes:
+                if node.status == "rejected":
+                    sys.stdout.write(f"{STYLE['rejected']}{node.text}{RESET}")
+        if isinstance(ev, Emitted):
+            for tok in ev.tokens:
+                sys.stdout.write(f"{STYLE[tok.kind]}{tok.text}{RESET}" if color and STYLE[tok.kind] else tok.text)
+            sys.stdout.flush()
+        if isinstance(ev, RunFinished):
+            print()
+            print(format_metrics(ev.metrics), file=sys.stderr)
+    if a.trace:
+        print(f"trace written to {trace.save(events, a.trace)}", file=sys.stderr)
+    return 0
+
+
+def format_metrics(m) -> str:
+    return (f"{m.tokens} tokens in {m.elapsed_s:.2f} s = {m.tokens_per_s:.1f} tok/s | target forwards {m.steps} | "
+            f"tau {m.tau:.2f} | acceptance {m.acceptance_rate:.2f} | alpha {m.alpha:.2f} | c {m.c:.3f} | "
+            f"predicted speedup {m.predicted_speedup:.2f}x | draft {m.draft_s:.2f}s verify {m.verify_s:.2f}s "
+            f"overhead {m.overhead_s:.2f}s")
+
+
+def cmd_models(a) -> int:
+    from . import models
+    from .api import MODEL_FREE_DRAFTERS
+    from .drafters.strategies import STRATEGIES
+
+    print("model presets (target or drafter):")
+    for name, p in sorted(models.PRESETS.items(), key=lambda kv: models.status(kv[0]) != "ready"):
+        print(f"  {name:22s} {models.status(name):14s} {p.hub_id}")
+    print("drafters without a model:")
+    for name, desc in MODEL_FREE_DRAFTERS.items():
+        print(f"  {name:22s} {desc}")
+    print("draft strategies for model drafters:")
+    for name, (desc, _) in STRATEGIES.items():
+        print(f"  {name:22s} {desc}")
+    return 0
+
+
+def cmd_fetch(a) -> int:
+    from . import models
+
+    for name in a.names:
+        path = models.convert(name) if not a.gguf_only else models.fetch(name)
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from .bench import run_bench
+
+    return run_bench(a)
+
+
+def cmd_replay(a) -> int:
+    from . import trace
+
+    events = trace.load(a.trace)
+    for ev in events:
+        if isinstance(ev, Emitted):
+            sys.stdout.write("".join(t.text for t in ev.tokens))
+        if isinstance(ev, RunFinished):
+            print()
+            print(format_metrics(ev.metrics), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m specviz", description="Speculative decoding lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="stream a generation, colored by how each token came")
+    g.add_argument("--prompt", required=True)
+    _add_decoding_args(g)
+    g.add_argument("--show-rejected", action="store_true", help="also print rejected drafts (struck through)")
+    g.add_argument("--color", action="store_true", help="force colors when not on a terminal")
+    g.add_argument("--trace", help="write the run's JSON trace here")
+    g.set_defaults(func=cmd_generate)
+    m = sub.add_parser("models", help="list presets, drafters and strategies")
+    m.set_defaults(func=cmd_models)
+    f = sub.add_parser("fetch", help="download, verify and convert presets")
+    f.add_argument("names", nargs="+")
+    f.add_argument("--gguf-only", action="store_true", help="download and verify only")
+    f.set_defaults(func=cmd_fetch)
+    b = sub.add_parser("bench", help="AR vs speculative (vs transformers) on a prompt set")
+    _add_decoding_args(b)
+    b.set_defaults(max_new_tokens=96)
+    b.add_argument("--prompts", help="JSONL with 'prompt' or 'turns' and optional 'category'")
+    b.add_argument("--limit", type=int, default=0, help="use only the first N prompts")
+    b.add_argument("--compare-hf", action="store_true", help="also run transformers' assisted generation")
+    b.add_argument("--json", help="write results here")
+    b.set_defaults(func=cmd_bench)
+    r = sub.add_parser("replay", help="print a saved trace without any model")
+    r.add_argument("trace")
+    r.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # ModelError is a ValueError
+        print(f"specviz: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specviz: interrupted", file=sys.stderr)
+        return 130
