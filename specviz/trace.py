@@ -17,19 +17,23 @@ def dumps(events: list[Event]) -> str:
     return json.dumps({"format": FORMAT, "version": VERSION, "events": [to_dict(e) for e in events]})
 
 
-def save(events: list[Event], path: str | os.PathLike) -> Path:
-    """Write to a temp file beside the target, then rename: a reader never sees half a trace."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write to a temp file beside the target, then rename: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(dumps(events))
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
     return path
+
+
+def save(events: list[Event], path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, dumps(events))
 
 
 def loads(text: str | bytes) -> list[Event]:
