@@ -1,0 +1,68 @@
+"""Entropy over the generation: the drafter's at every drafted position (Node.q_entropy) and the
+target's at every emitted position (Token.p_entropy). Where the drafter is unsure, drafts get
+rejected; where the target is unsure, even a good drafter cannot guess.
+
+Stop-threshold hook: a stopping rule that cuts drafts when the drafter's entropy exceeds a
+threshold records it in the run settings as "stop_threshold" (nats); the figure draws it.
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from ..events import Event
+from .labels import esc, visible
+from .palette import MARKER, SHORT
+from .steps import run_started, split_steps
+
+HEIGHT = 300
+GL_ABOVE = 4000  # points beyond which WebGL traces keep the browser responsive
+
+
+def stop_threshold(events: list[Event]) -> float | None:
+    start = run_started(events)
+    value = start.settings.get("stop_threshold") if start is not None and isinstance(start.settings, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Figure:
+    steps = split_steps(events)
+    threshold = threshold if threshold is not None else stop_threshold(events)
+    tx, ty, thover = [], [], []
+    drafts: dict[str, tuple[list, list, list]] = {}
+    for step in steps:
+        for i, tok in enumerate(step.tokens):
+            tx.append(step.position + i)
+            ty.append(tok.p_entropy)
+            thover.append(f"token {step.position + i}: {esc(visible(tok.text, 30))}<br>"
+                          f"target entropy {tok.p_entropy:.2f} nats<br>{esc(SHORT.get(tok.kind, tok.kind))}")
+        for node in step.nodes:
+            xs, ys, hs = drafts.setdefault(node.status or "unvisited", ([], [], []))
+            xs.append(step.position + node.depth - 1)
+            ys.append(node.q_entropy)
+            hs.append(f"draft {esc(visible(node.text, 30))} (step {step.index}, depth {node.depth})<br>"
+                      f"drafter entropy {node.q_entropy:.2f} nats<br>{esc(SHORT.get(node.status, str(node.status)))}")
+    scatter = go.Scattergl if len(tx) + sum(len(v[0]) for v in drafts.values()) > GL_ABOVE else go.Scatter
+    fig = go.Figure()
+    fig.add_trace(scatter(x=tx, y=ty, mode="lines+markers", name="target entropy (emitted tokens)",
+                          line=dict(color="#1e293b", width=1.5), marker=dict(size=4, color="#1e293b"),
+                          hovertext=thover, hoverinfo="text"))
+    for status in ("accepted", "rejected", "unvisited"):
+        if status in drafts:
+            xs, ys, hs = drafts[status]
+            fig.add_trace(scatter(x=xs, y=ys, mode="markers", name=f"drafter entropy: {SHORT[status]}",
+                                  marker=dict(size=8, color=MARKER[status], symbol="circle-open" if status == "unvisited" else "circle",
+                                              line=dict(width=1.5, color=MARKER[status])),
+                                  hovertext=hs, hoverinfo="text"))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line=dict(color="#7c3aed", dash="dash"),
+                      annotation_text=f"draft stop threshold {threshold:.2f}", annotation_position="top left")
+    fig.update_layout(
+        height=HEIGHT, margin=dict(l=50, r=10, t=40, b=40), plot_bgcolor="white", paper_bgcolor="white",
+        title=dict(text="Entropy: where the models are unsure (nats, temperature 1)" if steps else
+                   "entropy curves appear here", font=dict(size=14)),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right", font=dict(size=11)),
+        xaxis=dict(title="generated token position", gridcolor="#e2e8f0", rangemode="tozero"),
+        yaxis=dict(title="entropy (nats)", gridcolor="#e2e8f0", rangemode="tozero"),
+        hoverlabel=dict(align="left"),
+    )
+    return fig

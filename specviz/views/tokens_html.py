@@ -1,0 +1,85 @@
+"""The generated text as colored HTML: each token styled by how it came, rejected drafts struck
+through where they were proposed, the numbers behind each token in its hover title.
+
+All token text is escaped: tokens (and traces) are untrusted input.
+"""
+from __future__ import annotations
+
+from ..events import Event
+from .labels import esc, number, ratio
+from .palette import MEANING, SHORT, TEXT_STYLE
+from .steps import Step, run_started, split_steps
+
+BOX = ("font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:15px;line-height:1.9;"
+       "white-space:pre-wrap;word-break:break-word;padding:10px 12px;border-radius:8px;"
+       "border:1px solid #cbd5e1;min-height:4em;max-height:480px;overflow-y:auto;")
+TOKEN = "border-radius:3px;padding:1px 0;"
+PROMPT_STYLE = "color:#64748b;font-style:italic;"
+# Tokens of one step (one target forward) share an underline; steps alternate its shade.
+STEP_MARK = ("box-shadow:inset 0 -2px 0 #64748b;", "box-shadow:inset 0 -2px 0 #cbd5e1;")
+
+
+def legend_html(include_rejected: bool = True) -> str:
+    kinds = ["accepted", "resampled", "bonus", "target"] + (["rejected"] if include_rejected else [])
+    chips = []
+    for kind in kinds:
+        label = SHORT[kind] if kind != "target" else "plain = target only (no draft)"
+        chips.append(f'<span title="{esc(MEANING[kind])}" style="{TOKEN}{TEXT_STYLE[kind]}padding:2px 6px;'
+                     f'margin-right:6px;white-space:nowrap;{"border:1px solid #cbd5e1;" if kind == "target" else ""}">'
+                     f"{esc(label)}</span>")
+    return ('<div class="specviz-legend" style="font-size:13px;line-height:2.1;">' + "".join(chips)
+            + '<span style="color:#64748b;white-space:nowrap;">· underline groups the tokens of one target forward'
+              ' · hover a token for q, p and min(1, p/q)</span></div>')
+
+
+def token_title(kind: str, step: int, p=None, q=None, accept_prob=None) -> str:
+    lines = [f"{SHORT[kind]} (step {step})"]
+    if q is not None:
+        lines.append(f"q (drafter) = {number(q)}")
+    if p is not None:
+        lines.append(f"p (target) = {number(p)}" + (" before the residual" if kind == "resampled" else ""))
+    if q is not None and p is not None:
+        lines.append(f"acceptance {ratio(p, q)}")
+    elif accept_prob is not None:
+        lines.append(f"acceptance probability = {number(accept_prob)}")
+    if kind == "resampled":
+        lines.append("drawn from norm(max(0, p - q))")
+    elif kind == "bonus":
+        lines.append("drawn from p after the last accepted draft")
+    return "\n".join(lines)
+
+
+def span(text: str, style: str, title: str, kind: str) -> str:
+    return f'<span class="tok tok-{kind}" style="{TOKEN}{style}" title="{esc(title)}">{esc(text)}</span>'
+
+
+def step_html(step: Step, show_rejected: bool = True) -> str:
+    """One step: at each position of the accepted path, its rejected alternatives, then the token."""
+    nodes = step.nodes
+    path = step.verified.path if step.verified is not None else []
+    mark = STEP_MARK[step.index % 2]
+    out = []
+    for i, tok in enumerate(step.tokens):
+        if show_rejected and step.verified is not None:
+            parent = -1 if i == 0 else (path[i - 1] if i - 1 < len(path) else None)
+            for node in nodes:
+                if parent is not None and node.parent == parent and node.status == "rejected":
+                    out.append(span(node.text, TEXT_STYLE["rejected"],
+                                    token_title("rejected", step.index, node.p, node.q), "rejected"))
+        out.append(span(tok.text, TEXT_STYLE.get(tok.kind, "") + mark,
+                        token_title(tok.kind, step.index, tok.p, tok.q, tok.accept_prob), tok.kind))
+    return "".join(out)
+
+
+def tokens_html(events: list[Event], show_rejected: bool = True, show_prompt: bool = True,
+                prompt_chars: int = 300, placeholder: str = "Run a prompt or load a trace to see tokens here.") -> str:
+    start = run_started(events)
+    body = []
+    if show_prompt and start is not None and isinstance(start.prompt, str) and start.prompt:
+        prompt = start.prompt if len(start.prompt) <= prompt_chars else "…" + start.prompt[-prompt_chars:]
+        body.append(f'<span class="prompt" style="{PROMPT_STYLE}" title="the prompt">{esc(prompt)}</span>\n')
+    steps = split_steps(events)
+    body += [step_html(step, show_rejected) for step in steps]
+    if not steps:
+        body.append(f'<span style="color:#94a3b8;">{esc(placeholder)}</span>')
+    return f'<div class="specviz-tokens" style="{BOX}">{"".join(body)}</div>'

@@ -1,0 +1,157 @@
+"""The draft of one step as a tree (a chain is a tree with one child per node), laid out with
+networkx by depth and drawn with plotly: nodes colored by outcome, the accepted path highlighted,
+and the token the target added after it (resampled / bonus / target) drawn at the end of the path."""
+from __future__ import annotations
+
+import networkx as nx
+import plotly.graph_objects as go
+
+from .labels import esc, number, ratio, visible
+from .palette import MARKER, SHORT
+from .steps import Step, run_started, split_steps
+
+ROOT, FINAL = "root", "final"
+HEIGHT = 330
+
+
+def draft_graph(step: Step, context: str = "") -> nx.DiGraph:
+    """Nodes: the root (last committed token), each drafted node, and the final emitted token.
+
+    Nodes are added in depth-first order, so within each depth they keep their parents' order and
+    the drawing has no crossing edges.
+    """
+    g = nx.DiGraph()
+    nodes = step.nodes
+    path = step.verified.path if step.verified is not None else []
+    g.add_node(ROOT, depth=0, kind="context", text=context)
+    children: dict[int, list] = {}
+    for node in nodes:
+        children.setdefault(node.parent, []).append(node)
+
+    def add(parent_key, parent_id):
+        for node in children.get(parent_id, []):
+            g.add_node(node.id, depth=node.depth, kind=node.status or "unvisited", node=node)
+            g.add_edge(parent_key, node.id, on_path=node.id in path)
+            add(node.id, node.id)
+
+    add(ROOT, -1)
+    tokens = step.tokens
+    if step.verified is not None and len(tokens) == len(path) + 1:
+        final = tokens[-1]
+        g.add_node(FINAL, depth=len(path) + 1, kind=final.kind, token=final)
+        g.add_edge(path[-1] if path else ROOT, FINAL, on_path=True)
+    return g
+
+
+def layout(g: nx.DiGraph) -> dict:
+    """x = depth (reading order, left to right), y = spread within a depth."""
+    pos = nx.multipartite_layout(g, subset_key="depth", align="vertical")
+    # multipartite rescales x; put depth back on the x axis so a chain reads like text
+    return {key: (g.nodes[key]["depth"], float(y)) for key, (_, y) in pos.items()}
+
+
+def hover(g: nx.DiGraph, key) -> str:
+    data = g.nodes[key]
+    if key == ROOT:
+        return f"last committed token: {esc(visible(data['text'], 40))}<br>the target's forward starts here"
+    if key == FINAL:
+        tok = data["token"]
+        extra = {"resampled": "drawn from norm(max(0, p − q)) after the rejection",
+                 "bonus": "every draft was accepted: drawn from p after the last one, free",
+                 "target": "nothing drafted: an ordinary autoregressive token"}[tok.kind] if tok.kind in (
+                     "resampled", "bonus", "target") else ""
+        return (f"<b>{esc(visible(tok.text, 40))}</b> — {esc(SHORT.get(tok.kind, tok.kind))}<br>"
+                f"p (target) = {number(tok.p)}<br>{extra}")
+    node = data["node"]
+    lines = [f"<b>{esc(visible(node.text, 40))}</b> — {esc(SHORT.get(node.status, str(node.status)))} (depth {node.depth})",
+             f"q (drafter) = {number(node.q)}", f"p (target) = {number(node.p)}"]
+    line = acceptance_line(node.p, node.q, node.accept_prob)
+    if line:
+        lines.append(line)
+    if node.beta is not None:
+        lines.append(f"β here = Σ min(p, q) = {number(node.beta)}")
+    lines.append(f"drafter entropy = {number(node.q_entropy, 2)} nats")
+    return "<br>".join(lines)
+
+
+def acceptance_line(p, q, a) -> str | None:
+    if a is None:
+        return None
+    plain = None if p is None or not q else min(1.0, float(p) / float(q))
+    if plain is not None and abs(plain - float(a)) < 1e-6:
+        return f"acceptance {ratio(p, q)}"
+    return f"acceptance = {number(a)} (tried against the residual left by rejected siblings)"
+
+
+def tree_figure(step: Step | None, context: str = "", title: str | None = None) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(height=HEIGHT, margin=dict(l=10, r=10, t=40, b=10), showlegend=True,
+                      plot_bgcolor="white", paper_bgcolor="white",
+                      legend=dict(orientation="h", yanchor="bottom", y=-0.12, x=0, font=dict(size=11)),
+                      xaxis=dict(visible=False), yaxis=dict(visible=False), hoverlabel=dict(align="left"))
+    if step is None:
+        fig.update_layout(title=dict(text=title or "drafted tokens of a step appear here", font=dict(size=14)))
+        return fig
+    g = draft_graph(step, context)
+    pos = layout(g)
+    for on_path in (False, True):
+        xs, ys = [], []
+        for a, b, data in g.edges(data=True):
+            if data["on_path"] == on_path:
+                xs += [pos[a][0], pos[b][0], None]
+                ys += [pos[a][1], pos[b][1], None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=on_path,
+                                 name="verified path",
+                                 line=dict(color="#16a34a" if on_path else "#94a3b8", width=5 if on_path else 1.5)))
+    order = ["context", "accepted", "rejected", "unvisited", "resampled", "bonus", "target"]
+    for kind in order:
+        keys = [k for k in g.nodes if g.nodes[k]["kind"] == kind]
+        if not keys:
+            continue
+        labels = []
+        for k in keys:
+            if k == ROOT:
+                labels.append("▶ " + esc(visible(g.nodes[k]["text"], 10)))
+            elif k == FINAL:
+                labels.append(esc(visible(g.nodes[k]["token"].text)))
+            else:
+                labels.append(esc(visible(g.nodes[k]["node"].text)))
+        name = {"context": "context (last token)"}.get(kind, SHORT.get(kind, kind))
+        fig.add_trace(go.Scatter(
+            x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text", name=name,
+            text=labels, textposition="top center", textfont=dict(size=13, color="#0f172a"),
+            hovertext=[hover(g, k) for k in keys], hoverinfo="text",
+            marker=dict(size=20 if kind != "context" else 14, color=MARKER[kind],
+                        symbol="diamond" if kind in ("resampled", "bonus", "target") else "circle",
+                        line=dict(color="#0f172a", width=1.5 if kind in ("target", "context") else 1)),
+        ))
+    depth = max(g.nodes[k]["depth"] for k in g.nodes)
+    ys = [y for _, y in pos.values()]
+    fig.update_xaxes(range=[-0.5, depth + 0.6])
+    fig.update_yaxes(range=[min(ys) - 0.35, max(ys) + 0.45])
+    fig.update_layout(title=dict(text=esc(title) if title else step_title(step), font=dict(size=14)))
+    return fig
+
+
+def step_title(step: Step) -> str:
+    drafted = len(step.nodes)
+    accepted = len(step.verified.path) if step.verified is not None else 0
+    emitted = len(step.tokens)
+    if not drafted:
+        return f"step {step.index}: nothing drafted → the target made {emitted} token on its own"
+    return (f"step {step.index}: drafted {drafted}, accepted {accepted}, "
+            f"emitted {emitted} token{'s' if emitted != 1 else ''} from one target forward")
+
+
+def step_tree_figure(events: list, index: int | None = None) -> go.Figure:
+    """The tree of step `index` (default: the latest step) of a run's events."""
+    steps = split_steps(events)
+    if not steps:
+        return tree_figure(None)
+    i = len(steps) - 1 if index is None else max(0, min(int(index), len(steps) - 1))
+    if i > 0 and steps[i - 1].tokens:
+        context = steps[i - 1].tokens[-1].text
+    else:
+        start = run_started(events)
+        context = start.prompt[-12:] if start is not None and isinstance(start.prompt, str) else ""
+    return tree_figure(steps[i], context)

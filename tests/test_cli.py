@@ -1,0 +1,96 @@
+"""The CLI end to end on the real default model, and its one-line errors on bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specviz import models
+from specviz.trace import load
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_smollm2 = pytest.mark.skipif(models.status("smollm2-135m") != "ready", reason="smollm2-135m not fetched (make models)")
+
+
+def cli(*args, timeout=600):
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "specviz", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+@needs_smollm2
+def test_generate_streams_text_metrics_and_a_trace(tmp_path):
+    out = cli("generate", "--prompt", "List three colors.", "--max-new-tokens", "16", "--trace", str(tmp_path / "t.json"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "tok/s" in out.stderr and "tau" in out.stderr
+    events = load(tmp_path / "t.json")
+    assert events[-1].text.strip() == out.stdout.strip()
+    replay = cli("replay", str(tmp_path / "t.json"))
+    assert replay.returncode == 0 and replay.stdout.strip() == out.stdout.strip()
+
+
+@needs_smollm2
+def test_colored_output_marks_token_origins():
+    out = cli("generate", "--prompt", "Repeat exactly: one two three one two three one two three",
+              "--max-new-tokens", "24", "--color")
+    assert out.returncode == 0, out.stderr
+    assert "\033[32m" in out.stdout  # some prompt-lookup drafts were accepted
+
+
+def test_models_lists_presets_and_status():
+    out = cli("models")
+    assert out.returncode == 0
+    for name in models.PRESETS:
+        assert name in out.stdout
+    assert "pld" in out.stdout and "chain" in out.stdout
+
+
+@needs_smollm2
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be in"),
+    (["--prompt", "hi", "--temperature", "-1"], "temperature must be in"),
+    (["--prompt", "hi", "--top-p", "1.5"], "top_p must be in"),
+    (["--prompt", "hi", "--draft-len", "99"], "draft length must be in"),
+    (["--prompt", "word " * 9000], "context"),
+    (["--prompt", "hi", "--target", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--prompt", "hi", "--drafter", "no-such-drafter"], "unknown model 'no-such-drafter'"),
+    (["--prompt", "hi", "--strategy", "zigzag", "--drafter", "smollm2-135m"], "unknown strategy 'zigzag'"),
+])
+def test_bad_input_exits_nonzero_with_one_readable_line(args, message):
+    out = cli("generate", *args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("specviz: error:") and message in lines[-1], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_fetch_unknown_model_is_one_line():
+    out = cli("fetch", "nope")
+    assert out.returncode == 2 and "unknown model 'nope'" in out.stderr and "Traceback" not in out.stderr
+
+
+@needs_smollm2
+def test_bench_smoke_writes_json(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"turns": ["Say hello twice: hello hello"], "category": "chat"}) + "\n")
+    out = cli("bench", "--drafter", "pld", "--prompts", str(prompts), "--max-new-tokens", "8",
+              "--compare-hf", "--json", str(tmp_path / "b.json"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "b.json").read_text())
+    overall = data["results"]["overall"]
+    for key in ("ar_tokens_per_s", "spec_tokens_per_s", "speedup", "acceptance_rate", "mean_accepted_length",
+                "predicted_speedup", "outputs_identical", "hf_tokens_per_s", "speedup_vs_hf"):
+        assert key in overall
+    assert overall["outputs_identical"] is True
+    assert "| overall |" in out.stdout
+
+
+def test_bench_rejects_a_bad_prompt_file(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    out = cli("bench", "--prompts", str(bad))
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
