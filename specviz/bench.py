@@ -221,3 +221,80 @@ def format_table(results: dict, with_hf: bool) -> str:
             cells[5:5] = [f"{r['hf_tokens_per_s']:.1f}", f"{r['speedup_vs_hf']:.2f}×"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def sweep_drafter(name: str, strategy: str, nodes: int, target_model):
+    """A drafter of `strategy` that drafts at most `nodes` nodes per step (equal target budgets)."""
+    from .api import load_model, make_drafter
+    from .drafters.model import ModelDrafter
+    from .drafters.strategies import budget_builder
+
+    if name in ("pld", "pld-tree"):
+        if strategy != "chain":
+            raise ValueError(f"drafter '{name}' has no strategy '{strategy}'")
+        return make_drafter(name, target_model, nodes)
+    make_drafter(name, target_model, 1)  # the same checks (vocabulary, name) as everywhere else
+    return ModelDrafter(load_model(name)[0], budget_builder(strategy, nodes), f"{name} ({strategy}, {nodes} nodes)")
+
+
+def run_sweep(a) -> int:
+    """Fixed-budget comparison (as in the RSD paper): at equal target tokens per forward, tau and
+    tokens/s of every strategy, per category, with one AR run per prompt as the reference."""
+    from tqdm import tqdm
+
+    prompts = read_prompts(a.prompts)[: a.limit or None]
+    budgets = [int(b) for b in a.budgets.split(",")]
+    strategies = a.strategies.split(",")
+    settings = Settings(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed)
+    base = build_engine(a.target, "none")
+    model = base.engine.target.model
+    engines = {(s, n): Engine(model, base.engine.decode, sweep_drafter(a.drafter, s, n, model), base.engine.eos_ids,
+                              a.target, a.rule)
+               for s in strategies for n in budgets}
+    encoded = [base.encode(p["prompt"], a.raw) for p in prompts]
+    warm = Settings(8, a.temperature, a.top_k, a.top_p, a.seed)
+    base.engine.run(encoded[0], warm)
+    for e in engines.values():
+        e.run(encoded[0], warm)
+    cells: dict = defaultdict(lambda: {"tokens": 0, "seconds": 0.0, "steps": 0, "identical": 0, "prompts": 0})
+    bar = tqdm(total=len(prompts) * (1 + len(engines)), desc="sweep", unit="run", file=sys.stderr)
+    for p, ids in zip(prompts, encoded):
+        ref = base.engine.run(ids, settings)
+        bar.update()
+        for cat in (p["category"], "overall"):
+            c = cells[("autoregressive", 1, cat)]
+            c["tokens"] += ref.metrics.tokens; c["seconds"] += ref.metrics.elapsed_s
+            c["steps"] += ref.metrics.steps; c["prompts"] += 1; c["identical"] += 1
+        for (s, n), e in engines.items():
+            r = e.run(ids, settings)
+            bar.update()
+            for cat in (p["category"], "overall"):
+                c = cells[(s, n, cat)]
+                c["tokens"] += r.metrics.tokens; c["seconds"] += r.metrics.elapsed_s
+                c["steps"] += r.metrics.steps; c["prompts"] += 1
+                c["identical"] += r.token_ids == ref.token_ids
+    bar.close()
+    ar = cells[("autoregressive", 1, "overall")]
+    ar_tps = ar["tokens"] / ar["seconds"]
+    results = []
+    for (s, n, cat), c in cells.items():
+        tps = c["tokens"] / c["seconds"] if c["seconds"] else 0.0
+        results.append({"strategy": s, "nodes": n, "category": cat, "tau": c["tokens"] / c["steps"],
+                        "tokens_per_s": tps, "prompts": c["prompts"],
+                        "outputs_identical": (c["identical"] == c["prompts"]) if settings.warp.greedy else None})
+    overall = {(r["strategy"], r["nodes"]): r for r in results if r["category"] == "overall"}
+    head = "| strategy | " + " | ".join(f"{n} nodes: τ / tok/s" for n in budgets) + " |"
+    lines = [head, "|" + "---|" * (len(budgets) + 1), f"| autoregressive | " + " | ".join(
+        f"1.00 / {ar_tps:.1f}" for _ in budgets) + " |"]
+    for s in strategies:
+        row = [f"{overall[(s, n)]['tau']:.2f} / {overall[(s, n)]['tokens_per_s']:.1f}"
+               + ("" if overall[(s, n)]["outputs_identical"] in (True, None) else " (≠AR)") for n in budgets]
+        lines.append(f"| {s} | " + " | ".join(row) + " |")
+    print("\n".join(lines))
+    if a.json:
+        from .trace import atomic_write_text
+
+        atomic_write_text(a.json, json.dumps({"config": vars(a) | {"func": None}, "results": results}, indent=2,
+                                             default=str))
+        print(f"results written to {a.json}", file=sys.stderr)
+    return 0

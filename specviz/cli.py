@@ -94,9 +94,9 @@ def cmd_fetch(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_sweep
 
-    return run_bench(a)
+    return run_sweep(a) if a.budgets else run_bench(a)
 
 
 def cmd_replay(a) -> int:
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=0, help="use only the first N prompts")
     b.add_argument("--compare-hf", action="store_true", help="also run transformers' assisted generation")
     b.add_argument("--json", help="write results here")
+    b.add_argument("--budgets", help="fixed-budget sweep: comma-separated node counts, e.g. 4,8,16,32")
+    b.add_argument("--strategies", default="chain", help="with --budgets: comma-separated strategies")
     b.set_defaults(func=cmd_bench)
     r = sub.add_parser("replay", help="print a saved trace without any model")
     r.add_argument("trace")
