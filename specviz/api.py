@@ -22,6 +22,7 @@ from .events import Event
 MODEL_FREE_DRAFTERS = {
     "none": "no drafter: plain autoregressive decoding (the reference)",
     "pld": "prompt lookup: copies what followed the last n-gram earlier in the text (no model)",
+    "pld-tree": "prompt lookup over the 4 latest matches, merged into a tree (no model)",
 }
 MAX_DRAFT_LEN = 16
 
@@ -82,8 +83,9 @@ def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "c
         raise ValueError(f"unknown strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
     if name == "none":
         return None
-    if name == "pld":
-        return PromptLookupDrafter(target_model.config.vocab_size, k=draft_len)
+    if name in ("pld", "pld-tree"):
+        return PromptLookupDrafter(target_model.config.vocab_size, k=draft_len, branches=4 if name == "pld-tree" else 1,
+                                   name=name)
     model, _, _ = load_model(name)
     if model.config.vocab_size != target_model.config.vocab_size:
         raise ValueError(f"drafter '{name}' has vocabulary {model.config.vocab_size}, "

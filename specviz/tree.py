@@ -22,6 +22,9 @@ class DraftTree:
     q: dict[int, torch.Tensor] = field(default_factory=dict)  # parent -> draft distribution (fp32, CPU)
     entropy: dict[int, float] = field(default_factory=dict)  # parent -> drafter entropy there (nats)
     draw: str = IID
+    # node -> its own q, for siblings that were not drawn from one shared q (deterministic
+    # proposals such as several prompt-lookup matches, each a one-hot)
+    q_node: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -36,6 +39,10 @@ class DraftTree:
 
     def depth(self, node: int) -> int:
         return depths(self.parents)[node]
+
+    def q_of(self, node: int) -> torch.Tensor:
+        """The distribution `node` was drawn from."""
+        return self.q_node.get(node, self.q.get(self.parents[node]))
 
     def is_chain(self) -> bool:
         return is_chain(self.parents)

@@ -82,13 +82,14 @@ def verify_sampling(
         nxt = None
         for child in children:
             x = tree.tokens[child]
-            a = 0.0 if q[x] <= 0 else min(1.0, float(p[x] / q[x]))
+            qc = tree.q_node.get(child, q)
+            a = 0.0 if qc[x] <= 0 else min(1.0, float(p[x] / qc[x]))
             accept_prob[child] = a
             if uniform(gen) < a:
                 status[child], nxt = ACCEPTED, child
                 break
             status[child] = REJECTED
-            p = residual(p, q)
+            p = residual(p, qc)
             if drop_rejected and tree.draw == WITHOUT_REPLACEMENT:
                 q = q.clone()
                 q[x] = 0.0
@@ -102,3 +103,7 @@ def verify_sampling(
 
 
 RULES: dict[str, Rule] = {"greedy": verify_greedy, "sampling": verify_sampling}
+
+# Lossy rules live in verify_lossy.py and add themselves to RULES; importing it here (last, since
+# it imports from this module) makes them available wherever RULES is.
+from . import verify_lossy  # noqa: E402,F401

@@ -100,3 +100,21 @@ def test_find_continuation_prefers_longest_and_latest_match():
     ids = [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 2, 3]
     assert find_continuation(ids, 3, max_ngram=3, min_ngram=2) == [7, 8, 5]
     assert find_continuation([1, 2, 3], 3, 3, 2) == []
+
+
+def test_prompt_lookup_tree_merges_matches_into_a_trie():
+    from specviz.drafters.prompt_lookup import find_continuations, trie
+
+    ids = [5, 6, 1, 2, 5, 6, 3, 4, 5, 6, 1, 9, 5, 6]
+    found = find_continuations(ids, 2, max_ngram=2, min_ngram=2, branches=4)
+    assert found == [[1, 9], [3, 4], [1, 2]]
+    tree = trie(found, budget=8, vocab=10)
+    assert tree.tokens == [1, 9, 3, 4, 2] and tree.parents == [-1, 0, -1, 2, 0]
+    assert all(float(tree.q_of(i)[t]) == 1.0 for i, t in enumerate(tree.tokens))
+
+
+def test_greedy_prompt_lookup_tree_equals_reference(tiny_target):
+    prompt = [1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 3, 7, 1, 2]
+    want = reference_greedy(tiny_target, prompt, 30)
+    drafter = PromptLookupDrafter(tiny_target.config.vocab_size, k=6, min_ngram=1, branches=4)
+    assert Engine(tiny_target, decode, drafter).run(prompt, Settings(max_new_tokens=30)).token_ids == want

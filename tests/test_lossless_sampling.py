@@ -20,13 +20,13 @@ VOCAB, N_TOKENS, SAMPLES = 6, 3, 20_000
 PROMPT = [1, 2, 3, 1, 2]
 
 
-def chi_square(engine: Engine, settings: Settings) -> tuple[float, float]:
+def chi_square(engine: Engine, settings: Settings, prompt: list[int] = PROMPT) -> tuple[float, float]:
     """(p-value, total variation distance) of sampled first tokens against the exact joint."""
     counts = Counter(
-        tuple(engine.run(PROMPT, Settings(**{**settings.__dict__, "seed": seed})).token_ids)
+        tuple(engine.run(prompt, Settings(**{**settings.__dict__, "seed": seed})).token_ids)
         for seed in range(SAMPLES)
     )
-    truth = exact_joint(engine.target.model, PROMPT, N_TOKENS, settings.warp)
+    truth = exact_joint(engine.target.model, prompt, N_TOKENS, settings.warp)
     # pool rare outcomes so every expected count is at least 5
     rare = [s for s, p in truth.items() if p * SAMPLES < 5]
     cells = [s for s in truth if s not in rare]
@@ -53,6 +53,19 @@ CASES = {
     "chain k=3, T=0.8 top-p 0.9": (lambda d: ModelDrafter(d, chain_builder(3)), Settings(N_TOKENS, temperature=0.8, top_p=0.9)),
     "prompt lookup, T=1": (lambda d: PromptLookupDrafter(VOCAB, k=3, min_ngram=1), Settings(N_TOKENS, temperature=1.0)),
 }
+# The last token 1 occurred three times before, followed by 5, 4 and 2: a three-way tree of
+# deterministic (one-hot) siblings at the root.
+TREE_PROMPT = [1, 2, 3, 1, 4, 1, 5, 2, 1]
+
+
+def test_prompt_lookup_tree_sampling_matches_target_distribution(target):
+    drafter = PromptLookupDrafter(VOCAB, k=6, min_ngram=1, branches=4)
+    assert len(drafter.propose(TREE_PROMPT, Settings().warp, None).children(-1)) == 3
+    pvalue, tvd = chi_square(Engine(target, str, drafter, rule="sampling"), Settings(N_TOKENS, temperature=1.0),
+                             TREE_PROMPT)
+    print(f"prompt lookup tree: chi-square p={pvalue:.3g} tvd={tvd:.4f}")
+    assert pvalue > 1e-3
+
 
 
 @pytest.mark.parametrize("case", CASES)

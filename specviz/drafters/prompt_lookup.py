@@ -1,5 +1,11 @@
-"""Prompt lookup (n-gram) drafting: copy what followed the latest earlier occurrence of the
-text's last n tokens. Costs no model forward; wins where outputs quote their inputs."""
+"""Prompt lookup (n-gram) drafting: copy what followed earlier occurrences of the text's last n
+tokens. Costs no model forward; wins where outputs quote their inputs (summaries, edits, RAG).
+
+With branches > 1 the continuations after several earlier matches are merged into a trie, so
+the target verifies all of them in its one forward. Each proposal is deterministic, so each node
+carries its own one-hot q: trying siblings in turn with min(1, p/q) and removing a rejected token
+from p is then exactly sampling from p, whatever the branching.
+"""
 from __future__ import annotations
 
 import torch
@@ -9,30 +15,65 @@ from ..tree import DraftTree
 from ..verify import Verdict
 
 
-def find_continuation(ids: list[int], k: int, max_ngram: int, min_ngram: int) -> list[int]:
-    """Up to k tokens that followed the most recent earlier match of the longest suffix n-gram."""
+def find_continuations(ids: list[int], k: int, max_ngram: int, min_ngram: int, branches: int = 1) -> list[list[int]]:
+    """Up to `branches` distinct continuations (k tokens at most) after the most recent earlier
+    matches of the longest suffix n-gram that has any match."""
     for n in range(min(max_ngram, len(ids) - 1), min_ngram - 1, -1):
-        tail = ids[-n:]
+        tail, found = ids[-n:], []
         for start in range(len(ids) - n - 1, -1, -1):
             if ids[start : start + n] == tail:
-                return ids[start + n : start + n + k]
+                cont = ids[start + n : start + n + k]
+                if cont not in found:
+                    found.append(cont)
+                if len(found) == branches:
+                    break
+        if found:
+            return found
     return []
 
 
+def find_continuation(ids: list[int], k: int, max_ngram: int, min_ngram: int) -> list[int]:
+    found = find_continuations(ids, k, max_ngram, min_ngram, 1)
+    return found[0] if found else []
+
+
+def one_hot(token: int, vocab: int) -> torch.Tensor:
+    q = torch.zeros(vocab)
+    q[token] = 1.0
+    return q
+
+
+def trie(continuations: list[list[int]], budget: int, vocab: int) -> DraftTree:
+    """Merge continuations into a tree of at most `budget` nodes (shared prefixes once)."""
+    tree, index = DraftTree(), {}
+    for cont in continuations:
+        parent = -1
+        for token in cont:
+            node = index.get((parent, token))
+            if node is None:
+                if len(tree) >= budget:
+                    break
+                node = tree.add(token, parent)
+                index[(parent, token)] = node
+                tree.q_node[node] = one_hot(token, vocab)
+                tree.q.setdefault(parent, tree.q_node[node])  # what views and beta use at the parent
+                tree.entropy.setdefault(parent, 0.0)
+            parent = node
+    return tree
+
+
 class PromptLookupDrafter:
-    def __init__(self, vocab: int, k: int = 8, max_ngram: int = 3, min_ngram: int = 2, name: str = "pld"):
-        self.vocab, self.k, self.max_ngram, self.min_ngram, self.name = vocab, k, max_ngram, min_ngram, name
+    def __init__(self, vocab: int, k: int = 8, max_ngram: int = 3, min_ngram: int = 2, branches: int = 1,
+                 name: str = "pld"):
+        self.vocab, self.k, self.max_ngram, self.min_ngram = vocab, k, max_ngram, min_ngram
+        self.branches, self.name = branches, name
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator) -> DraftTree:
-        tree = DraftTree()
-        for token in find_continuation(ids, self.k, self.max_ngram, self.min_ngram):
-            parent = len(tree) - 1
-            # a deterministic proposal is a one-hot q: p(x)/q(x) = p(x) keeps sampling exact
-            q = torch.zeros(self.vocab)
-            q[token] = 1.0
-            tree.q[parent], tree.entropy[parent] = q, 0.0
-            tree.add(token, parent)
-        return tree
+        found = find_continuations(ids, self.k, self.max_ngram, self.min_ngram, self.branches)
+        if len(found) > 1:
+            # the latest match is the likeliest: give it half the budget, the next a quarter, ...
+            found = [cont[: max(1, self.k >> (i + 1))] for i, cont in enumerate(found)]
+        return trie(found, self.k, self.vocab)
 
     def learn(self, tree: DraftTree, verdict: Verdict) -> None:
         pass

@@ -10,11 +10,11 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from ..events import Event
-from .labels import esc, visible
+from .labels import esc_plot, visible
 from .palette import MARKER, SHORT
 from .steps import run_started, split_steps
 
-HEIGHT = 300
+HEIGHT = 330
 GL_ABOVE = 4000  # points beyond which WebGL traces keep the browser responsive
 
 
@@ -33,14 +33,14 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
         for i, tok in enumerate(step.tokens):
             tx.append(step.position + i)
             ty.append(tok.p_entropy)
-            thover.append(f"token {step.position + i}: {esc(visible(tok.text, 30))}<br>"
-                          f"target entropy {tok.p_entropy:.2f} nats<br>{esc(SHORT.get(tok.kind, tok.kind))}")
+            thover.append(f"token {step.position + i}: {esc_plot(visible(tok.text, 30))}<br>"
+                          f"target entropy {tok.p_entropy:.2f} nats<br>{esc_plot(SHORT.get(tok.kind, tok.kind))}")
         for node in step.nodes:
             xs, ys, hs = drafts.setdefault(node.status or "unvisited", ([], [], []))
             xs.append(step.position + node.depth - 1)
             ys.append(node.q_entropy)
-            hs.append(f"draft {esc(visible(node.text, 30))} (step {step.index}, depth {node.depth})<br>"
-                      f"drafter entropy {node.q_entropy:.2f} nats<br>{esc(SHORT.get(node.status, str(node.status)))}")
+            hs.append(f"draft {esc_plot(visible(node.text, 30))} (step {step.index}, depth {node.depth})<br>"
+                      f"drafter entropy {node.q_entropy:.2f} nats<br>{esc_plot(SHORT.get(node.status, str(node.status)))}")
     scatter = go.Scattergl if len(tx) + sum(len(v[0]) for v in drafts.values()) > GL_ABOVE else go.Scatter
     fig = go.Figure()
     fig.add_trace(scatter(x=tx, y=ty, mode="lines+markers", name="target entropy (emitted tokens)",
@@ -57,10 +57,10 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
         fig.add_hline(y=threshold, line=dict(color="#7c3aed", dash="dash"),
                       annotation_text=f"draft stop threshold {threshold:.2f}", annotation_position="top left")
     fig.update_layout(
-        height=HEIGHT, margin=dict(l=50, r=10, t=40, b=40), plot_bgcolor="white", paper_bgcolor="white",
+        height=HEIGHT, margin=dict(l=50, r=10, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
         title=dict(text="Entropy: where the models are unsure (nats, temperature 1)" if steps else
                    "entropy curves appear here", font=dict(size=14)),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right", font=dict(size=11)),
+        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)),
         xaxis=dict(title="generated token position", gridcolor="#e2e8f0", rangemode="tozero"),
         yaxis=dict(title="entropy (nats)", gridcolor="#e2e8f0", rangemode="tozero"),
         hoverlabel=dict(align="left"),

@@ -39,3 +39,8 @@ def ratio(p, q) -> str:
 def esc(text) -> str:
     """HTML-escape anything shown in HTML, attributes or plotly labels (tokens are untrusted)."""
     return html.escape(str(text), quote=True)
+
+
+def esc_plot(text) -> str:
+    """Escape for plotly labels and hover text: plotly parses a few tags but not &quot;, so quotes stay."""
+    return html.escape(str(text), quote=False)

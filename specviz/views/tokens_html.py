@@ -17,6 +17,7 @@ TOKEN = "border-radius:3px;padding:1px 0;"
 PROMPT_STYLE = "color:#64748b;font-style:italic;"
 # Tokens of one step (one target forward) share an underline; steps alternate its shade.
 STEP_MARK = ("box-shadow:inset 0 -2px 0 #64748b;", "box-shadow:inset 0 -2px 0 #cbd5e1;")
+FOCUS = "outline:2px solid #6366f1;outline-offset:1px;"  # the step shown in the step explorer
 
 
 def legend_html(include_rejected: bool = True) -> str:
@@ -28,8 +29,8 @@ def legend_html(include_rejected: bool = True) -> str:
                      f'margin-right:6px;white-space:nowrap;{"border:1px solid #cbd5e1;" if kind == "target" else ""}">'
                      f"{esc(label)}</span>")
     return ('<div class="specviz-legend" style="font-size:13px;line-height:2.1;">' + "".join(chips)
-            + '<span style="color:#64748b;white-space:nowrap;">· underline groups the tokens of one target forward'
-              ' · hover a token for q, p and min(1, p/q)</span></div>')
+            + '<div style="color:#64748b;line-height:1.4;">Grey italics: your prompt. An underline groups the tokens '
+              'one target forward produced (shades alternate). A blue outline marks the step shown in the step explorer. Hover a token for q, p and min(1, p/q).</div></div>')
 
 
 def token_title(kind: str, step: int, p=None, q=None, accept_prob=None) -> str:
@@ -53,33 +54,34 @@ def span(text: str, style: str, title: str, kind: str) -> str:
     return f'<span class="tok tok-{kind}" style="{TOKEN}{style}" title="{esc(title)}">{esc(text)}</span>'
 
 
-def step_html(step: Step, show_rejected: bool = True) -> str:
+def step_html(step: Step, show_rejected: bool = True, focus: bool = False) -> str:
     """One step: at each position of the accepted path, its rejected alternatives, then the token."""
     nodes = step.nodes
     path = step.verified.path if step.verified is not None else []
-    mark = STEP_MARK[step.index % 2]
+    mark = STEP_MARK[step.index % 2] + (FOCUS if focus else "")
     out = []
     for i, tok in enumerate(step.tokens):
         if show_rejected and step.verified is not None:
             parent = -1 if i == 0 else (path[i - 1] if i - 1 < len(path) else None)
             for node in nodes:
                 if parent is not None and node.parent == parent and node.status == "rejected":
-                    out.append(span(node.text, TEXT_STYLE["rejected"],
+                    out.append(span(node.text, TEXT_STYLE["rejected"] + (FOCUS if focus else ""),
                                     token_title("rejected", step.index, node.p, node.q), "rejected"))
         out.append(span(tok.text, TEXT_STYLE.get(tok.kind, "") + mark,
                         token_title(tok.kind, step.index, tok.p, tok.q, tok.accept_prob), tok.kind))
     return "".join(out)
 
 
-def tokens_html(events: list[Event], show_rejected: bool = True, show_prompt: bool = True,
+def tokens_html(events: list[Event], show_rejected: bool = True, show_prompt: bool = True, focus: int | None = None,
                 prompt_chars: int = 300, placeholder: str = "Run a prompt or load a trace to see tokens here.") -> str:
+    """The whole text so far; `focus` outlines the tokens of one step (the one the step explorer shows)."""
     start = run_started(events)
     body = []
     if show_prompt and start is not None and isinstance(start.prompt, str) and start.prompt:
         prompt = start.prompt if len(start.prompt) <= prompt_chars else "…" + start.prompt[-prompt_chars:]
         body.append(f'<span class="prompt" style="{PROMPT_STYLE}" title="the prompt">{esc(prompt)}</span>\n')
     steps = split_steps(events)
-    body += [step_html(step, show_rejected) for step in steps]
+    body += [step_html(step, show_rejected, step.index == focus) for step in steps]
     if not steps:
         body.append(f'<span style="color:#94a3b8;">{esc(placeholder)}</span>')
     return f'<div class="specviz-tokens" style="{BOX}">{"".join(body)}</div>'

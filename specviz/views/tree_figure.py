@@ -6,7 +6,7 @@ from __future__ import annotations
 import networkx as nx
 import plotly.graph_objects as go
 
-from .labels import esc, number, ratio, visible
+from .labels import esc_plot, number, ratio, visible
 from .palette import MARKER, SHORT
 from .steps import Step, run_started, split_steps
 
@@ -53,17 +53,17 @@ def layout(g: nx.DiGraph) -> dict:
 def hover(g: nx.DiGraph, key) -> str:
     data = g.nodes[key]
     if key == ROOT:
-        return f"last committed token: {esc(visible(data['text'], 40))}<br>the target's forward starts here"
+        return f"last committed token: {esc_plot(visible(data['text'], 40))}<br>the target's forward starts here"
     if key == FINAL:
         tok = data["token"]
         extra = {"resampled": "drawn from norm(max(0, p − q)) after the rejection",
                  "bonus": "every draft was accepted: drawn from p after the last one, free",
                  "target": "nothing drafted: an ordinary autoregressive token"}[tok.kind] if tok.kind in (
                      "resampled", "bonus", "target") else ""
-        return (f"<b>{esc(visible(tok.text, 40))}</b> — {esc(SHORT.get(tok.kind, tok.kind))}<br>"
+        return (f"<b>{esc_plot(visible(tok.text, 40))}</b> — {esc_plot(SHORT.get(tok.kind, tok.kind))}<br>"
                 f"p (target) = {number(tok.p)}<br>{extra}")
     node = data["node"]
-    lines = [f"<b>{esc(visible(node.text, 40))}</b> — {esc(SHORT.get(node.status, str(node.status)))} (depth {node.depth})",
+    lines = [f"<b>{esc_plot(visible(node.text, 40))}</b> — {esc_plot(SHORT.get(node.status, str(node.status)))} (depth {node.depth})",
              f"q (drafter) = {number(node.q)}", f"p (target) = {number(node.p)}"]
     line = acceptance_line(node.p, node.q, node.accept_prob)
     if line:
@@ -111,11 +111,11 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None) 
         labels = []
         for k in keys:
             if k == ROOT:
-                labels.append("▶ " + esc(visible(g.nodes[k]["text"], 10)))
+                labels.append("▶ " + esc_plot(visible(g.nodes[k]["text"], 10)))
             elif k == FINAL:
-                labels.append(esc(visible(g.nodes[k]["token"].text)))
+                labels.append(esc_plot(visible(g.nodes[k]["token"].text)))
             else:
-                labels.append(esc(visible(g.nodes[k]["node"].text)))
+                labels.append(esc_plot(visible(g.nodes[k]["node"].text)))
         name = {"context": "context (last token)"}.get(kind, SHORT.get(kind, kind))
         fig.add_trace(go.Scatter(
             x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text", name=name,
@@ -129,7 +129,7 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None) 
     ys = [y for _, y in pos.values()]
     fig.update_xaxes(range=[-0.5, depth + 0.6])
     fig.update_yaxes(range=[min(ys) - 0.35, max(ys) + 0.45])
-    fig.update_layout(title=dict(text=esc(title) if title else step_title(step), font=dict(size=14)))
+    fig.update_layout(title=dict(text=esc_plot(title) if title else step_title(step), font=dict(size=14)))
     return fig
 
 

@@ -1,0 +1,17 @@
+"""Launch the specviz app: `python app.py` (a Hugging Face Space runs this file too).
+
+Binds 127.0.0.1:7860 unless SPECVIZ_HOST/SPECVIZ_PORT (or GRADIO_SERVER_NAME/PORT) say otherwise;
+on a Space (SPACE_ID set) it binds 0.0.0.0 and loads model presets from their hub ids.
+"""
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
+
+from specviz.app import build_demo, launch_kwargs, prepare_environment, warm_up  # noqa: E402
+
+prepare_environment()
+demo = build_demo()
+
+if __name__ == "__main__":
+    warm_up()
+    demo.queue(default_concurrency_limit=1).launch(**launch_kwargs())

@@ -1,0 +1,109 @@
+"""What every tree builder shares: growing a draft tree level by level from a drafter LM.
+
+Each level's new nodes go to the drafter in ONE forward (CachedLM builds the tree attention mask).
+Nodes are added to the tree in exactly the order they are fed, so the drafter cache's node i is
+the tree's node i and ModelDrafter.learn can keep the accepted path; the last level is never fed,
+since nothing is drafted after it.
+
+Greedy decoding (warp.greedy) makes the warped q one-hot, so "k distinct draws from q" does not
+exist. Builders then take the drafter's top-k tokens by raw logits (deterministic) as children and
+still store the warped one-hot q: the greedy verifier only compares tokens with the target's argmax.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..lm import CachedLM
+from ..sampling import Warp, entropy, probs
+from ..tree import DraftTree
+
+
+def root_logits(lm: CachedLM, ids: list[int]) -> torch.Tensor:
+    """The drafter's logits after the last committed token (starts a fresh tree in its cache)."""
+    logits, _ = lm.forward(ids)
+    return logits
+
+
+def feed(lm: CachedLM, ids: list[int], tree: DraftTree, nodes: list[int]) -> torch.Tensor:
+    """Drafter logits after each of `nodes`, fed in one forward; they must be the next unfed nodes."""
+    fed = len(lm.tree_tokens)
+    if nodes != list(range(fed, fed + len(nodes))):
+        raise RuntimeError("tree nodes must be fed in the order they were added")
+    _, logits = lm.forward(ids, [tree.tokens[i] for i in nodes], [tree.parents[i] for i in nodes])
+    return logits
+
+
+def set_q(tree: DraftTree, parent: int, logits: torch.Tensor, warp: Warp) -> torch.Tensor:
+    """Record the draft distribution the children of `parent` come from (what verification replays)."""
+    q = probs(logits[None], warp)[0].cpu()
+    tree.q[parent], tree.entropy[parent] = q, float(entropy(logits))
+    return q
+
+
+def raw_top_k(logits: torch.Tensor, k: int) -> list[list[int]]:
+    """The greedy stand-in for k draws, per row: the k most likely tokens at temperature 1, best first."""
+    return logits.float().topk(min(k, logits.shape[-1]), dim=-1).indices.tolist()
+
+
+def gumbel_keys(logq: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """log q + Gumbel noise: sorting these keys descending is sampling without replacement from q.
+
+    Tokens with q = 0 keep the key -inf whatever the noise, so they are never drawn.
+    """
+    noise = -torch.empty_like(logq).exponential_(generator=gen).log()
+    return torch.where(logq > float("-inf"), logq + noise, logq)
+
+
+def default_widths(depth: int) -> tuple[int, ...]:
+    """Children per node at each depth for a draft_len: branch early, where drafts fail most."""
+    return tuple([2, 2] + [1] * max(0, depth - 2))[:depth]
+
+
+def widths_size(widths: tuple[int, ...], max_nodes: int | None = None) -> int:
+    """Nodes in a full tree with these widths (capped at max_nodes)."""
+    total, level = 0, 1
+    for width in widths:
+        level *= width
+        total += level
+    return total if max_nodes is None else min(total, max_nodes)
+
+
+def depth_for_budget(nodes: int) -> int:
+    """The draft_len whose default shapes first reach `nodes` nodes (4 * depth - 2 >= nodes)."""
+    return max(1, -(-(nodes + 2) // 4))
+
+
+
+# A child sampler: (rows of q, k, gen) -> per row, up to k tokens drawn from it, in draw order.
+Pick = Callable[[torch.Tensor, int, torch.Generator], list[list[int]]]
+
+
+def build_by_widths(lm: CachedLM, ids: list[int], warp: Warp, gen: torch.Generator, widths: tuple[int, ...],
+                    pick: Pick, draw: str, max_nodes: int | None = None) -> DraftTree:
+    """A fixed-shape tree: every node at depth d gets widths[d] children from `pick`.
+
+    With max_nodes, the last level that fits only partly is filled round-robin (every parent's
+    first child, then second children, ...). How many children a parent gets then depends on the
+    shape and on q's support, never on which tokens were drawn, as the verifiers require.
+    """
+    tree = DraftTree(draw=draw)
+    room = widths_size(widths, max_nodes)
+    frontier, rows = [-1], root_logits(lm, ids)[None]
+    for depth, width in enumerate(widths):
+        qs = probs(rows, warp).cpu()
+        drawn = raw_top_k(rows, width) if warp.greedy else pick(qs, width, gen)
+        # (rank among siblings, parent's position in the frontier, token)
+        picks = [(rank, pos, tok) for pos, tokens in enumerate(drawn) for rank, tok in enumerate(tokens)]
+        picks = sorted(sorted(picks)[:room], key=lambda r: (r[1], r[0]))  # siblings stay in draw order
+        if not picks:
+            break
+        for pos in sorted({pos for _, pos, _ in picks}):
+            tree.q[frontier[pos]], tree.entropy[frontier[pos]] = qs[pos], float(entropy(rows[pos]))
+        new = [tree.add(tok, frontier[pos]) for _, pos, tok in picks]
+        room -= len(new)
+        if depth == len(widths) - 1 or room == 0:
+            break
+        frontier, rows = new, feed(lm, ids, tree, new)
+    return tree

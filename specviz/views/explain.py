@@ -1,0 +1,123 @@
+"""Plain-language account of one speculative step, from its events alone (live or replayed).
+
+    explain_step(events_of_step, rule="sampling") -> markdown
+"""
+from __future__ import annotations
+
+from ..events import Event, RunStarted
+from .labels import number, visible
+from .steps import Step, split_steps
+
+FORMULAS = {
+    "sampling": ("*The rule (lossless speculative sampling):* accept a draft x with probability "
+                 "`min(1, p(x)/q(x))`; after a rejection draw the token from the residual "
+                 "`norm(max(0, p − q))`; if every draft is accepted, draw a bonus token from p. "
+                 "The output has exactly the target's distribution."),
+    "greedy": ("*The rule (greedy):* a draft is accepted when it is the target's own top token "
+               "(p is 1 for the argmax, 0 elsewhere, so `min(1, p/q)` is 1 or 0); at the first mismatch the "
+               "target's top token is used instead. The output equals plain greedy decoding."),
+}
+
+
+def code(text) -> str:
+    """A token as inline code, made visible and safe for markdown (no backticks can break out)."""
+    return "`" + visible(text, 24).replace("`", "ˋ") + "`"
+
+
+def looks_greedy(step: Step) -> bool:
+    values = [n.p for n in step.nodes if n.p is not None] + [t.p for t in step.tokens if t.kind != "accepted"]
+    return bool(values) and all(v in (0.0, 1.0) for v in values)
+
+
+def node_line(node, greedy: bool, target_choice) -> str:
+    numbers = f"q = {number(node.q)}, p = {number(node.p)}"
+    if node.status == "accepted":
+        if greedy:
+            return f"- ✔ {code(node.text)} **accepted**: it is the target's top token here ({numbers})."
+        return (f"- ✔ {code(node.text)} **accepted** ({numbers}): accept probability "
+                f"`min(1, p/q)` = {number(node.accept_prob)}, and the coin came up below it.")
+    if node.status == "rejected":
+        if greedy:
+            choice = f": the target's top token is {code(target_choice)}" if target_choice is not None else ""
+            return f"- ✗ {code(node.text)} **rejected**{choice} ({numbers})."
+        why = "p < q, so it is kept only with probability p/q" if (node.p or 0) < (node.q or 0) else "tried against a residual"
+        return (f"- ✗ {code(node.text)} **rejected** ({numbers}): accept probability {number(node.accept_prob)} "
+                f"({why}), and the coin came up above it.")
+    return f"- ⋯ {code(node.text)} never checked."
+
+
+def explain_step(events: list[Event], rule: str | None = None) -> str:
+    steps = split_steps(events)
+    if not steps:
+        return "*Pick a step to see what happened in it.*"
+    step = steps[-1]
+    start = next((e for e in events if isinstance(e, RunStarted)), None)
+    rule = rule or (start.rule if start is not None else None)
+    greedy = rule == "greedy" if rule in ("greedy", "sampling") else looks_greedy(step)
+    nodes, tokens = step.nodes, step.tokens
+    path = step.verified.path if step.verified is not None else []
+    final = tokens[len(path)] if len(tokens) > len(path) else None
+    out = [f"### Step {step.index}: {len(tokens)} token{'s' if len(tokens) != 1 else ''} from one target forward"]
+    if not nodes:
+        out.append("**Nothing was drafted** (no drafter, or prompt lookup found no earlier repeat of the last "
+                   "few tokens), so this is an ordinary autoregressive step: one forward of the target, one token"
+                   + (f": {code(final.text)} (p = {number(final.p)})." if final is not None else "."))
+        out.append(FORMULAS["greedy" if greedy else "sampling"])
+        return "\n\n".join(out)
+    chain = all(n.parent == n.id - 1 for n in nodes)
+    if chain:
+        shape = " → ".join(code(n.text) for n in nodes[:12]) + (" → …" if len(nodes) > 12 else "")
+        out.append(f"**Drafted** a chain of {len(nodes)} token{'s' if len(nodes) != 1 else ''}: {shape}")
+    else:
+        depth = max(n.depth for n in nodes)
+        out.append(f"**Drafted** a tree of {len(nodes)} nodes, {depth} deep (several guesses per position).")
+    out.append("**Verified** all of them with a single forward of the target (it scores every position at once):")
+    lines, parent = [], -1
+    checked = set()
+    for depth in range(len(path) + 1):
+        children = [n for n in nodes if n.parent == parent]
+        target_choice = final.text if (final is not None and depth == len(path)) else None
+        for node in children:
+            if node.status in ("accepted", "rejected"):
+                checked.add(node.id)
+                lines.append(node_line(node, greedy, target_choice))
+        if depth < len(path):
+            parent = path[depth]
+    skipped = [n for n in nodes if n.id not in checked]
+    if skipped:
+        names = ", ".join(code(n.text) for n in skipped[:8]) + (", …" if len(skipped) > 8 else "")
+        lines.append(f"- ⋯ {names}: never checked, they continued a rejected draft.")
+    out.append("\n".join(lines))
+    if final is None:
+        out.append("**Then** the run ended inside this step (end of text or the token budget).")
+    elif final.kind == "resampled":
+        if greedy:
+            out.append(f"**Then** the target's own top token {code(final.text)} takes the rejected draft's place.")
+        else:
+            out.append(f"**Then** {code(final.text)} was **resampled** from the residual `norm(max(0, p − q))`: the "
+                       f"probability p puts beyond what q offered (p = {number(final.p)} before the residual). "
+                       "This correction is what keeps the output distributed exactly like the target alone.")
+    elif final.kind == "bonus":
+        out.append(f"**Then**, since every draft was accepted, the same forward already holds the target's next "
+                   f"distribution: it adds the **bonus** token {code(final.text)} for free (p = {number(final.p)}).")
+    n_acc = sum(t.kind == "accepted" for t in tokens)
+    own = len(tokens) - n_acc
+    timing = ""
+    if step.finished is not None:
+        timing = f" Time: draft {1000 * step.finished.draft_s:.0f} ms, verify {1000 * step.finished.verify_s:.0f} ms."
+    out.append(f"**Result:** {len(tokens)} token{'s' if len(tokens) != 1 else ''} ({n_acc} accepted "
+               f"draft{'s' if n_acc != 1 else ''}" + (f" + {own} from the target" if own else "") +
+               f") for the price of one target forward; autoregressive decoding would have needed "
+               f"{len(tokens)}.{timing}")
+    out.append(FORMULAS["greedy" if greedy else "sampling"])
+    return "\n\n".join(out)
+
+
+def explain_run_step(events: list[Event], index: int | None = None) -> str:
+    """explain_step for step `index` (default: the latest) of a whole run's events."""
+    steps = split_steps(events)
+    if not steps:
+        return explain_step([])
+    i = len(steps) - 1 if index is None else max(0, min(int(index), len(steps) - 1))
+    start = next((e for e in events if isinstance(e, RunStarted)), None)
+    return explain_step(([start] if start else []) + steps[i].events)

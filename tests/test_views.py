@@ -1,0 +1,196 @@
+"""The pure views (event list -> HTML / plotly / markdown) on events of a tiny random model."""
+import json
+import re
+from dataclasses import replace
+
+import pytest
+from conftest import decode
+
+from specviz import trace, views
+from specviz.drafters.model import ModelDrafter, chain_builder
+from specviz.engine import Engine, Settings
+from specviz.events import Drafted, Emitted, Node, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
+from specviz.metrics import Metrics
+from specviz.views.palette import SHORT
+from specviz.views.tree_figure import draft_graph, layout
+
+PROMPT = [1, 5, 7, 3, 9, 2]
+
+
+@pytest.fixture(scope="module")
+def sampled(tiny_target, tiny_drafter):
+    """A sampling run with a model drafter: accepted, rejected, unvisited, resampled and bonus all occur."""
+    engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, chain_builder(4), "tiny"))
+    return engine.run(PROMPT, Settings(max_new_tokens=60, temperature=1.0, seed=3), prompt="<1><5><7>").events
+
+
+@pytest.fixture(scope="module")
+def greedy(tiny_target, tiny_drafter):
+    engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, chain_builder(3), "tiny"))
+    return engine.run(PROMPT, Settings(max_new_tokens=30), prompt="p").events
+
+
+def kinds(events):
+    return [t.kind for s in views.split_steps(events) for t in s.tokens]
+
+
+def test_the_sampled_run_covers_every_outcome(sampled):
+    assert {"accepted", "resampled", "bonus"} <= set(kinds(sampled))
+    statuses = {n.status for s in views.split_steps(sampled) for n in s.nodes}
+    assert statuses == {"accepted", "rejected", "unvisited"}
+
+
+def test_steps_positions_and_text(sampled):
+    steps = views.split_steps(sampled)
+    end = views.run_finished(sampled)
+    assert [s.index for s in steps] == list(range(len(steps))) == list(range(end.metrics.steps))
+    assert all(b.position == a.position + len(a.tokens) for a, b in zip(steps, steps[1:]))
+    assert sum(len(s.tokens) for s in steps) == end.metrics.tokens
+    assert views.generated_text(sampled) == end.text
+    assert views.generated_text(sampled[:-1]) == end.text  # while running: the emitted pieces
+
+
+def test_tokens_html_colors_every_token_and_strikes_rejected_drafts(sampled):
+    html = views.tokens_html(sampled)
+    steps = views.split_steps(sampled)
+    for kind in ("accepted", "resampled", "bonus"):
+        assert html.count(f"tok-{kind}\"") == kinds(sampled).count(kind)
+    rejected = sum(n.status == "rejected" for s in steps for n in s.nodes)
+    assert html.count('tok-rejected"') == rejected > 0
+    assert "line-through" in html
+    # a rejected draft sits right before the token that replaced it
+    assert re.search(r'tok-rejected"[^>]*>[^<]*</span><span class="tok tok-resampled"', html)
+    assert "acceptance min(1, " in html and "q (drafter) = " in html and "p (target) = " in html
+    assert "tok-rejected" not in views.tokens_html(sampled, show_rejected=False)
+
+
+def test_token_text_is_escaped_everywhere(sampled):
+    evil = '<img src=x onerror="alert(1)">'
+    patched = []  # copies: the events are shared with other tests
+    for ev in sampled:
+        if isinstance(ev, RunStarted):
+            ev = replace(ev, prompt=evil)
+        elif isinstance(ev, Emitted):
+            ev = replace(ev, tokens=[replace(t, text=evil) for t in ev.tokens])
+        elif isinstance(ev, (Verified, Drafted)):
+            ev = replace(ev, nodes=[replace(n, text=evil) for n in ev.nodes])
+        patched.append(ev)
+    html = views.tokens_html(patched)
+    assert "<img" not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    fig = views.step_tree_figure(patched, 2).to_json() + views.entropy_figure(patched).to_json()
+    assert "<img" not in fig
+    assert "<img" not in views.explain_run_step(patched, 2).replace("`<img", "")  # only inside code spans
+
+
+def test_tree_figure_colors_nodes_by_outcome_and_marks_the_path(sampled):
+    steps = views.split_steps(sampled)
+    step = next(s for s in steps if any(n.status == "rejected" for n in s.nodes))
+    fig = views.tree_figure(step, "ctx")
+    by_name = {t.name: t for t in fig.data}
+    for status in ("accepted", "rejected", "unvisited"):
+        n = sum(node.status == status for node in step.nodes)
+        if n:
+            assert len(by_name[SHORT[status]].x) == n
+    final = by_name[SHORT[step.tokens[-1].kind]]
+    assert len(final.x) == 1 and final.marker.symbol == "diamond"
+    path_edges = [t for t in fig.data if t.name == "verified path" and t.showlegend][0]
+    assert len(path_edges.x) == 3 * (len(step.verified.path) + 1)  # root→path→final, with None separators
+    hover = " ".join(h for t in fig.data if t.hovertext for h in t.hovertext)
+    assert "q (drafter)" in hover and "p (target)" in hover and "acceptance min(1" in hover
+    assert f"step {step.index}" in fig.layout.title.text
+
+
+def test_tree_figure_draws_general_trees_by_depth():
+    nodes = [Node(0, -1, 1, 5, "a", 0.5, 1.0, 0.4, 0.8, "rejected", 0.7),
+             Node(1, -1, 1, 6, "b", 0.3, 1.0, 0.5, 1.0, "accepted", 0.7),
+             Node(2, 0, 2, 7, "c", 0.9, 0.2, None, None, "unvisited"),
+             Node(3, 1, 2, 8, "d", 0.6, 0.5, 0.1, 0.2, "rejected", 0.4),
+             Node(4, 1, 2, 9, "e", 0.2, 0.5, 0.3, 1.0, "accepted", 0.4),
+             Node(5, 4, 3, 3, "f", 0.8, 0.1, 0.1, 0.1, "rejected", 0.3)]
+    events = [RunStarted("t", "d", "sampling", {}, "prompt", 3), StepStarted(0), Drafted(0, nodes, "iid"),
+              Verified(0, nodes, [1, 4], "resampled"),
+              Emitted(0, [Token(6, "b", "accepted", 0.5, 1.0, 0.3, 1.0, 1), Token(9, "e", "accepted", 0.3, 1.0, 0.2, 1.0, 4),
+                          Token(2, "g", "resampled", 0.2, 1.0)])]
+    step = views.split_steps(events)[0]
+    g = draft_graph(step, "x")
+    pos = layout(g)
+    assert all(pos[k][0] == g.nodes[k]["depth"] for k in g.nodes)
+    assert len({pos[k] for k in g.nodes}) == len(g.nodes)  # no two nodes on one spot
+    fig = views.tree_figure(step)
+    assert sum(len(t.x) for t in fig.data if t.mode == "markers+text") == len(nodes) + 2  # + root + final
+    text = views.explain_step(events)
+    assert "tree of 6 nodes" in text and "residual" in text and "`c`" in text  # c: never checked
+    html = views.tokens_html(events)
+    assert html.index(">a<") < html.index(">b<") < html.index(">d<") < html.index(">e<") < html.index(">f<") < html.index(">g<")
+
+
+def test_entropy_figure_has_one_point_per_token_and_per_draft(sampled):
+    fig = views.entropy_figure(sampled)
+    steps = views.split_steps(sampled)
+    target = fig.data[0]
+    assert len(target.y) == sum(len(s.tokens) for s in steps)
+    assert sum(len(t.y) for t in fig.data[1:]) == sum(len(s.nodes) for s in steps)
+    assert not fig.layout.shapes  # no stopping rule uses a threshold yet
+    started = [replace(sampled[0], settings={**sampled[0].settings, "stop_threshold": 1.5})] + sampled[1:]
+    assert views.stop_threshold(started) == 1.5
+    assert views.entropy_figure(started).layout.shapes[0].y0 == 1.5
+
+
+def test_metrics_views(sampled):
+    m = views.latest_metrics(sampled)
+    md = views.metrics_markdown(sampled)
+    for needle in (f"{m.tau:.2f}", f"{m.acceptance_rate:.2f}", f"{m.predicted_speedup:.2f}×", "tick *measure against AR*"):
+        assert needle in md
+    ref = Metrics(tokens=10, elapsed_s=10 / (m.tokens_per_s / 2))
+    assert "**2.00×**" in views.metrics_markdown(sampled, ref)
+    fig = views.metrics_figure(sampled)
+    assert list(fig.data[0].y) == pytest.approx(m.beta_by_depth)
+    assert list(fig.data[1].y) == m.accepted_hist
+    assert views.metrics_markdown([]).startswith("*Metrics appear")
+
+
+def test_explain_step_tells_what_happened(sampled, greedy):
+    steps = views.split_steps(sampled)
+    bonus = next(s for s in steps if s.tokens[-1].kind == "bonus")
+    text = views.explain_run_step(sampled, bonus.index)
+    assert "**bonus** token" in text and "for free" in text and "min(1, p/q)" in text
+    resampled = next(s for s in steps if s.tokens[-1].kind == "resampled")
+    text = views.explain_step(resampled.events, rule="sampling")
+    assert "✗" in text and "**rejected**" in text and "norm(max(0, p − q))" in text and "coin came up above" in text
+    g = next(s for s in views.split_steps(greedy) if any(n.status == "rejected" for n in s.nodes))
+    text = views.explain_run_step(greedy, g.index)
+    assert "the target's top token is" in text and "equals plain greedy decoding" in text
+    ar = [RunStarted("t", "none", "greedy", {}, "p", 1), StepStarted(0), Drafted(0, [], "iid"),
+          Verified(0, [], [], "target"), Emitted(0, [Token(4, "x", "target", 1.0, 0.5)])]
+    assert "Nothing was drafted" in views.explain_step(ar)
+
+
+def test_drafter_panel_aggregates_runs(sampled, greedy):
+    recs = [views.record(sampled), views.record(greedy), views.record(greedy)]
+    md = views.drafter_markdown(recs, "tiny", "your pick")
+    assert "**Drafter used:** `tiny`" in md and "| tiny | target | 3 |" in md
+    assert views.record(sampled[:-1]) is None  # unfinished runs are not counted
+
+
+def test_a_replayed_trace_renders_exactly_like_the_live_run(sampled):
+    replayed = trace.loads(trace.dumps(sampled))
+    assert views.tokens_html(replayed) == views.tokens_html(sampled)
+    for i in (0, 3, None):
+        assert views.step_tree_figure(replayed, i).to_json() == views.step_tree_figure(sampled, i).to_json()
+        assert views.explain_run_step(replayed, i) == views.explain_run_step(sampled, i)
+    assert views.entropy_figure(replayed).to_json() == views.entropy_figure(sampled).to_json()
+    assert views.metrics_markdown(replayed) == views.metrics_markdown(sampled)
+    assert views.metrics_figure(replayed).to_json() == views.metrics_figure(sampled).to_json()
+    json.loads(views.entropy_figure(replayed).to_json())
+
+
+def test_views_of_a_partial_run_and_of_nothing(sampled):
+    cut = next(i for i, ev in enumerate(sampled) if isinstance(ev, Verified) and ev.step == 2)
+    partial = sampled[: cut + 1]  # step 2 verified but not yet emitted
+    assert views.tokens_html(partial)
+    views.step_tree_figure(partial)
+    views.explain_run_step(partial)
+    for fn in (views.tokens_html, views.entropy_figure, views.metrics_figure, views.step_tree_figure):
+        fn([])
+    assert "Pick a step" in views.explain_run_step([])
+    assert isinstance(sampled[-1], RunFinished) and isinstance(sampled[-2], StepFinished)
