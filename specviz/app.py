@@ -62,10 +62,11 @@ MAX_TRACE_NODES_PER_STEP = 512
 MAX_TRACE_TOKENS = 16384
 
 EXAMPLE_PROMPTS = [
-    ("code", "Write a Python function `is_palindrome(s)` that ignores case and punctuation, with a docstring and two doctests."),
-    ("summarization", "Summarize in two sentences: The James Webb Space Telescope launched on 25 December 2021 and reached "
-     "its orbit around the second Lagrange point a month later. Its gold-coated beryllium mirror, 6.5 metres across, "
-     "collects infrared light from the earliest galaxies. The telescope's sunshield, the size of a tennis court, keeps "
+    ("code", "Write a Python function `is_palindrome(s)` that ignores case and punctuation, with a docstring "
+     "and two doctests."),
+    ("summarization", "Summarize in two sentences: The James Webb Space Telescope launched on 25 December 2021 and "
+     "reached its orbit around the second Lagrange point a month later. Its gold-coated beryllium mirror, "
+     "6.5 metres across, collects infrared light from the earliest galaxies. The telescope's sunshield, the size of a tennis court, keeps "
      "the instruments below 50 kelvin so that their own heat does not drown out faint signals."),
     ("QA", "What is the difference between a process and a thread? Answer briefly."),
     ("math", "A train travels 180 km in 2.5 hours. What is its average speed in km/h? Show the steps."),
@@ -161,7 +162,8 @@ def reference_key(events: list[Event]) -> tuple | None:
     if start is None or not isinstance(start.settings, dict):
         return None
     try:
-        return (str(start.target), str(start.prompt), tuple(sorted((str(k), repr(v)) for k, v in start.settings.items())))
+        settings = tuple(sorted((str(k), repr(v)) for k, v in start.settings.items()))
+        return str(start.target), str(start.prompt), settings
     except TypeError:
         return None
 
@@ -243,9 +245,11 @@ def status_line(events: list[Event], note: str = "", state: str | None = None) -
     m = views.latest_metrics(events)
     what = f"**{esc(start.target)}** ← drafter **{esc(start.drafter)}** · rule {esc(start.rule)}"
     if state is None and end is not None:
-        state = f"✔ done ({esc(end.stop_reason)}) · {end.metrics.tokens} tokens · {end.metrics.tokens_per_s:.1f} tok/s"
+        m = end.metrics
+        state = f"✔ done ({esc(end.stop_reason)}) · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s"
     elif state is None:
-        state = f"▶ running: step {m.steps} · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s" if m else "▶ starting…"
+        running = f"▶ running: step {m.steps} · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s" if m else ""
+        state = running or "▶ starting…"
     return f"{what} · {state}" + (f"  \n{note}" if note else "")
 
 
@@ -345,7 +349,8 @@ def run(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, 
     if not (measure_ar and drafter != "none" and ar_reference(events) is None):
         yield render(session, download=download)
         return
-    yield render(session, note="▶ measuring the AR reference (same prompt and settings, no drafter)…", download=download)
+    yield render(session, note="▶ measuring the AR reference (same prompt and settings, no drafter)…",
+                 download=download)
     ar_events = []
     for ev in _open_stream(req, "none"):
         ar_events.append(ev)
@@ -429,7 +434,7 @@ def _conforms(value, hint) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
-        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value) if args else isinstance(value, list)
+        return isinstance(value, list) and (not args or all(_conforms(v, args[0]) for v in value))
     if dataclasses.is_dataclass(hint):
         return isinstance(value, hint) and _bad_field(value) is None
     return isinstance(value, origin or hint)
@@ -618,7 +623,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
-                prompt = gr.Textbox(label="Prompt", lines=5, max_lines=14, value=EXAMPLE_PROMPTS[1][1], elem_id="specviz-prompt")
+                prompt = gr.Textbox(label="Prompt", lines=5, max_lines=14, value=EXAMPLE_PROMPTS[1][1],
+                                    elem_id="specviz-prompt")
                 gr.Examples([[p] for _, p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts",
                             example_labels=[name for name, _ in EXAMPLE_PROMPTS])
                 with gr.Row():
@@ -631,7 +637,8 @@ def build_demo() -> gr.Blocks:
                         draft_len = gr.Slider(1, MAX_DRAFT_LEN, value=4, step=1, label="draft length")
                         max_new = gr.Slider(1, MAX_NEW_TOKENS_UI, value=64, step=1, label="max new tokens")
                     with gr.Row():
-                        temperature = gr.Slider(0, MAX_TEMPERATURE, value=0.0, step=0.05, label="temperature (0 = greedy)")
+                        temperature = gr.Slider(0, MAX_TEMPERATURE, value=0.0, step=0.05,
+                                                label="temperature (0 = greedy)")
                         top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top-p")
                     seed = gr.Number(0, precision=0, minimum=0, label="seed")
                 measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
@@ -642,7 +649,8 @@ def build_demo() -> gr.Blocks:
                     race_btn = gr.Button("Race: AR vs speculative", elem_id="specviz-race")
                     step_btn = gr.Button("Step-by-step ▷", elem_id="specviz-step-start")
                 with gr.Accordion("Traces: recorded runs", open=True):
-                    example = gr.Dropdown(traces, value=traces[0] if traces else None, label="Example runs (no model needed)")
+                    example = gr.Dropdown(traces, value=traces[0] if traces else None,
+                                          label="Example runs (no model needed)")
                     with gr.Row():
                         download = gr.DownloadButton("Download trace", interactive=False, elem_id="specviz-download")
                         upload = gr.UploadButton("Import trace…", file_types=[".json"], type="filepath",
@@ -683,7 +691,8 @@ def build_demo() -> gr.Blocks:
                         with gr.Row(equal_height=False):
                             with gr.Column():
                                 gr.Markdown("**Speculative** (drafter + target)")
-                                race_spec = gr.HTML(views.tokens_html([], show_prompt=False), elem_id="specviz-race-spec")
+                                race_spec = gr.HTML(views.tokens_html([], show_prompt=False),
+                                                    elem_id="specviz-race-spec")
                             with gr.Column():
                                 gr.Markdown("**Autoregressive** (target alone)")
                                 race_ar = gr.HTML(views.tokens_html([], show_prompt=False), elem_id="specviz-race-ar")
@@ -708,8 +717,8 @@ def build_demo() -> gr.Blocks:
         stop_btn.click(stopped, [session], [status], cancels=[run_event, race_event, step_event, next_event],
                        api_name="stop", queue=False)
         # .input: the user moved the slider (streamed updates of its value do not re-render the step)
-        step.input(show_step, [step, session], [tree, explain, tokens], api_name="show_step", trigger_mode="always_last",
-                   show_progress="hidden")
+        step.input(show_step, [step, session], [tree, explain, tokens], api_name="show_step",
+                   trigger_mode="always_last", show_progress="hidden")
         upload.upload(import_trace, [upload, session], outputs, api_name="import_trace")
         example.input(load_example, [example, session], outputs, api_name="example_trace")
         demo.load(first_view, [example, session], outputs, api_visibility="private")

@@ -24,7 +24,8 @@ PROMPT = ("Summarize in one sentence: The quick brown fox jumps over the lazy do
           "and the fox ran back into the forest.")
 N = 24
 # outputs of /run, /step_*, /import_trace, /example_trace, in order
-NAMES = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metrics", "metrics_plot", "drafter", "download")
+NAMES = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metrics", "metrics_plot", "drafter",
+         "download")
 
 pytestmark = [
     pytest.mark.skipif(models.status(TARGET) != "ready",
@@ -162,6 +163,17 @@ def test_race_runs_both_sides_and_measures_the_speedup(client):
     assert "AR reference:" in final["metrics"]  # the race filled the AR cache for this prompt
 
 
+def test_measure_against_ar_fills_the_measured_speedup(client):
+    prompt = PROMPT + " Be brief."
+    job = client.submit(*args(prompt=prompt, max_new_tokens=8), True, api_name="/run")
+    statuses = [named(out)["status"] for out in job]
+    final = named(job.result())
+    assert any("measuring the AR reference" in s for s in statuses)
+    assert "AR reference:" in final["metrics"] and "×**" in final["metrics"]
+    again = named(client.predict(*args(prompt=prompt, max_new_tokens=8), False, api_name="/run"))
+    assert "AR reference:" in again["metrics"]  # cached per (target, prompt, settings)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(prompt="   "), "prompt is empty"),
     (dict(prompt="x" * 20_001), "20,000"),
@@ -210,7 +222,8 @@ def hostile_traces(tmp_path):
     cases = {
         "not-json.json": (b"\x00\xff definitely not json", "not valid JSON"),
         "wrong-schema.json": (json.dumps({"hello": "world"}).encode(), "not a specviz trace"),
-        "bad-event.json": (json.dumps({**good, "events": [started, {"event": "Nope"}]}).encode(), "not a specviz event"),
+        "bad-event.json": (json.dumps({**good, "events": [started, {"event": "Nope"}]}).encode(),
+                           "not a specviz event"),
         "bad-parent.json": (json.dumps({**good, "events": [started, {"event": "Drafted", "step": 0, "nodes": [node],
                                                                      "draw": "iid"}]}).encode(), "parent link"),
         "bad-types.json": (json.dumps({**good, "events": [started, {"event": "Emitted", "step": 0, "tokens": [

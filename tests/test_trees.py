@@ -48,7 +48,8 @@ def test_greedy_tree_decoding_equals_reference_greedy(tiny_target, tiny_drafter,
 def test_self_drafting_tree_accepts_a_full_path(tiny_target, strategy):
     # the greedy top-1 child is the target's own argmax, so every step accepts depth tokens + 1 bonus;
     # a drafter cache that kept the wrong nodes after a step would break this
-    result = Engine(tiny_target, decode, ModelDrafter(tiny_target, STRATEGIES[strategy][1](3))).run([1, 2, 3], Settings(40))
+    drafter = ModelDrafter(tiny_target, STRATEGIES[strategy][1](3))
+    result = Engine(tiny_target, decode, drafter).run([1, 2, 3], Settings(40))
     assert result.metrics.tau == 4.0
 
 
@@ -64,7 +65,8 @@ def non_prefix_path(tree) -> list[int]:
 @pytest.mark.parametrize("strategy", TREES)
 def test_built_tree_logits_match_sequential_forwards_and_compaction(tiny_target, tiny_drafter, strategy):
     committed = [1, 5, 7, 3, 9]
-    tree = STRATEGIES[strategy][1](3)(CachedLM(tiny_drafter), committed, warp_for(strategy), torch.Generator().manual_seed(3))
+    build = STRATEGIES[strategy][1](3)
+    tree = build(CachedLM(tiny_drafter), committed, warp_for(strategy), torch.Generator().manual_seed(3))
     assert len(tree) > 3 and not tree.is_chain()
     lm = CachedLM(tiny_target)
     root, nodes = lm.forward(committed, tree.tokens, tree.parents)
@@ -157,7 +159,8 @@ def drafter_model():
 
 
 LOSSLESS = {
-    "gumbel-top-k (2, 2), RSD, T=1": (gumbel_top_k_builder((2, 2)), Settings(N_TOKENS, temperature=1.0)),
+    "gumbel-top-k (3, 2) capped at 7 nodes, RSD, T=1": (gumbel_top_k_builder((3, 2), max_nodes=7),
+                                                          Settings(N_TOKENS, temperature=1.0)),
     "beam 3 x 2, RSD, T=0.8 top-k 5": (beam_builder(3, 2), Settings(N_TOKENS, temperature=0.8, top_k=5)),
     "specinfer (2, 2), iid, T=1 top-p 0.9": (specinfer_builder((2, 2)), Settings(N_TOKENS, temperature=1.0, top_p=0.9)),
 }

@@ -16,7 +16,8 @@ from .trees import build_by_widths, default_widths, gumbel_keys
 def gumbel_top_k(qs: torch.Tensor, k: int, gen: torch.Generator) -> list[list[int]]:
     """Per row of qs, up to k distinct tokens drawn without replacement, in draw order (never q = 0)."""
     top = gumbel_keys(qs.log(), gen).topk(min(k, qs.shape[-1]), dim=-1)
-    return [[t for t, v in zip(ts, vs) if v > float("-inf")] for ts, vs in zip(top.indices.tolist(), top.values.tolist())]
+    rows = zip(top.indices.tolist(), top.values.tolist())
+    return [[t for t, v in zip(ts, vs) if v > float("-inf")] for ts, vs in rows]
 
 
 def gumbel_top_k_builder(widths: tuple[int, ...] = (3, 2, 1), max_nodes: int | None = None):

@@ -75,7 +75,6 @@ def depth_for_budget(nodes: int) -> int:
     return max(1, -(-(nodes + 2) // 4))
 
 
-
 # A child sampler: (rows of q, k, gen) -> per row, up to k tokens drawn from it, in draw order.
 Pick = Callable[[torch.Tensor, int, torch.Generator], list[list[int]]]
 

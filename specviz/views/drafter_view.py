@@ -42,7 +42,8 @@ def drafter_markdown(history: list[RunRecord], choice: str | None = None, reason
     rows = ["| drafter | target | runs | tokens/s | acceptance | τ |", "|---|---|---|---|---|---|"]
     for (drafter, target), recs in sorted(table.items(), key=lambda kv: -len(kv[1])):
         tokens, seconds = sum(r.tokens for r in recs), sum(r.elapsed_s for r in recs)
-        drafted, accepted, steps = sum(r.drafted for r in recs), sum(r.accepted for r in recs), sum(r.steps for r in recs)
+        drafted, accepted = sum(r.drafted for r in recs), sum(r.accepted for r in recs)
+        steps = sum(r.steps for r in recs)
         rows.append(f"| {esc(drafter)} | {esc(target)} | {len(recs)} | {tokens / seconds if seconds else 0:.1f} | "
                     f"{accepted / drafted if drafted else 0:.2f} | {tokens / steps if steps else 0:.2f} |")
     out.append("**This session, per drafter** (decoding time only):\n\n" + "\n".join(rows))

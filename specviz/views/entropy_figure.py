@@ -40,29 +40,33 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
             xs.append(step.position + node.depth - 1)
             ys.append(node.q_entropy)
             hs.append(f"draft {esc_plot(visible(node.text, 30))} (step {step.index}, depth {node.depth})<br>"
-                      f"drafter entropy {node.q_entropy:.2f} nats<br>{esc_plot(SHORT.get(node.status, str(node.status)))}")
-    scatter = go.Scattergl if len(tx) + sum(len(v[0]) for v in drafts.values()) > GL_ABOVE else go.Scatter
-    fig = go.Figure()
-    fig.add_trace(scatter(x=tx, y=ty, mode="lines+markers", name="target entropy (emitted tokens)",
-                          line=dict(color="#1e293b", width=1.5), marker=dict(size=4, color="#1e293b"),
-                          hovertext=thover, hoverinfo="text"))
+                      f"drafter entropy {node.q_entropy:.2f} nats<br>"
+                      f"{esc_plot(SHORT.get(node.status, str(node.status)))}")
+    kind = "scattergl" if len(tx) + sum(len(v[0]) for v in drafts.values()) > GL_ABOVE else "scatter"
+    traces = [dict(type=kind, x=tx, y=ty, mode="lines+markers", name="target entropy (emitted tokens)",
+                   line=dict(color="#1e293b", width=1.5), marker=dict(size=4, color="#1e293b"),
+                   hovertext=thover, hoverinfo="text")]
     for status in ("accepted", "rejected", "unvisited"):
         if status in drafts:
             xs, ys, hs = drafts[status]
-            fig.add_trace(scatter(x=xs, y=ys, mode="markers", name=f"drafter entropy: {SHORT[status]}",
-                                  marker=dict(size=8, color=MARKER[status], symbol="circle-open" if status == "unvisited" else "circle",
-                                              line=dict(width=1.5, color=MARKER[status])),
-                                  hovertext=hs, hoverinfo="text"))
-    if threshold is not None:
-        fig.add_hline(y=threshold, line=dict(color="#7c3aed", dash="dash"),
-                      annotation_text=f"draft stop threshold {threshold:.2f}", annotation_position="top left")
-    fig.update_layout(
+            traces.append(dict(type=kind, x=xs, y=ys, mode="markers", name=f"drafter entropy: {SHORT[status]}",
+                               marker=dict(size=8, color=MARKER[status],
+                                           symbol="circle-open" if status == "unvisited" else "circle",
+                                           line=dict(width=1.5, color=MARKER[status])),
+                               hovertext=hs, hoverinfo="text"))
+    layout = dict(
         height=HEIGHT, margin=dict(l=50, r=10, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
         title=dict(text="Entropy: where the models are unsure (nats, temperature 1)" if steps else
                    "entropy curves appear here", font=dict(size=14)),
         legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)),
-        xaxis=dict(title="generated token position", gridcolor="#e2e8f0", rangemode="tozero"),
-        yaxis=dict(title="entropy (nats)", gridcolor="#e2e8f0", rangemode="tozero"),
+        xaxis=dict(title=dict(text="generated token position"), gridcolor="#e2e8f0", rangemode="tozero"),
+        yaxis=dict(title=dict(text="entropy (nats)"), gridcolor="#e2e8f0", rangemode="tozero"),
         hoverlabel=dict(align="left"),
     )
-    return fig
+    if threshold is not None:
+        layout["shapes"] = [dict(type="line", xref="paper", x0=0, x1=1, y0=threshold, y1=threshold,
+                                 line=dict(color="#7c3aed", dash="dash"))]
+        layout["annotations"] = [dict(text=f"draft stop threshold {threshold:.2f}", xref="paper", x=0, y=threshold,
+                                      xanchor="left", yanchor="bottom", showarrow=False,
+                                      font=dict(color="#7c3aed", size=11))]
+    return go.Figure(dict(data=traces, layout=layout))

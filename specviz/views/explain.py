@@ -24,6 +24,10 @@ def code(text) -> str:
     return "`" + visible(text, 24).replace("`", "ˋ") + "`"
 
 
+def names(nodes, limit: int = 8) -> str:
+    return ", ".join(code(n.text) for n in nodes[:limit]) + (", …" if len(nodes) > limit else "")
+
+
 def looks_greedy(step: Step) -> bool:
     values = [n.p for n in step.nodes if n.p is not None] + [t.p for t in step.tokens if t.kind != "accepted"]
     return bool(values) and all(v in (0.0, 1.0) for v in values)
@@ -40,7 +44,8 @@ def node_line(node, greedy: bool, target_choice) -> str:
         if greedy:
             choice = f": the target's top token is {code(target_choice)}" if target_choice is not None else ""
             return f"- ✗ {code(node.text)} **rejected**{choice} ({numbers})."
-        why = "p < q, so it is kept only with probability p/q" if (node.p or 0) < (node.q or 0) else "tried against a residual"
+        below = (node.p or 0) < (node.q or 0)
+        why = "p < q, so it is kept only with probability p/q" if below else "tried against a residual"
         return (f"- ✗ {code(node.text)} **rejected** ({numbers}): accept probability {number(node.accept_prob)} "
                 f"({why}), and the coin came up above it.")
     return f"- ⋯ {code(node.text)} never checked."
@@ -83,10 +88,15 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
                 lines.append(node_line(node, greedy, target_choice))
         if depth < len(path):
             parent = path[depth]
+    on_path = {-1, *path}
     skipped = [n for n in nodes if n.id not in checked]
-    if skipped:
-        names = ", ".join(code(n.text) for n in skipped[:8]) + (", …" if len(skipped) > 8 else "")
-        lines.append(f"- ⋯ {names}: never checked, they continued a rejected draft.")
+    spare = [n for n in skipped if n.parent in on_path]  # siblings left over once one was accepted
+    beyond = [n for n in skipped if n.parent not in on_path]
+    if spare:
+        lines.append(f"- ⋯ {names(spare)}: not needed, a sibling tried before {'it' if len(spare) == 1 else 'them'} "
+                     "was accepted.")
+    if beyond:
+        lines.append(f"- ⋯ {names(beyond)}: never checked, they continue a draft the target did not take.")
     out.append("\n".join(lines))
     if final is None:
         out.append("**Then** the run ended inside this step (end of text or the token budget).")

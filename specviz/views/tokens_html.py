@@ -30,7 +30,8 @@ def legend_html(include_rejected: bool = True) -> str:
                      f"{esc(label)}</span>")
     return ('<div class="specviz-legend" style="font-size:13px;line-height:2.1;">' + "".join(chips)
             + '<div style="color:#64748b;line-height:1.4;">Grey italics: your prompt. An underline groups the tokens '
-              'one target forward produced (shades alternate). A blue outline marks the step shown in the step explorer. Hover a token for q, p and min(1, p/q).</div></div>')
+              'one target forward produced (shades alternate). A blue outline marks the step shown in the step '
+              'explorer. Hover a token for q, p and min(1, p/q).</div></div>')
 
 
 def token_title(kind: str, step: int, p=None, q=None, accept_prob=None) -> str:
