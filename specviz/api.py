@@ -13,7 +13,7 @@ from typing import Iterator
 
 from . import models
 from .drafters.model import ModelDrafter
-from .drafters.strategies import STRATEGIES
+from .drafters.strategies import GREEDY_ONLY, STRATEGIES
 from .drafters.prompt_lookup import PromptLookupDrafter
 from .engine import Engine, Result, Settings
 from .events import Event
@@ -90,7 +90,28 @@ def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "c
     if model.config.vocab_size != target_model.config.vocab_size:
         raise ValueError(f"drafter '{name}' has vocabulary {model.config.vocab_size}, "
                          f"the target {target_model.config.vocab_size}: they must share one tokenizer")
-    return ModelDrafter(model, STRATEGIES[strategy][1](draft_len), f"{name} ({strategy})")
+    drafter = ModelDrafter(model, STRATEGIES[strategy][1](draft_len), f"{name} ({strategy})")
+    drafter.greedy_only = strategy in GREEDY_ONLY
+    return drafter
+
+
+def rule_names() -> list[str]:
+    from .verify import RULES
+    from .verify_lossy import TARGET_RULES
+
+    return list(RULES) + list(TARGET_RULES)
+
+
+def make_rule(rule: str | None, target_model):
+    """Rules that need the target (LANTERN's embedding neighbours) are built once per engine here."""
+    from .verify import RULES
+    from .verify_lossy import TARGET_RULES
+
+    if rule is None or rule in RULES:
+        return rule
+    if rule in TARGET_RULES:
+        return TARGET_RULES[rule](target_model)
+    raise ValueError(f"unknown verification rule '{rule}'; choose one of: {', '.join(rule_names())}")
 
 
 def build_engine(target: str = "smollm2-135m", drafter: str = "pld", draft_len: int = 4,
@@ -99,6 +120,7 @@ def build_engine(target: str = "smollm2-135m", drafter: str = "pld", draft_len: 
     if tokenizer is None:
         raise models.ModelError(f"'{target}' has no tokenizer files")
     engine = Engine(model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                    make_drafter(drafter, model, draft_len, strategy), eos_ids(model, tokenizer), target, rule)
+                    make_drafter(drafter, model, draft_len, strategy), eos_ids(model, tokenizer), target,
+                    make_rule(rule, model))
     chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
     return TextEngine(engine, tokenizer, chat)

@@ -18,7 +18,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafter", default="pld", help="'none', 'pld', or a model (preset, directory, hub id)")
     p.add_argument("--strategy", default="chain", help="how a model drafter shapes its proposal (see `models`)")
     p.add_argument("--draft-len", type=int, default=4, help="draft length (tree depth for tree strategies)")
-    p.add_argument("--rule", default=None, help="verification rule (default: greedy at T=0, else sampling)")
+    p.add_argument("--rule", default=None, help="verification rule: greedy, sampling (lossless; the default picks "
+                   "by temperature), typical-lossy, lantern-lossy (LOSSY: output differs from the target's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -39,6 +40,8 @@ def cmd_generate(a) -> int:
 
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR") or a.color
     engine = build_engine(a.target, a.drafter, a.draft_len, a.rule, a.strategy)
+    if a.rule and a.rule.endswith("-lossy"):
+        print(f"note: rule '{a.rule}' is LOSSY: its output distribution is not the target's", file=sys.stderr)
     events = []
     if color:
         print(LEGEND + (" , red strike = rejected draft" if a.show_rejected else ""), file=sys.stderr)
@@ -69,7 +72,7 @@ def format_metrics(m) -> str:
 
 def cmd_models(a) -> int:
     from . import models
-    from .api import MODEL_FREE_DRAFTERS
+    from .api import MODEL_FREE_DRAFTERS, rule_names
     from .drafters.strategies import STRATEGIES
 
     print("model presets (target or drafter):")
@@ -81,6 +84,9 @@ def cmd_models(a) -> int:
     print("draft strategies for model drafters:")
     for name, (desc, _) in STRATEGIES.items():
         print(f"  {name:22s} {desc}")
+    print("verification rules:")
+    for name in rule_names():
+        print(f"  {name:22s} {'LOSSY: accepts more than the target would sample' if name.endswith('-lossy') else 'lossless'}")
     return 0
 
 

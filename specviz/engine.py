@@ -102,6 +102,8 @@ class Engine:
         self.check_prompt(list(prompt_ids), settings)
         warp = settings.warp
         rule_name, rule = self.rule(warp)
+        if getattr(self.drafter, "greedy_only", False) and not warp.greedy:
+            raise ValueError(f"drafter '{self.drafter.name}' drafts for greedy decoding only: set temperature 0")
         drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"
         self.target.reset()
         if self.drafter:

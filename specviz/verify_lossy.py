@@ -103,13 +103,14 @@ def lantern_rule(embeddings: torch.Tensor, k: int = 10, delta: float = 0.2) -> R
             nxt = None
             for child in children:
                 x = tree.tokens[child]
-                a = 0.0 if q[x] <= 0 else min(1.0, relaxed_mass(p, x, neighbours(x), delta) / float(q[x]))
+                qc = tree.q_node.get(child, q)  # siblings with their own q (prompt-lookup trees)
+                a = 0.0 if qc[x] <= 0 else min(1.0, relaxed_mass(p, x, neighbours(x), delta) / float(qc[x]))
                 accept_prob[child] = a
                 if uniform(gen) < a:
                     status[child], nxt = ACCEPTED, child
                     break
                 status[child] = REJECTED
-                p = residual(p, q)
+                p = residual(p, qc)
                 if tree.draw == WITHOUT_REPLACEMENT:
                     q = q.clone()
                     q[x] = 0.0

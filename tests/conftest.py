@@ -42,5 +42,14 @@ def tiny_drafter(tiny_target):
     return perturbed(tiny_target, 0.3, seed=1)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread and lose a lot when the cores are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def decode(ids):
     return "".join(f"<{i}>" for i in ids)

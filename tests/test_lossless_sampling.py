@@ -16,6 +16,8 @@ from specviz.drafters.prompt_lookup import PromptLookupDrafter
 from specviz.engine import Engine, Settings
 from specviz.verify import verify_sampling
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB, N_TOKENS, SAMPLES = 6, 3, 20_000
 PROMPT = [1, 2, 3, 1, 2]
 

@@ -25,6 +25,8 @@ from specviz.tree import path_to
 from specviz.verify import RULES, Verdict, verify_sampling
 from specviz.verify_lossy import TARGET_RULES, lantern_rule, typical_rule
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TREES = ["gumbel-top-k", "beam", "specinfer", "dynamic"]
 GREEDY, T1 = Warp(0.0), Warp(1.0)
 

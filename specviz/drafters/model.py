@@ -24,6 +24,7 @@ class ModelDrafter:
         self.lm = CachedLM(model)
         self.builder = builder
         self.name = name
+        self.greedy_only = False  # set for tree shapes no sampling verifier can accept losslessly
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator) -> DraftTree:
         return self.builder(self.lm, ids, warp, gen)
