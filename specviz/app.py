@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ import gradio as gr  # noqa: E402
 
 from . import models, trace, views  # noqa: E402
 from .api import MAX_DRAFT_LEN, MODEL_FREE_DRAFTERS, build_engine  # noqa: E402
+from .drafters import strategies  # noqa: E402
 from .drafters.strategies import STRATEGIES  # noqa: E402
 from .engine import Settings, check_settings  # noqa: E402
 from .events import Event, RunFinished, StepFinished  # noqa: E402
@@ -66,8 +68,9 @@ EXAMPLE_PROMPTS = [
      "and two doctests."),
     ("summarization", "Summarize in two sentences: The James Webb Space Telescope launched on 25 December 2021 and "
      "reached its orbit around the second Lagrange point a month later. Its gold-coated beryllium mirror, "
-     "6.5 metres across, collects infrared light from the earliest galaxies. The telescope's sunshield, the size of a tennis court, keeps "
-     "the instruments below 50 kelvin so that their own heat does not drown out faint signals."),
+     "6.5 metres across, collects infrared light from the earliest galaxies. The telescope's sunshield, "
+     "the size of a tennis court, keeps the instruments below 50 kelvin so that their own heat does not drown "
+     "out faint signals."),
     ("QA", "What is the difference between a process and a thread? Answer briefly."),
     ("math", "A train travels 180 km in 2.5 hours. What is its average speed in km/h? Show the steps."),
     ("translation", "Translate into French: The weather is nice today, so we are going to the park with the children."),
@@ -142,6 +145,8 @@ def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_
         raise ValueError(f"top-p must be in (0, 1], got {top_p}")
     seed = _integer(seed, "seed", 0, 2**31 - 1)
     max_new = _integer(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_UI)
+    if strategy in getattr(strategies, "GREEDY_ONLY", ()) and temperature > 0 and drafter not in MODEL_FREE_DRAFTERS:
+        raise ValueError(f"the '{strategy}' draft shape works with greedy decoding only: set temperature to 0")
     settings = Settings(max_new_tokens=max_new, temperature=temperature, top_p=top_p, seed=seed)
     check_settings(settings)
     return Request(prompt, target, drafter, strategy, draft_len, settings)
@@ -198,6 +203,48 @@ def start_stream(req: Request, drafter: str) -> Iterator[Event]:
     return chained()
 
 
+_DONE = object()
+
+
+def in_background(stream: Iterator[Event]) -> Iterator[list[Event]]:
+    """Run an event stream in its own thread and yield the events as they pile up, in batches.
+
+    Decoding then never waits for the page: while a batch is rendered and sent, the engine goes on.
+    Closing this generator (Stop, or the visitor leaving) stops the engine after its current event.
+    """
+    box: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for ev in stream:
+                box.put(ev)
+                if stop.is_set():
+                    break
+        except BaseException as err:  # handed to the consumer, which raises it
+            box.put(err)
+        finally:
+            getattr(stream, "close", lambda: None)()
+            box.put(_DONE)
+
+    threading.Thread(target=produce, daemon=True, name="specviz-engine").start()
+    try:
+        while True:
+            batch = [box.get()]
+            while not box.empty():
+                batch.append(box.get_nowait())
+            for item in batch:
+                if isinstance(item, BaseException):
+                    raise item
+            events = [item for item in batch if item is not _DONE]
+            if events:
+                yield events
+            if len(events) < len(batch):
+                return
+    finally:
+        stop.set()
+
+
 # ---------------------------------------------------------------- per-session state
 
 
@@ -207,8 +254,6 @@ class Session:
     history: list[RunRecord] = field(default_factory=list)
     stepper: Iterator[Event] | None = None  # a live run advanced one step per click
     choice: tuple[str, str] | None = None  # (drafter, reason) of the run on display
-    race_spec: list = field(default_factory=list)
-    race_ar: list = field(default_factory=list)
 
     def finish(self, events: list[Event]) -> None:
         rec = views.record(events)
@@ -338,10 +383,13 @@ def run(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, 
     session.events = events = []
     yield render(session, download=None)
     throttle = Throttle()
-    for ev in stream:
-        events.append(ev)
-        if isinstance(ev, StepFinished) and (due := throttle.due()):
-            yield render(session, figures=due == "figures")
+    try:
+        for batch in in_background(stream):
+            events += batch
+            if any(isinstance(ev, StepFinished) for ev in batch) and (due := throttle.due()):
+                yield render(session, figures=due == "figures")
+    except ValueError as err:  # a drafter or rule refusing these settings mid-run
+        raise _fail(err) from None
     session.finish(events)
     download = _export(events)
     if drafter == "none":
@@ -352,10 +400,11 @@ def run(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, 
     yield render(session, note="▶ measuring the AR reference (same prompt and settings, no drafter)…",
                  download=download)
     ar_events = []
-    for ev in _open_stream(req, "none"):
-        ar_events.append(ev)
-        if isinstance(ev, StepFinished) and throttle.due() == "figures":
-            yield render(session, note=f"▶ measuring the AR reference: {ev.metrics.tokens} tokens…", figures=False)
+    for batch in in_background(_open_stream(req, "none")):
+        ar_events += batch
+        if isinstance(batch[-1], StepFinished) and throttle.due() == "figures":
+            note = f"▶ measuring the AR reference: {batch[-1].metrics.tokens} tokens…"
+            yield render(session, note=note, figures=False)
     remember_ar(ar_events)
     yield render(session, note="AR reference measured (cached for this prompt and settings).")
 
@@ -555,7 +604,7 @@ def race(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed,
         raise gr.Error("a race needs a drafter: pick 'pld' or a model drafter", print_exception=False)
     sides = {"spec": _open_stream(req, drafter), "ar": _open_stream(req, "none")}
     session.stepper, session.choice = None, (drafter, reason)
-    session.race_spec, session.race_ar = spec, ar = [], []
+    spec, ar = [], []
     logs = {"spec": spec, "ar": ar}
     clock = {"spec": 0.0, "ar": 0.0}
     throttle = Throttle()

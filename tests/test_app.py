@@ -6,6 +6,7 @@ real smollm2-135m preset (`python -m specviz fetch smollm2-135m`).
 import json
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -109,6 +110,10 @@ def test_stop_cancels_mid_stream_and_the_next_run_is_correct(client, engine_text
     assert len(job.outputs()) == stopped_at, "a cancelled run must stop streaming"
     last = named(job.outputs()[-1])
     assert "✔ done" not in last["status"]
+    deadline = time.time() + 10
+    while any(t.name == "specviz-engine" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(t.name == "specviz-engine" for t in threading.enumerate()), "Stop must stop the engine"
     assert named(client.predict(*args(), False, api_name="/run"))["text"] == engine_text
 
 
@@ -205,6 +210,11 @@ def test_read_request_names_the_bad_knob():
     with pytest.raises(ValueError, match="unknown drafter"):
         read_request(PROMPT, TARGET, "no-such-drafter", "chain", 4, 0.0, 1.0, 0, 8)
     assert read_request(*args()).settings == Settings(max_new_tokens=N)
+    from specviz.drafters import strategies
+
+    for name in getattr(strategies, "GREEDY_ONLY", ()):  # tree shapes that refuse sampling are refused up front
+        with pytest.raises(ValueError, match="greedy decoding only"):
+            read_request(PROMPT, TARGET, TARGET, name, 4, 0.8, 1.0, 0, 8)
 
 
 def test_a_drafter_with_another_vocabulary_is_refused(client):
@@ -262,3 +272,25 @@ def test_ui_cost(client):
     print(f"\nUI cost: engine alone {tokens / alone_wall:.1f} tok/s wall ({alone.metrics.tokens_per_s:.1f} decoding);"
           f" through the app {tokens / ui_wall:.1f} tok/s wall, {updates} streamed updates")
     assert tokens / ui_wall > 0.5 * tokens / alone_wall
+
+
+def test_binding_and_space_settings(monkeypatch):
+    from specviz import app
+
+    for name in ("SPACE_ID", "SPECVIZ_HOST", "SPECVIZ_PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert app.server_address() == ("127.0.0.1", 7860)
+    monkeypatch.setenv("SPECVIZ_HOST", "0.0.0.0")
+    monkeypatch.setenv("SPECVIZ_PORT", "9000")
+    assert app.server_address() == ("0.0.0.0", 9000)
+    monkeypatch.delenv("SPECVIZ_HOST")
+    monkeypatch.setenv("SPACE_ID", "someone/specviz")
+    monkeypatch.delenv("SPECVIZ_FROM_HUB", raising=False)
+    app.prepare_environment()
+    assert app.server_address()[0] == "0.0.0.0" and os.environ["SPECVIZ_FROM_HUB"] == "1"
+    monkeypatch.delenv("SPECVIZ_FROM_HUB")
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        assert app.gpu(test_binding_and_space_settings) is test_binding_and_space_settings  # a no-op here
