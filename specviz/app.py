@@ -28,7 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 
 from . import models, trace, views  # noqa: E402
-from .api import MAX_DRAFT_LEN, MODEL_FREE_DRAFTERS, build_engine  # noqa: E402
+from .api import MAX_DRAFT_LEN, MODEL_FREE_DRAFTERS, build_engine, rule_names  # noqa: E402
 from .drafters import strategies  # noqa: E402
 from .drafters.strategies import STRATEGIES  # noqa: E402
 from .engine import Settings, check_settings  # noqa: E402
@@ -98,6 +98,7 @@ class Request:
     strategy: str
     draft_len: int
     settings: Settings
+    rule: str | None = None  # None: greedy at temperature 0, else sampling
 
 
 def _number(value, name: str) -> float:
@@ -125,7 +126,8 @@ def _check_model(name: str, role: str) -> None:
                          f"run `python -m specviz fetch {name}` first (or pick an installed one)")
 
 
-def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens) -> Request:
+def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens,
+                 rule="auto") -> Request:
     """Validate everything a user (or an API client) sends; ValueError with one clear line otherwise."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: type something or pick an example")
@@ -147,9 +149,11 @@ def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_
     max_new = _integer(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_UI)
     if strategy in getattr(strategies, "GREEDY_ONLY", ()) and temperature > 0 and drafter not in MODEL_FREE_DRAFTERS:
         raise ValueError(f"the '{strategy}' draft shape works with greedy decoding only: set temperature to 0")
+    if rule not in ("auto", *rule_names()):
+        raise ValueError(f"unknown verification rule {str(rule)[:40]!r}; choose one of: auto, {', '.join(rule_names())}")
     settings = Settings(max_new_tokens=max_new, temperature=temperature, top_p=top_p, seed=seed)
     check_settings(settings)
-    return Request(prompt, target, drafter, strategy, draft_len, settings)
+    return Request(prompt, target, drafter, strategy, draft_len, settings, None if rule == "auto" else rule)
 
 
 def choose_drafter(requested: str, history: list[RunRecord]) -> tuple[str, str]:
@@ -192,7 +196,7 @@ def remember_ar(events: list[Event]) -> None:
 
 def start_stream(req: Request, drafter: str) -> Iterator[Event]:
     """Build the engine and start its event stream; input errors surface here, before any output."""
-    engine = build_engine(req.target, drafter, req.draft_len, None, req.strategy)
+    engine = build_engine(req.target, drafter, req.draft_len, req.rule, req.strategy)
     stream = engine.stream_text(req.prompt, req.settings)
     first = next(stream)  # runs the engine's checks (prompt vs context, settings)
 
@@ -288,7 +292,8 @@ def status_line(events: list[Event], note: str = "", state: str | None = None) -
     if start is None:
         return note or "Ready."
     m = views.latest_metrics(events)
-    what = f"**{esc(start.target)}** ← drafter **{esc(start.drafter)}** · rule {esc(start.rule)}"
+    lossy = " (**LOSSY**: the output distribution is not the target's)" if str(start.rule).endswith("-lossy") else ""
+    what = f"**{esc(start.target)}** ← drafter **{esc(start.drafter)}** · rule {esc(start.rule)}{lossy}"
     if state is None and end is not None:
         m = end.metrics
         state = f"✔ done ({esc(end.stop_reason)}) · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s"
@@ -371,11 +376,11 @@ def _open_stream(req: Request, drafter: str) -> Iterator[Event]:
 
 
 @gpu
-def run(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens, measure_ar,
+def run(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens, rule, measure_ar,
         session: Session | None = None):
     """Stream one speculative run into every view; optionally measure the AR reference afterwards."""
     session, req, drafter, reason = _begin(session, (prompt, target, drafter, strategy, draft_len, temperature,
-                                                     top_p, seed, max_new_tokens))
+                                                     top_p, seed, max_new_tokens, rule))
     yield (f"▶ preparing {esc(req.target)} with drafter {esc(drafter)}…",) + (gr.skip(),) * (len(VIEW_NAMES) - 1)
     stream = _open_stream(req, drafter)  # a bad prompt fails here and leaves the last run on display
     session.stepper = None
@@ -422,11 +427,11 @@ def show_step(index, session: Session | None):
 
 
 @gpu
-def step_start(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens,
+def step_start(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens, rule,
                session: Session | None = None):
     """Start a run that advances one speculative step per click (the generator waits in the session)."""
     session, req, drafter, reason = _begin(session, (prompt, target, drafter, strategy, draft_len, temperature,
-                                                     top_p, seed, max_new_tokens))
+                                                     top_p, seed, max_new_tokens, rule))
     session.stepper = _open_stream(req, drafter)
     session.choice = (drafter, reason)
     session.events = []
@@ -595,11 +600,11 @@ def first_view(name, session: Session | None):
 
 
 @gpu
-def race(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens,
+def race(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens, rule,
          session: Session | None = None):
     """AR and speculative decoding of one prompt, side by side, taking turns by their own decoding time."""
     session, req, drafter, reason = _begin(session, (prompt, target, drafter, strategy, draft_len, temperature,
-                                                     top_p, seed, max_new_tokens))
+                                                     top_p, seed, max_new_tokens, rule))
     if drafter == "none":
         raise gr.Error("a race needs a drafter: pick 'pld' or a model drafter", print_exception=False)
     sides = {"spec": _open_stream(req, drafter), "ar": _open_stream(req, "none")}
@@ -660,7 +665,8 @@ def _model_choices(include_free: bool) -> list[tuple[str, str]]:
     presets = sorted(models.PRESETS, key=lambda n: (order[models.status(n)], n))
     out = [(f"{n} · {'from the hub' if hub else models.status(n)}", n) for n in presets]
     if include_free:
-        out = [("none · autoregressive (no drafter)", "none"), ("pld · prompt lookup (no model)", "pld")] + out
+        out = [("none · autoregressive (no drafter)", "none"), ("pld · prompt lookup (no model)", "pld"),
+               ("pld-tree · prompt lookup, several matches as a tree (no model)", "pld-tree")] + out
     return out
 
 
@@ -690,6 +696,9 @@ def build_demo() -> gr.Blocks:
                                                 label="temperature (0 = greedy)")
                         top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top-p")
                     seed = gr.Number(0, precision=0, minimum=0, label="seed")
+                    rule = gr.Dropdown([("auto · greedy at temperature 0, else speculative sampling (lossless)", "auto")]
+                                       + [(f"{r} · {'LOSSY: output is not the target distribution' if r.endswith('-lossy') else 'lossless'}", r)
+                                          for r in rule_names()], value="auto", label="verification rule")
                 measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
                 with gr.Row():
                     run_btn = gr.Button("Run ▶", variant="primary", elem_id="specviz-run")
@@ -749,7 +758,7 @@ def build_demo() -> gr.Blocks:
                         gr.Markdown(HOW_TO_READ)
 
         outputs = [status, tokens, text, step, tree, explain, entropy, metrics, metrics_plot, drafter_md, download]
-        controls = [prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new]
+        controls = [prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new, rule]
         to_watch = dict(fn=lambda: gr.Tabs(selected="watch"), outputs=[tabs], queue=False, api_visibility="private")
         # one decoding job at a time on this machine; streamed views stay visible while they update
         decode = dict(concurrency_id="decode", concurrency_limit=1, show_progress="minimal")

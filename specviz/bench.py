@@ -229,10 +229,13 @@ def sweep_drafter(name: str, strategy: str, nodes: int, target_model):
     from .drafters.model import ModelDrafter
     from .drafters.strategies import budget_builder
 
-    if name in ("pld", "pld-tree"):
-        if strategy != "chain":
-            raise ValueError(f"drafter '{name}' has no strategy '{strategy}'")
-        return make_drafter(name, target_model, nodes)
+    from .api import MODEL_FREE_DRAFTERS
+
+    if strategy in MODEL_FREE_DRAFTERS:  # e.g. pld (a chain) vs pld-tree at the same node budget
+        return make_drafter(strategy, target_model, nodes)
+    if name in MODEL_FREE_DRAFTERS:
+        raise ValueError(f"drafter '{name}' has no strategy '{strategy}'; for model-free drafters list "
+                         f"their names in --strategies (e.g. pld,pld-tree)")
     make_drafter(name, target_model, 1)  # the same checks (vocabulary, name) as everywhere else
     return ModelDrafter(load_model(name)[0], budget_builder(strategy, nodes), f"{name} ({strategy}, {nodes} nodes)")
 

@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-hf", action="store_true", help="also run transformers' assisted generation")
     b.add_argument("--json", help="write results here")
     b.add_argument("--budgets", help="fixed-budget sweep: comma-separated node counts, e.g. 4,8,16,32")
-    b.add_argument("--strategies", default="chain", help="with --budgets: comma-separated strategies")
+    b.add_argument("--strategies", default="chain", help="with --budgets: comma-separated strategies of the --drafter model, "
+                   "or model-free drafters (pld, pld-tree)")
     b.set_defaults(func=cmd_bench)
     r = sub.add_parser("replay", help="print a saved trace without any model")
     r.add_argument("trace")

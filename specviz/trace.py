@@ -10,7 +10,7 @@ from .events import Event, from_dict, to_dict
 
 FORMAT = "specviz-trace"
 VERSION = 1
-MAX_BYTES = 50 * 1024 * 1024  # a trace of 4k tokens with 16-node trees stays far below this
+MAX_BYTES = 50_000_000  # a trace of 4k tokens with 16-node trees stays far below this
 
 
 def dumps(events: list[Event]) -> str:
@@ -25,6 +25,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; traces and results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

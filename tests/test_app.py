@@ -60,7 +60,7 @@ def client(app):
 
 
 def args(prompt=PROMPT, drafter="pld", temperature=0.0, max_new_tokens=N, draft_len=4, top_p=1.0, seed=0):
-    return (prompt, TARGET, drafter, "chain", draft_len, temperature, top_p, seed, max_new_tokens)
+    return (prompt, TARGET, drafter, "chain", draft_len, temperature, top_p, seed, max_new_tokens, "auto")
 
 
 def named(outputs) -> dict:
@@ -209,6 +209,9 @@ def test_read_request_names_the_bad_knob():
         read_request(PROMPT, TARGET, "pld", "no-such-shape", 4, 0.0, 1.0, 0, 8)
     with pytest.raises(ValueError, match="unknown drafter"):
         read_request(PROMPT, TARGET, "no-such-drafter", "chain", 4, 0.0, 1.0, 0, 8)
+    with pytest.raises(ValueError, match="unknown verification rule"):
+        read_request(PROMPT, TARGET, "pld", "chain", 4, 0.0, 1.0, 0, 8, "made-up")
+    assert read_request(PROMPT, TARGET, "pld", "chain", 4, 0.5, 1.0, 0, 8, "typical-lossy").rule == "typical-lossy"
     assert read_request(*args()).settings == Settings(max_new_tokens=N)
     from specviz.drafters import strategies
 
