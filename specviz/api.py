@@ -24,7 +24,7 @@ MODEL_FREE_DRAFTERS = {
     "pld": "prompt lookup: copies what followed the last n-gram earlier in the text (no model)",
     "pld-tree": "prompt lookup over the 4 latest matches, merged into a tree (no model)",
 }
-MAX_DRAFT_LEN = 16
+MAX_DRAFT_LEN = 32
 
 
 @functools.lru_cache(maxsize=4)

@@ -51,5 +51,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def target():
+    """The 6-token bigram target of the distribution tests (exact joints are cheap to compute)."""
+    from bigram import BigramLM
+
+    return BigramLM(6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def drafter_model():
+    from bigram import BigramLM
+
+    return BigramLM(6, seed=1)
+
+
 def decode(ids):
     return "".join(f"<{i}>" for i in ids)

@@ -274,7 +274,8 @@ def test_ui_cost(client):
     tokens = alone.metrics.tokens
     print(f"\nUI cost: engine alone {tokens / alone_wall:.1f} tok/s wall ({alone.metrics.tokens_per_s:.1f} decoding);"
           f" through the app {tokens / ui_wall:.1f} tok/s wall, {updates} streamed updates")
-    assert tokens / ui_wall > 0.5 * tokens / alone_wall
+    # a measurement, printed for the README (`pytest -s -k ui_cost`); speed is never asserted in a test
+    assert updates > 2
 
 
 def test_binding_and_space_settings(monkeypatch):

@@ -40,15 +40,6 @@ def chi_square(engine: Engine, settings: Settings, prompt: list[int] = PROMPT) -
     return float(chisquare(obs, exp).pvalue), tvd
 
 
-@pytest.fixture(scope="module")
-def target():
-    return BigramLM(VOCAB, seed=0)
-
-
-@pytest.fixture(scope="module")
-def drafter_model():
-    return BigramLM(VOCAB, seed=1)
-
 
 CASES = {
     "chain k=2, T=1": (lambda d: ModelDrafter(d, chain_builder(2)), Settings(N_TOKENS, temperature=1.0)),

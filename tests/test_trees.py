@@ -150,15 +150,6 @@ def test_condition_on_max_keeps_order_and_sets_the_max():
 
 # --- lossless sampling on trees: the bigram distribution test --------------------------------------
 
-@pytest.fixture(scope="module")
-def target():
-    return BigramLM(VOCAB, seed=0)
-
-
-@pytest.fixture(scope="module")
-def drafter_model():
-    return BigramLM(VOCAB, seed=1)
-
 
 LOSSLESS = {
     "gumbel-top-k (3, 2) capped at 7 nodes, RSD, T=1": (gumbel_top_k_builder((3, 2), max_nodes=7),
