@@ -289,10 +289,12 @@ def test_binding_and_space_settings(monkeypatch):
     assert app.server_address() == ("0.0.0.0", 9000)
     monkeypatch.delenv("SPECVIZ_HOST")
     monkeypatch.setenv("SPACE_ID", "someone/specviz")
-    monkeypatch.delenv("SPECVIZ_FROM_HUB", raising=False)
+    # setenv first so that teardown restores the variable's original state (absent, usually)
+    monkeypatch.setenv("SPECVIZ_FROM_HUB", "")
+    monkeypatch.delenv("SPECVIZ_FROM_HUB")
     app.prepare_environment()
     assert app.server_address()[0] == "0.0.0.0" and os.environ["SPECVIZ_FROM_HUB"] == "1"
-    monkeypatch.delenv("SPECVIZ_FROM_HUB")
+    os.environ.pop("SPECVIZ_FROM_HUB")  # set by prepare_environment, not by monkeypatch
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     try:
         import spaces  # noqa: F401
