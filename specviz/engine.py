@@ -64,7 +64,7 @@ class Engine:
         eos_ids: set[int] | frozenset = frozenset(),
         target_name: str = "target",
         rule: str | Rule | None = None,
-        max_draft: int = 64,
+        max_draft: int = 128,
     ):
         self.target = CachedLM(target)
         self.decode = decode
