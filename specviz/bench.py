@@ -56,6 +56,8 @@ class Row:
     accepted: int = 0
     steps: int = 0
     forward_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
     identical: int = 0
     hf_identical: int = 0
     divergences: list = field(default_factory=list)
@@ -71,6 +73,8 @@ class Row:
         self.accepted += spec.metrics.accepted
         self.steps += spec.metrics.steps
         self.forward_s += spec.metrics.forward_s
+        self.draft_s += spec.metrics.draft_s
+        self.verify_s += spec.metrics.verify_s
         self.predicted.append(spec.metrics.predicted_speedup)
         self.identical += bool(identical)
         if hf is not None:
@@ -93,6 +97,8 @@ class Row:
             "tau": self.spec_tokens / self.steps if self.steps else 0.0,
             "predicted_speedup": sum(self.predicted) / len(self.predicted) if self.predicted else 0.0,
             "outside_forward_share": 1 - self.forward_s / self.spec_s if self.spec_s else 0.0,
+            # drafter seconds per drafted token / target seconds per verification forward
+            "c": (self.draft_s / self.drafted) / (self.verify_s / self.steps) if self.drafted and self.verify_s else 0.0,
             "outputs_identical": (self.identical == self.prompts) if greedy else None,
             "divergences": self.divergences,
         }
