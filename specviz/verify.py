@@ -62,7 +62,8 @@ def verify_greedy(tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator) -
 
 
 def verify_sampling(
-    tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator, residual=residual, drop_rejected: bool = True
+    tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator, residual=residual, drop_rejected: bool = True,
+    mass=lambda p, x: float(p[x]),
 ) -> Verdict:
     """Lossless speculative sampling on a tree.
 
@@ -70,7 +71,8 @@ def verify_sampling(
     becomes norm(max(0, p - q)). For children drawn without replacement (RSD), q also loses the
     rejected token and is renormalized. A chain is the one-child case (Leviathan/Chen); i.i.d.
     children give SpecInfer's multi-step rule. `residual` and `drop_rejected` exist so tests can
-    show that breaking either one is caught.
+    show that breaking either one is caught; `mass` is the target mass credited to a draft token
+    (p(x) here; lossy rules such as LANTERN credit more).
     """
     status = [UNVISITED] * len(tree)
     accept_prob: list[float | None] = [None] * len(tree)
@@ -83,7 +85,7 @@ def verify_sampling(
         for child in children:
             x = tree.tokens[child]
             qc = tree.q_node.get(child, q)
-            a = 0.0 if qc[x] <= 0 else min(1.0, float(p[x] / qc[x]))
+            a = 0.0 if qc[x] <= 0 else min(1.0, mass(p, x) / float(qc[x]))
             accept_prob[child] = a
             if uniform(gen) < a:
                 status[child], nxt = ACCEPTED, child

@@ -20,9 +20,9 @@ from typing import Callable
 
 import torch
 
-from .sampling import residual, sample, uniform
-from .tree import WITHOUT_REPLACEMENT, DraftTree
-from .verify import ACCEPTED, REJECTED, RULES, UNVISITED, Rule, Verdict, _final_kind
+from .sampling import residual, sample
+from .tree import DraftTree
+from .verify import ACCEPTED, REJECTED, RULES, UNVISITED, Rule, Verdict, _final_kind, verify_sampling
 
 
 def typical_threshold(p: torch.Tensor, eps: float, delta: float) -> float:
@@ -95,30 +95,8 @@ def lantern_rule(embeddings: torch.Tensor, k: int = 10, delta: float = 0.2) -> R
     neighbours = LatentNeighbours(embeddings, k)
 
     def verify_lantern(tree: DraftTree, p_rows: torch.Tensor, gen: torch.Generator) -> Verdict:
-        status = [UNVISITED] * len(tree)
-        accept_prob: list[float | None] = [None] * len(tree)
-        path, node = [], -1
-        while True:
-            p, q, children = p_rows[node + 1], tree.q.get(node), tree.children(node)
-            nxt = None
-            for child in children:
-                x = tree.tokens[child]
-                qc = tree.q_node.get(child, q)  # siblings with their own q (prompt-lookup trees)
-                a = 0.0 if qc[x] <= 0 else min(1.0, relaxed_mass(p, x, neighbours(x), delta) / float(qc[x]))
-                accept_prob[child] = a
-                if uniform(gen) < a:
-                    status[child], nxt = ACCEPTED, child
-                    break
-                status[child] = REJECTED
-                p = residual(p, qc)
-                if tree.draw == WITHOUT_REPLACEMENT:
-                    q = q.clone()
-                    q[x] = 0.0
-                    q = q / q.sum() if q.sum() > 0 else q
-            if nxt is None:
-                return Verdict(path, sample(p, gen), _final_kind(tree, bool(children)), status, accept_prob, p)
-            path.append(nxt)
-            node = nxt
+        # speculative sampling, crediting x with its embedding neighbours' mass (bounded by delta)
+        return verify_sampling(tree, p_rows, gen, mass=lambda p, x: relaxed_mass(p, x, neighbours(x), delta))
 
     verify_lantern.__name__ = "lantern-lossy"
     return verify_lantern
