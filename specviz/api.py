@@ -11,18 +11,21 @@ import functools
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import models
+from . import corpus, models
 from .drafters.model import ModelDrafter
 from .drafters.strategies import GREEDY_ONLY, STRATEGIES
+from .drafters.ngram import NgramDrafter, NgramTable
 from .drafters.prompt_lookup import PromptLookupDrafter
 from .engine import Engine, Result, Settings
 from .events import Event
 
 # Drafters that need no second model; any other name is a model preset, directory or hub id.
-MODEL_FREE_DRAFTERS = {
-    "none": "no drafter: plain autoregressive decoding (the reference)",
+MODEL_FREE_DRAFTERS = {  # "short label: details" (the app shows the label)
+    "none": "autoregressive: no drafter, plain decoding (the reference)",
     "pld": "prompt lookup: copies what followed the last n-gram earlier in the text (no model)",
-    "pld-tree": "prompt lookup over the 4 latest matches, merged into a tree (no model)",
+    "pld-tree": "prompt lookup tree: the 4 latest matches merged into a tree (no model)",
+    "ngram": "n-gram chain: counts from the target's own outputs and the text so far (no model; ADED-style)",
+    "ngram-tree": "n-gram tree: the same counts grown best-first into a tree of draft_len nodes (no model)",
 }
 MAX_DRAFT_LEN = 32
 
@@ -76,7 +79,20 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "chain"):
+@functools.lru_cache(maxsize=4)
+def ngram_corpus(target: str | None) -> NgramTable | None:
+    """Counts over the stored corpus of `target`'s own outputs (specviz corpus), if there is one."""
+    data = corpus.load(target) if target else None
+    if data is None:
+        return None
+    table = NgramTable()
+    for ids in data["outputs"]:
+        table.add(ids)
+    return table
+
+
+def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "chain", target: str | None = None):
+    """`target` names the target (preset or directory) so that corpus-trained drafters find its corpus."""
     if not (1 <= draft_len <= MAX_DRAFT_LEN):
         raise ValueError(f"draft length must be in [1, {MAX_DRAFT_LEN}], got {draft_len}")
     if strategy not in STRATEGIES:
@@ -86,6 +102,9 @@ def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "c
     if name in ("pld", "pld-tree"):
         return PromptLookupDrafter(target_model.config.vocab_size, k=draft_len, branches=4 if name == "pld-tree" else 1,
                                    name=name)
+    if name in ("ngram", "ngram-tree"):
+        return NgramDrafter(target_model.config.vocab_size, ngram_corpus(target), budget=draft_len,
+                            width=4 if name == "ngram-tree" else 1, name=name)
     model, _, _ = load_model(name)
     if model.config.vocab_size != target_model.config.vocab_size:
         raise ValueError(f"drafter '{name}' has vocabulary {model.config.vocab_size}, "
@@ -120,7 +139,7 @@ def build_engine(target: str = "smollm2-135m", drafter: str = "pld", draft_len: 
     if tokenizer is None:
         raise models.ModelError(f"'{target}' has no tokenizer files")
     engine = Engine(model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                    make_drafter(drafter, model, draft_len, strategy), eos_ids(model, tokenizer), target,
+                    make_drafter(drafter, model, draft_len, strategy, target), eos_ids(model, tokenizer), target,
                     make_rule(rule, model))
     chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
     return TextEngine(engine, tokenizer, chat)

@@ -665,8 +665,8 @@ def _model_choices(include_free: bool) -> list[tuple[str, str]]:
     presets = sorted(models.PRESETS, key=lambda n: (order[models.status(n)], n))
     out = [(f"{n} · {'from the hub' if hub else models.status(n)}", n) for n in presets]
     if include_free:
-        out = [("none · autoregressive (no drafter)", "none"), ("pld · prompt lookup (no model)", "pld"),
-               ("pld-tree · prompt lookup, several matches as a tree (no model)", "pld-tree")] + out
+        out = [(f"{n} · {desc.split(':')[0]}" + (" (no model)" if n != "none" else ""), n)
+               for n, desc in MODEL_FREE_DRAFTERS.items()] + out
     return out
 
 

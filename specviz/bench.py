@@ -229,7 +229,7 @@ def format_table(results: dict, with_hf: bool) -> str:
     return "\n".join(lines)
 
 
-def sweep_drafter(name: str, strategy: str, nodes: int, target_model):
+def sweep_drafter(name: str, strategy: str, nodes: int, target_model, target: str | None = None):
     """A drafter of `strategy` that drafts at most `nodes` nodes per step (equal target budgets)."""
     from .api import load_model, make_drafter
     from .drafters.model import ModelDrafter
@@ -238,7 +238,7 @@ def sweep_drafter(name: str, strategy: str, nodes: int, target_model):
     from .api import MODEL_FREE_DRAFTERS
 
     if strategy in MODEL_FREE_DRAFTERS:  # e.g. pld (a chain) vs pld-tree at the same node budget
-        return make_drafter(strategy, target_model, nodes)
+        return make_drafter(strategy, target_model, nodes, target=target)
     if name in MODEL_FREE_DRAFTERS:
         raise ValueError(f"drafter '{name}' has no strategy '{strategy}'; for model-free drafters list "
                          f"their names in --strategies (e.g. pld,pld-tree)")
@@ -257,7 +257,7 @@ def run_sweep(a) -> int:
     settings = Settings(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed)
     base = build_engine(a.target, "none")
     model = base.engine.target.model
-    engines = {(s, n): Engine(model, base.engine.decode, sweep_drafter(a.drafter, s, n, model), base.engine.eos_ids,
+    engines = {(s, n): Engine(model, base.engine.decode, sweep_drafter(a.drafter, s, n, model, a.target), base.engine.eos_ids,
                               a.target, a.rule)
                for s in strategies for n in budgets}
     encoded = [base.encode(p["prompt"], a.raw) for p in prompts]

@@ -1,0 +1,86 @@
+"""The n-gram drafter (counts from a corpus of the target's outputs and from the text so far)."""
+import pytest
+from test_engine import decode, reference_greedy
+from test_lossless_sampling import N_TOKENS, TREE_PROMPT, VOCAB, chi_square
+
+from specviz import corpus
+from specviz.bench import read_prompts
+from specviz.drafters.ngram import NgramDrafter, NgramTable, best_first_tree, next_tokens
+from specviz.engine import Engine, Settings
+
+
+def table_of(*texts, order=4):
+    t = NgramTable(order)
+    for ids in texts:
+        t.add(list(ids))
+    return t
+
+
+def test_counts_back_off_from_the_longest_seen_context():
+    t = table_of([1, 2, 3, 1, 2, 4, 1, 2, 4, 5, 2, 9])
+    assert next_tokens([(t, 1.0)], [7, 1, 2], 3) == [(4, 2 / 3), (3, 1 / 3)]  # after (1, 2)
+    assert next_tokens([(t, 1.0)], [7, 5, 2], 3) == [(9, 1.0)]  # (7, 5, 2) and then (5, 2) seen once
+    assert next_tokens([(t, 1.0)], [8, 8, 8], 3) == []  # nothing ever followed 8
+
+
+def test_weights_merge_tables_at_the_same_context_length():
+    local, corpus_ = table_of([1, 2, 3]), table_of([1, 2, 4, 1, 2, 4])
+    assert next_tokens([(local, 1.0), (corpus_, 1.0)], [1, 2], 2)[0][0] == 4
+    assert next_tokens([(local, 8.0), (corpus_, 1.0)], [1, 2], 2) == [(3, 0.8), (4, 0.2)]
+
+
+def test_best_first_tree_spends_the_budget_on_the_likeliest_paths():
+    t = table_of([1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 3, 7, 1, 2, 5, 8])
+    tree = best_first_tree([(t, 1.0)], [1, 2], budget=4, width=2, vocab=10)
+    # after (1, 2): 3 or 5 (1/2 each); then 4 or 7 after 3 (1/4 each) before anything deeper
+    assert tree.tokens == [3, 5, 4, 7] and tree.parents == [-1, -1, 0, 0]
+    assert all(float(tree.q_of(i)[tok]) == 1.0 for i, tok in enumerate(tree.tokens))
+    chain = best_first_tree([(t, 1.0)], [1, 2], budget=4, width=1, vocab=10)
+    assert chain.parents == [-1, 0, 1, 2]
+
+
+def test_local_counts_follow_the_text_and_restart_for_a_new_one():
+    d = NgramDrafter(10, None, budget=3)
+    assert d.propose([1, 2, 3, 1, 2], None, None).tokens == [3, 1, 2]
+    assert d.propose([1, 2, 3, 1, 2, 6, 1, 2], None, None).tokens[0] in (3, 6)
+    assert d.propose([4, 5, 4], None, None).tokens == [5, 4, 5]  # nothing left of the first text
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_greedy_ngram_decoding_equals_reference(tiny_target, width):
+    prompt = [1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 3, 7, 1, 2]
+    want = reference_greedy(tiny_target, prompt, 30)
+    drafter = NgramDrafter(tiny_target.config.vocab_size, table_of([2, 3, 4, 5] * 5), budget=8, width=width)
+    assert Engine(tiny_target, decode, drafter).run(prompt, Settings(max_new_tokens=30)).token_ids == want
+
+
+def test_ngram_tree_sampling_matches_target_distribution(target):
+    drafter = NgramDrafter(VOCAB, None, budget=6, width=3)  # 1 was followed by 2, 4 and 5
+    assert len(drafter.propose(TREE_PROMPT, None, None).children(-1)) == 3
+    drafter.reset()
+    pvalue, tvd = chi_square(Engine(target, str, drafter, rule="sampling"), Settings(N_TOKENS, temperature=1.0),
+                             TREE_PROMPT)
+    print(f"n-gram tree: chi-square p={pvalue:.3g} tvd={tvd:.4f}")
+    assert pvalue > 1e-3
+
+
+def test_training_prompts_are_not_evaluation_prompts():
+    train = [p["prompt"] for p in corpus.training_prompts()]
+    assert len(train) >= 100 and len(set(train)) == len(train)
+    for e in (p["prompt"] for p in read_prompts(None)):
+        assert not any(e in t or t in e for t in train)
+
+
+@pytest.mark.skipif(corpus.load("smollm2-135m") is None, reason="no stored SmolLM2 corpus")
+def test_stored_corpus_is_the_targets_own_greedy_output():
+    from specviz import models
+    from specviz.api import build_engine
+
+    if models.status("smollm2-135m") != "ready":
+        pytest.skip("smollm2-135m not fetched")
+    data = corpus.load("smollm2-135m")
+    assert corpus.digest(data["outputs"]) == data["digest"]
+    engine = build_engine("smollm2-135m", "none")
+    for i in (0, len(data["prompts"]) // 2):  # a code prompt and a summary: regenerate with plain AR
+        got = engine.generate(data["prompts"][i]["prompt"], Settings(max_new_tokens=data["max_new_tokens"]))
+        assert got.token_ids == data["outputs"][i]
