@@ -104,7 +104,7 @@ def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "c
                                    name=name)
     if name in ("ngram", "ngram-tree"):
         return NgramDrafter(target_model.config.vocab_size, ngram_corpus(target), budget=draft_len,
-                            width=4 if name == "ngram-tree" else 1, name=name)
+                            width=8 if name == "ngram-tree" else 1, name=name)
     model, _, _ = load_model(name)
     if model.config.vocab_size != target_model.config.vocab_size:
         raise ValueError(f"drafter '{name}' has vocabulary {model.config.vocab_size}, "

@@ -133,7 +133,7 @@ def hf_generate(model, prompt_ids, settings: Settings, drafter: str, draft_len: 
         kwargs.update(temperature=None, top_p=None, top_k=None)
     else:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
-    if drafter == "pld":
+    if drafter in ("pld", "pld-tree"):  # transformers' prompt lookup drafts a chain
         kwargs["prompt_lookup_num_tokens"] = draft_len
     elif assistant is not None:
         kwargs["assistant_model"] = assistant
@@ -153,6 +153,9 @@ def hf_generate(model, prompt_ids, settings: Settings, drafter: str, draft_len: 
 def run_bench(a) -> int:
     from tqdm import tqdm
 
+    if a.compare_hf and a.drafter in ("none", "ngram", "ngram-tree"):
+        raise ValueError(f"drafter '{a.drafter}' has no counterpart in transformers' assisted generation; "
+                         "--compare-hf works with pld, pld-tree and model drafters")
     prompts = read_prompts(a.prompts)
     if a.limit:
         prompts = prompts[: a.limit]
@@ -241,7 +244,7 @@ def sweep_drafter(name: str, strategy: str, nodes: int, target_model, target: st
         return make_drafter(strategy, target_model, nodes, target=target)
     if name in MODEL_FREE_DRAFTERS:
         raise ValueError(f"drafter '{name}' has no strategy '{strategy}'; for model-free drafters list "
-                         f"their names in --strategies (e.g. pld,pld-tree)")
+                         f"their names in --strategies (e.g. pld,pld-tree,ngram,ngram-tree)")
     make_drafter(name, target_model, 1)  # the same checks (vocabulary, name) as everywhere else
     return ModelDrafter(load_model(name)[0], budget_builder(strategy, nodes), f"{name} ({strategy}, {nodes} nodes)")
 

@@ -105,6 +105,17 @@ def cmd_bench(a) -> int:
     return run_sweep(a) if a.budgets else run_bench(a)
 
 
+def cmd_corpus(a) -> int:
+    from tqdm import tqdm
+
+    from . import corpus
+
+    path = corpus.build(a.target, a.max_new_tokens, a.limit, a.out,
+                        progress=lambda rows: tqdm(rows, desc="corpus", unit="prompt", file=sys.stderr))
+    print(f"corpus written to {path}")
+    return 0
+
+
 def cmd_replay(a) -> int:
     from . import trace
 
@@ -143,8 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write results here")
     b.add_argument("--budgets", help="fixed-budget sweep: comma-separated node counts, e.g. 4,8,16,32")
     b.add_argument("--strategies", default="chain", help="with --budgets: comma-separated strategies of the --drafter model, "
-                   "or model-free drafters (pld, pld-tree)")
+                   "or model-free drafters (pld, pld-tree, ngram, ngram-tree)")
     b.set_defaults(func=cmd_bench)
+    c = sub.add_parser("corpus", help="record the target's greedy outputs on the training prompts (for ngram drafters)")
+    c.add_argument("--target", default="smollm2-135m")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--limit", type=int, default=0, help="use only the first N training prompts")
+    c.add_argument("--out", help="where to write (default assets/corpus-<target>.json)")
+    c.set_defaults(func=cmd_corpus)
     r = sub.add_parser("replay", help="print a saved trace without any model")
     r.add_argument("trace")
     r.set_defaults(func=cmd_replay)

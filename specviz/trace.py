@@ -1,12 +1,15 @@
 """Versioned JSON traces: a whole run's events, saved atomically, loaded back with validation."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import types
+import typing
 from pathlib import Path
 
-from .events import Event, from_dict, to_dict
+from .events import Drafted, Emitted, Event, Verified, from_dict, to_dict
 
 FORMAT = "specviz-trace"
 VERSION = 1
@@ -55,7 +58,64 @@ def loads(text: str | bytes) -> list[Event]:
     out = [from_dict(e) for e in events]
     if type(out[0]).__name__ != "RunStarted":
         raise ValueError("trace must begin with a RunStarted event")
+    validate(out)
     return out
+
+
+NODE_STATUS = (None, "accepted", "rejected", "unvisited")
+TOKEN_KINDS = ("accepted", "resampled", "bonus", "target")
+
+
+def validate(events: list[Event]) -> None:
+    """Refuse events no engine run could have written: field types, node ids, parent links, path
+    indices, token kinds. Views may then trust what they draw."""
+    for k, ev in enumerate(events):
+        bad = _bad_field(ev)
+        if bad:
+            raise ValueError(f"event {k} ({type(ev).__name__}) has a wrong value in '{bad}'")
+        if isinstance(ev, (Drafted, Verified)):
+            for i, node in enumerate(ev.nodes):
+                if node.id != i or not -1 <= node.parent < i:
+                    raise ValueError(f"step {ev.step}: draft node {i} has a bad id or parent link")
+                if node.status not in NODE_STATUS:
+                    raise ValueError(f"step {ev.step}: unknown node status {str(node.status)[:20]!r}")
+        if isinstance(ev, Verified) and any(not 0 <= j < len(ev.nodes) for j in ev.path):
+            raise ValueError(f"step {ev.step}: the verified path names nodes that do not exist")
+        if isinstance(ev, Emitted) and any(tok.kind not in TOKEN_KINDS for tok in ev.tokens):
+            raise ValueError(f"step {ev.step}: unknown token kind")
+
+
+def _conforms(value, hint) -> bool:
+    """Does a JSON-loaded value match a dataclass field's type hint (float accepts int; bool is no number)?"""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, h) for h in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_conforms(v, args[0]) for v in value))
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint) and _bad_field(value) is None
+    return isinstance(value, origin or hint)
+
+
+def _bad_field(obj) -> str | None:
+    """The first field of a (nested) event whose value has the wrong type, if any."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for item in value:
+                bad = _bad_field(item) if isinstance(item, type(value[0])) else f.name
+                if bad:
+                    return f"{f.name}.{bad}"
+        elif not _conforms(value, hints[f.name]):
+            return f.name
+    return None
 
 
 def load(path: str | os.PathLike) -> list[Event]:

@@ -89,6 +89,20 @@ def test_bench_smoke_writes_json(tmp_path):
     assert "| overall |" in out.stdout
 
 
+@needs_smollm2
+def test_corpus_records_the_targets_outputs(tmp_path):
+    out = cli("corpus", "--limit", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "c.json"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert len(data["prompts"]) == len(data["outputs"]) == 1 and 1 <= len(data["outputs"][0]) <= 4
+    assert data["target"] == "smollm2-135m" and data["digest"]
+
+
+def test_compare_hf_refuses_drafters_transformers_does_not_have(tmp_path):
+    out = cli("bench", "--drafter", "ngram", "--compare-hf")
+    assert out.returncode == 2 and "no counterpart in transformers" in out.stderr
+
+
 def test_bench_rejects_a_bad_prompt_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")

@@ -31,16 +31,25 @@ def test_weights_merge_tables_at_the_same_context_length():
 
 def test_best_first_tree_spends_the_budget_on_the_likeliest_paths():
     t = table_of([1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 3, 7, 1, 2, 5, 8])
-    tree = best_first_tree([(t, 1.0)], [1, 2], budget=4, width=2, vocab=10)
+    tree, expected = best_first_tree([(t, 1.0)], [1, 2], budget=4, width=2, vocab=10)
+    assert expected == 1.5
     # after (1, 2): 3 or 5 (1/2 each); then 4 or 7 after 3 (1/4 each) before anything deeper
     assert tree.tokens == [3, 5, 4, 7] and tree.parents == [-1, -1, 0, 0]
     assert all(float(tree.q_of(i)[tok]) == 1.0 for i, tok in enumerate(tree.tokens))
-    chain = best_first_tree([(t, 1.0)], [1, 2], budget=4, width=1, vocab=10)
+    chain, _ = best_first_tree([(t, 1.0)], [1, 2], budget=4, width=1, vocab=10)
     assert chain.parents == [-1, 0, 1, 2]
 
 
+def test_unlikely_drafts_are_not_worth_a_wide_forward():
+    t = table_of([1, 2, 3, 1, 2, 4, 1, 2, 5])
+    sure = NgramDrafter(10, t, budget=4, width=4, prior=0.0, min_expected=0.0).propose([1, 2], None, None)
+    assert len(sure) == 4
+    # 1/3 + 1/3 + 1/3 + (1/3 * 1) ... with a prior of 1 the same tree expects < 2 accepted drafts
+    assert len(NgramDrafter(10, t, budget=4, width=4, prior=1.0, min_expected=2.0).propose([1, 2], None, None)) == 0
+
+
 def test_local_counts_follow_the_text_and_restart_for_a_new_one():
-    d = NgramDrafter(10, None, budget=3)
+    d = NgramDrafter(10, None, budget=3, prior=0.0, min_expected=0.0)
     assert d.propose([1, 2, 3, 1, 2], None, None).tokens == [3, 1, 2]
     assert d.propose([1, 2, 3, 1, 2, 6, 1, 2], None, None).tokens[0] in (3, 6)
     assert d.propose([4, 5, 4], None, None).tokens == [5, 4, 5]  # nothing left of the first text
@@ -50,12 +59,13 @@ def test_local_counts_follow_the_text_and_restart_for_a_new_one():
 def test_greedy_ngram_decoding_equals_reference(tiny_target, width):
     prompt = [1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 3, 7, 1, 2]
     want = reference_greedy(tiny_target, prompt, 30)
-    drafter = NgramDrafter(tiny_target.config.vocab_size, table_of([2, 3, 4, 5] * 5), budget=8, width=width)
+    drafter = NgramDrafter(tiny_target.config.vocab_size, table_of([2, 3, 4, 5] * 5), budget=8, width=width,
+                           min_expected=0.5)
     assert Engine(tiny_target, decode, drafter).run(prompt, Settings(max_new_tokens=30)).token_ids == want
 
 
 def test_ngram_tree_sampling_matches_target_distribution(target):
-    drafter = NgramDrafter(VOCAB, None, budget=6, width=3)  # 1 was followed by 2, 4 and 5
+    drafter = NgramDrafter(VOCAB, None, budget=6, width=3, min_expected=0.0)  # 1 was followed by 2, 4 and 5
     assert len(drafter.propose(TREE_PROMPT, None, None).children(-1)) == 3
     drafter.reset()
     pvalue, tvd = chi_square(Engine(target, str, drafter, rule="sampling"), Settings(N_TOKENS, temperature=1.0),

@@ -38,7 +38,7 @@ def needs(*names):
 
 
 @needs("smollm2-135m")
-@pytest.mark.parametrize("drafter", ["pld", "smollm2-135m"])
+@pytest.mark.parametrize("drafter", ["pld", "ngram-tree", "smollm2-135m"])
 def test_smollm2_greedy_speculative_equals_ar(drafter):
     spec = build_engine("smollm2-135m", drafter, draft_len=5)
     model = spec.engine.target.model

@@ -49,6 +49,28 @@ def test_malformed_traces_are_refused(text, reason):
         trace.loads(text)
 
 
+STARTED = {"event": "RunStarted", "target": "t", "drafter": "d", "rule": "greedy", "settings": {}, "prompt": "p",
+           "prompt_tokens": 1}
+NODE = {"id": 0, "parent": -1, "depth": 1, "token": 1, "text": "a", "q": 1.0, "q_entropy": 0.0}
+TOKEN = {"id": 1, "text": "a", "kind": "accepted", "p": 0.5, "p_entropy": 0.1}
+
+
+@pytest.mark.parametrize("event, reason", [
+    ({"event": "Drafted", "step": 0, "nodes": [{**NODE, "parent": 0}], "draw": "iid"}, "parent link"),
+    ({"event": "Drafted", "step": 0, "nodes": [{**NODE, "id": 3}], "draw": "iid"}, "bad id"),
+    ({"event": "Verified", "step": 0, "nodes": [NODE], "path": [1], "kind": "bonus"}, "path names nodes"),
+    ({"event": "Verified", "step": 0, "nodes": [{**NODE, "status": "maybe"}], "path": [], "kind": "bonus"},
+     "node status"),
+    ({"event": "Emitted", "step": 0, "tokens": [{**TOKEN, "kind": "magic"}]}, "token kind"),
+    ({"event": "Emitted", "step": 0, "tokens": [{**TOKEN, "p": "high"}]}, "tokens.p"),
+    ({"event": "Drafted", "step": "zero", "nodes": [], "draw": "iid"}, "'step'"),
+])
+def test_events_no_engine_could_write_are_refused(event, reason):
+    good = json.dumps({"format": "specviz-trace", "version": 1, "events": [STARTED, event]})
+    with pytest.raises(ValueError, match=reason):
+        trace.loads(good)
+
+
 def test_huge_trace_is_refused():
     with pytest.raises(ValueError, match="limit"):
         trace.loads(" " * (trace.MAX_BYTES + 1))
