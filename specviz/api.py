@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -30,10 +31,23 @@ MODEL_FREE_DRAFTERS = {  # "short label: details" (the app shows the label)
 MAX_DRAFT_LEN = 32
 
 
-@functools.lru_cache(maxsize=4)
+_LOAD_LOCK = threading.Lock()
+
+
 def load_model(name: str):
+    """Load once per process; concurrent first calls (the app's warm-up and a first Run) wait for
+    one load instead of racing (two loads at once broke on meta tensors)."""
+    with _LOAD_LOCK:
+        return _load_model(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(name: str):
     model, tokenizer, preset = models.load(name)
     return model, tokenizer, preset
+
+
+load_model.cache_clear = _load_model.cache_clear
 
 
 def drafter_names() -> list[str]:

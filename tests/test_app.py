@@ -258,22 +258,56 @@ def test_malformed_or_hostile_traces_are_refused_and_the_app_keeps_serving(clien
     assert client.predict(0, api_name="/step_prev")[2] == shown["text"]
 
 
-def test_ui_cost(client):
-    """Tokens/s of one run: the engine alone vs the same run streamed through the app (wall clock)."""
-    prompt, n = PROMPT, 48
+@pytest.fixture
+def app_process(tmp_path):
+    """`python app.py` as users start it, on a free local port."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = free_port()
+    env = {**os.environ, "SPECVIZ_HOST": "127.0.0.1", "SPECVIZ_PORT": str(port)}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=root, env=env,
+                            stdout=open(tmp_path / "app.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            try:
+                client = Client(url, verbose=False)
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    raise RuntimeError((tmp_path / "app.log").read_text()[-2000:]) from None
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("app.py did not come up")
+        yield client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_ui_cost(app_process):
+    """Tokens/s of one run: the engine alone vs the same run streamed through `python app.py`."""
+    from specviz.bench import read_prompts
+
+    prompt, n = read_prompts(None)[1]["prompt"], 96  # a code edit: pld drafts, the output is long
     engine = build_engine(TARGET, "pld", 4)
+    engine.generate(prompt, Settings(max_new_tokens=8))  # warm, as the app is after its first run
+    app_process.predict(*args(prompt=prompt, max_new_tokens=8), False, api_name="/run")
     t0 = time.perf_counter()
     alone = engine.generate(prompt, Settings(max_new_tokens=n))
     alone_wall = time.perf_counter() - t0
     t0 = time.perf_counter()
-    job = client.submit(*args(prompt=prompt, max_new_tokens=n), False, api_name="/run")
+    job = app_process.submit(*args(prompt=prompt, max_new_tokens=n), False, api_name="/run")
     updates = sum(1 for _ in job)
     out = named(job.result())
     ui_wall = time.perf_counter() - t0
     assert out["text"] == alone.text
     tokens = alone.metrics.tokens
     print(f"\nUI cost: engine alone {tokens / alone_wall:.1f} tok/s wall ({alone.metrics.tokens_per_s:.1f} decoding);"
-          f" through the app {tokens / ui_wall:.1f} tok/s wall, {updates} streamed updates")
+          f" through app.py {tokens / ui_wall:.1f} tok/s wall, {updates} streamed updates")
     # a measurement, printed for the README (`pytest -s -k ui_cost`); speed is never asserted in a test
     assert updates > 2
 
