@@ -269,22 +269,28 @@ def run_sweep(a) -> int:
     for e in engines.values():
         e.run(encoded[0], warm)
     cells: dict = defaultdict(lambda: {"tokens": 0, "seconds": 0.0, "steps": 0, "identical": 0, "prompts": 0})
-    bar = tqdm(total=len(prompts) * (1 + len(engines)), desc="sweep", unit="run", file=sys.stderr)
-    for p, ids in zip(prompts, encoded):
-        ref = base.engine.run(ids, settings)
-        bar.update()
-        for cat in (p["category"], "overall"):
-            c = cells[("autoregressive", 1, cat)]
-            c["tokens"] += ref.metrics.tokens; c["seconds"] += ref.metrics.elapsed_s
-            c["steps"] += ref.metrics.steps; c["prompts"] += 1; c["identical"] += 1
-        for (s, n), e in engines.items():
-            r = e.run(ids, settings)
+    per_repeat: dict = defaultdict(list)  # (strategy, nodes) -> overall tokens/s of each repeat
+    repeats = max(1, getattr(a, "repeats", 1))
+    bar = tqdm(total=repeats * len(prompts) * (1 + len(engines)), desc="sweep", unit="run", file=sys.stderr)
+    for _ in range(repeats):
+        totals: dict = defaultdict(lambda: [0, 0.0])
+        for p, ids in zip(prompts, encoded):
+            ref = base.engine.run(ids, settings)
             bar.update()
-            for cat in (p["category"], "overall"):
-                c = cells[(s, n, cat)]
-                c["tokens"] += r.metrics.tokens; c["seconds"] += r.metrics.elapsed_s
-                c["steps"] += r.metrics.steps; c["prompts"] += 1
-                c["identical"] += r.token_ids == ref.token_ids
+            runs = [("autoregressive", 1, ref)]
+            for (s, n), e in engines.items():
+                runs.append((s, n, e.run(ids, settings)))
+                bar.update()
+            for s, n, r in runs:
+                totals[(s, n)][0] += r.metrics.tokens
+                totals[(s, n)][1] += r.metrics.elapsed_s
+                for cat in (p["category"], "overall"):
+                    c = cells[(s, n, cat)]
+                    c["tokens"] += r.metrics.tokens; c["seconds"] += r.metrics.elapsed_s
+                    c["steps"] += r.metrics.steps; c["prompts"] += 1
+                    c["identical"] += r.token_ids == ref.token_ids
+        for key, (tokens, seconds) in totals.items():
+            per_repeat[key].append(tokens / seconds)
     bar.close()
     ar = cells[("autoregressive", 1, "overall")]
     ar_tps = ar["tokens"] / ar["seconds"]
@@ -293,13 +299,18 @@ def run_sweep(a) -> int:
         tps = c["tokens"] / c["seconds"] if c["seconds"] else 0.0
         results.append({"strategy": s, "nodes": n, "category": cat, "tau": c["tokens"] / c["steps"],
                         "tokens_per_s": tps, "prompts": c["prompts"],
+                        "tokens_per_s_by_repeat": per_repeat[(s, n)] if cat == "overall" else None,
                         "outputs_identical": (c["identical"] == c["prompts"]) if settings.warp.greedy else None})
     overall = {(r["strategy"], r["nodes"]): r for r in results if r["category"] == "overall"}
     head = "| strategy | " + " | ".join(f"{n} nodes: τ / tok/s" for n in budgets) + " |"
+    def spread(key) -> str:  # the range over repeats, when there are several
+        runs = per_repeat[key]
+        return f" ({min(runs):.1f}–{max(runs):.1f})" if len(runs) > 1 else ""
+
     lines = [head, "|" + "---|" * (len(budgets) + 1), f"| autoregressive | " + " | ".join(
-        f"1.00 / {ar_tps:.1f}" for _ in budgets) + " |"]
+        f"1.00 / {ar_tps:.1f}{spread(('autoregressive', 1))}" for _ in budgets) + " |"]
     for s in strategies:
-        row = [f"{overall[(s, n)]['tau']:.2f} / {overall[(s, n)]['tokens_per_s']:.1f}"
+        row = [f"{overall[(s, n)]['tau']:.2f} / {overall[(s, n)]['tokens_per_s']:.1f}{spread((s, n))}"
                + ("" if overall[(s, n)]["outputs_identical"] in (True, None) else " (≠AR)") for n in budgets]
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     print("\n".join(lines))

@@ -93,6 +93,13 @@ def test_run_streams_and_ends_with_the_engines_text(client, engine_text):
     assert final["download"]["value"].endswith(".trace.json")
 
 
+def test_an_ngram_tree_run_draws_trees_and_equals_the_engine(client):
+    job = client.submit(*args(drafter="ngram-tree", draft_len=8), False, api_name="/run")
+    final = named(job.result())
+    assert final["text"] == build_engine(TARGET, "ngram-tree", 8).generate(PROMPT, Settings(max_new_tokens=N)).text
+    assert "ngram-tree" in final["status"] and final["tree"]["type"] == "plotly"
+
+
 def test_stop_cancels_mid_stream_and_the_next_run_is_correct(client, engine_text):
     job = client.submit(*args(prompt="Write a long story about a lighthouse keeper.", max_new_tokens=400), False,
                         api_name="/run")
