@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..tree import WITHOUT_REPLACEMENT, DraftTree
-from .trees import build_by_widths, default_widths, gumbel_keys
+from ..tree import WITHOUT_REPLACEMENT
+from .trees import gumbel_keys, widths_builder, widths_strategy
 
 
 def gumbel_top_k(qs: torch.Tensor, k: int, gen: torch.Generator) -> list[list[int]]:
@@ -20,16 +20,6 @@ def gumbel_top_k(qs: torch.Tensor, k: int, gen: torch.Generator) -> list[list[in
     return [[t for t, v in zip(ts, vs) if v > float("-inf")] for ts, vs in rows]
 
 
-def gumbel_top_k_builder(widths: tuple[int, ...] = (3, 2, 1), max_nodes: int | None = None):
-    """A builder whose nodes at depth d get widths[d] children (at most max_nodes nodes in all)."""
-    widths = tuple(widths)
-
-    def build(lm, ids, warp, gen) -> DraftTree:
-        return build_by_widths(lm, ids, warp, gen, widths, gumbel_top_k, WITHOUT_REPLACEMENT, max_nodes)
-
-    return build
-
-
-def gumbel_top_k_strategy(draft_len: int):
-    """draft_len = depth; widths (2, 2, 1, 1, ...): 4 * draft_len - 2 nodes (2 for draft_len 1)."""
-    return gumbel_top_k_builder(default_widths(draft_len))
+# nodes at depth d get widths[d] distinct children (at most max_nodes nodes in all)
+gumbel_top_k_builder = widths_builder(gumbel_top_k, WITHOUT_REPLACEMENT)
+gumbel_top_k_strategy = widths_strategy(gumbel_top_k_builder)

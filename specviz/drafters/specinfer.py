@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..tree import IID, DraftTree
-from .trees import build_by_widths, default_widths
+from ..tree import IID
+from .trees import widths_builder, widths_strategy
 
 
 def iid_draws(qs: torch.Tensor, k: int, gen: torch.Generator) -> list[list[int]]:
@@ -18,16 +18,6 @@ def iid_draws(qs: torch.Tensor, k: int, gen: torch.Generator) -> list[list[int]]
     return torch.multinomial(qs, k, replacement=True, generator=gen).tolist()
 
 
-def specinfer_builder(widths: tuple[int, ...] = (3, 2, 1), max_nodes: int | None = None):
-    """A builder whose nodes at depth d get widths[d] i.i.d. children (at most max_nodes nodes)."""
-    widths = tuple(widths)
-
-    def build(lm, ids, warp, gen) -> DraftTree:
-        return build_by_widths(lm, ids, warp, gen, widths, iid_draws, IID, max_nodes)
-
-    return build
-
-
-def specinfer_strategy(draft_len: int):
-    """draft_len = depth; widths (2, 2, 1, 1, ...): 4 * draft_len - 2 nodes (2 for draft_len 1)."""
-    return specinfer_builder(default_widths(draft_len))
+# nodes at depth d get widths[d] i.i.d. children (at most max_nodes nodes in all)
+specinfer_builder = widths_builder(iid_draws, IID)
+specinfer_strategy = widths_strategy(specinfer_builder)

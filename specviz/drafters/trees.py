@@ -106,3 +106,18 @@ def build_by_widths(lm: CachedLM, ids: list[int], warp: Warp, gen: torch.Generat
             break
         frontier, rows = new, feed(lm, ids, tree, new)
     return tree
+
+
+def widths_builder(pick: Pick, draw: str) -> Callable[..., Callable]:
+    """The builder factory of a fixed-width tree family: factory(widths, max_nodes) -> builder."""
+
+    def factory(widths: tuple[int, ...] = (3, 2, 1), max_nodes: int | None = None):
+        widths = tuple(widths)
+        return lambda lm, ids, warp, gen: build_by_widths(lm, ids, warp, gen, widths, pick, draw, max_nodes)
+
+    return factory
+
+
+def widths_strategy(factory: Callable[..., Callable]) -> Callable[[int], Callable]:
+    """draft_len = depth; widths (2, 2, 1, 1, ...): 4 * draft_len - 2 nodes (2 for draft_len 1)."""
+    return lambda draft_len: factory(default_widths(draft_len))
