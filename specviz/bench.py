@@ -234,11 +234,9 @@ def format_table(results: dict, with_hf: bool) -> str:
 
 def sweep_drafter(name: str, strategy: str, nodes: int, target_model, target: str | None = None):
     """A drafter of `strategy` that drafts at most `nodes` nodes per step (equal target budgets)."""
-    from .api import load_model, make_drafter
+    from .api import MODEL_FREE_DRAFTERS, load_model, make_drafter
     from .drafters.model import ModelDrafter
     from .drafters.strategies import budget_builder
-
-    from .api import MODEL_FREE_DRAFTERS
 
     if strategy in MODEL_FREE_DRAFTERS:  # e.g. pld (a chain) vs pld-tree at the same node budget
         return make_drafter(strategy, target_model, nodes, target=target)

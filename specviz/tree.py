@@ -34,6 +34,16 @@ class DraftTree:
         self.parents.append(int(parent))
         return len(self.tokens) - 1
 
+    def add_certain(self, token: int, parent: int, vocab: int) -> int:
+        """Add a deterministic proposal: its own one-hot q, so p(x)/q(x) = p(x) keeps sampling exact
+        whatever its siblings are (prompt lookup, n-gram drafts)."""
+        node = self.add(token, parent)
+        self.q_node[node] = torch.zeros(vocab)
+        self.q_node[node][token] = 1.0
+        self.q.setdefault(parent, self.q_node[node])  # what views and beta use at the parent
+        self.entropy.setdefault(parent, 0.0)
+        return node
+
     def children(self, node: int) -> list[int]:
         return [i for i, par in enumerate(self.parents) if par == node]
 

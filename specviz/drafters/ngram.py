@@ -20,7 +20,6 @@ import torch
 from ..sampling import Warp
 from ..tree import DraftTree
 from ..verify import Verdict
-from .prompt_lookup import one_hot
 
 
 class NgramTable:
@@ -83,10 +82,7 @@ def best_first_tree(tables, ids: list[int], budget: int, width: int, vocab: int,
         heapq.heappush(pending, (-p, tick, -1, token, list(ids[-keep:]))); tick += 1
     while pending and len(tree) < budget:
         neg, _, parent, token, context = heapq.heappop(pending)
-        node = tree.add(token, parent)
-        tree.q_node[node] = one_hot(token, vocab)
-        tree.q.setdefault(parent, tree.q_node[node])
-        tree.entropy.setdefault(parent, 0.0)
+        node = tree.add_certain(token, parent, vocab)
         expected -= neg
         context = (context + [token])[-keep:]
         for child, p in next_tokens(tables, context, width, prior):

@@ -37,12 +37,6 @@ def find_continuation(ids: list[int], k: int, max_ngram: int, min_ngram: int) ->
     return found[0] if found else []
 
 
-def one_hot(token: int, vocab: int) -> torch.Tensor:
-    q = torch.zeros(vocab)
-    q[token] = 1.0
-    return q
-
-
 def trie(continuations: list[list[int]], budget: int, vocab: int) -> DraftTree:
     """Merge continuations into a tree of at most `budget` nodes (shared prefixes once)."""
     tree, index = DraftTree(), {}
@@ -53,11 +47,7 @@ def trie(continuations: list[list[int]], budget: int, vocab: int) -> DraftTree:
             if node is None:
                 if len(tree) >= budget:
                     break
-                node = tree.add(token, parent)
-                index[(parent, token)] = node
-                tree.q_node[node] = one_hot(token, vocab)
-                tree.q.setdefault(parent, tree.q_node[node])  # what views and beta use at the parent
-                tree.entropy.setdefault(parent, 0.0)
+                node = index[(parent, token)] = tree.add_certain(token, parent, vocab)
             parent = node
     return tree
 
