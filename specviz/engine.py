@@ -11,11 +11,13 @@ from typing import Callable, Iterator
 
 import torch
 
-from .drafters import Drafter
+from .drafters import Drafter, TargetView
 from .events import Drafted, Emitted, Event, Node, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
 from .lm import CachedLM
 from .metrics import Metrics
 from .sampling import Warp, check_warp, entropy, probs
+from .stop_rules import StopRule
+from .text import IncrementalText
 from .tree import DraftTree, depths
 from .verify import ACCEPTED, RULES, UNVISITED, Rule
 
@@ -65,6 +67,8 @@ class Engine:
         target_name: str = "target",
         rule: str | Rule | None = None,
         max_draft: int = 128,
+        stop: StopRule | None = None,
+        config: dict | None = None,
     ):
         self.target = CachedLM(target)
         self.decode = decode
@@ -73,6 +77,8 @@ class Engine:
         self.target_name = target_name
         self.rule_name = rule
         self.max_draft = max_draft  # the most nodes a drafter may add to the context in one step
+        self.stop = stop  # when drafting rounds end (None: the drafter's own fixed length)
+        self.config = config  # the RunConfig this engine was built from (recorded in RunStarted)
 
     def check_prompt(self, prompt_ids: list[int], settings: Settings) -> None:
         if not prompt_ids:
@@ -102,29 +108,34 @@ class Engine:
         self.check_prompt(list(prompt_ids), settings)
         warp = settings.warp
         rule_name, rule = self.rule(warp)
-        if getattr(self.drafter, "greedy_only", False) and not warp.greedy:
+        if self.drafter is not None and self.drafter.greedy_only and not warp.greedy:
             raise ValueError(f"drafter '{self.drafter.name}' drafts for greedy decoding only: set temperature 0")
         drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"
+        layers = tuple(self.drafter.reads_target) if self.drafter else ()
         self.target.reset()
         if self.drafter:
             self.drafter.reset()
+        if self.stop is not None:
+            self.stop.reset()
+        text = IncrementalText(self.decode)
         gen = torch.Generator().manual_seed(settings.seed)
         ids, new = list(prompt_ids), []
         metrics = Metrics()
-        text_len, stop_reason = 0, "length"
-        yield RunStarted(self.target_name, drafter_name, rule_name, settings.__dict__.copy(), prompt, len(ids))
+        stop_reason = "length"
+        yield RunStarted(self.target_name, drafter_name, rule_name, settings.__dict__.copy(), prompt, len(ids),
+                         self.config)
         step = 0
         while len(new) < settings.max_new_tokens:
             yield StepStarted(step)
             t0 = time.perf_counter()
             fwd0 = self._forward_seconds()
-            tree = self.drafter.propose(ids, warp, gen) if self.drafter else DraftTree()
+            tree = self.drafter.propose(ids, warp, gen, self.stop) if self.drafter else DraftTree()
             t_draft = time.perf_counter() - t0
             nodes = self._nodes(tree)
             pause = time.perf_counter()
-            yield Drafted(step, [replace(n) for n in nodes], tree.draw)
+            yield Drafted(step, [replace(n) for n in nodes], tree.draw, tree.stop)
             t1 = time.perf_counter()
-            root, node_logits = self.target.forward(ids, tree.tokens, tree.parents)
+            root, node_logits = self.target.forward(ids, tree.tokens, tree.parents, layers)
             logits = torch.cat([root[None], node_logits]) if len(tree) else root[None]
             p_rows = probs(logits, warp).cpu()
             ent_rows = entropy(logits).cpu()
@@ -132,7 +143,9 @@ class Engine:
             verdict = rule(tree, p_rows, gen)
             self.target.accept(verdict.path)
             if self.drafter:
-                self.drafter.learn(tree, verdict)
+                self.drafter.learn(tree, verdict, self._target_view(ids, tree, verdict, logits, layers))
+            if self.stop is not None and len(tree):
+                self.stop.update(max(depths(tree.parents)), len(verdict.path))
             betas = self._fill_verdict(nodes, tree, p_rows, verdict)
             tokens = self._tokens(tree, verdict, nodes, p_rows, ent_rows)
             tokens = tokens[: settings.max_new_tokens - len(new)]
@@ -142,9 +155,11 @@ class Engine:
                     break
             ids += [t.id for t in tokens]
             new += [t.id for t in tokens]
-            text_len = self._texts(tokens, new, text_len)
+            for tok in tokens:
+                tok.text = text.add(tok.id)
             accepted = sum(t.kind == ACCEPTED for t in tokens)
             metrics.record_step(len(tokens), len(tree), accepted, betas)
+            metrics.wasted_forwards += tree.wasted_forwards
             elapsed = (pause - t0) + (time.perf_counter() - t1)
             metrics.elapsed_s += elapsed
             metrics.draft_s += t_draft
@@ -159,8 +174,20 @@ class Engine:
         yield RunFinished(self.decode(new), new, stop_reason, metrics)
 
     def _forward_seconds(self) -> float:
-        lm = getattr(self.drafter, "lm", None)
-        return self.target.forward_seconds + (lm.forward_seconds if lm is not None else 0.0)
+        return self.target.forward_seconds + (self.drafter.forward_seconds if self.drafter else 0.0)
+
+    def _target_view(self, ids: list[int], tree: DraftTree, verdict, logits: torch.Tensor,
+                     layers: tuple[int, ...]) -> TargetView:
+        """The target's states of the positions this forward committed (fed rows, then the path)."""
+        hidden, start = {}, len(ids)
+        if layers:
+            fed = next(iter(self.target.hidden.values())).shape[0] - len(tree)
+            rows = list(range(fed)) + [fed + n for n in verdict.path]
+            index = torch.tensor(rows, device=self.target.device)
+            hidden = {layer: h.index_select(0, index) for layer, h in self.target.hidden.items()}
+            start = len(ids) - fed
+        committed = ids + [tree.tokens[n] for n in verdict.path] + [verdict.token]
+        return TargetView(hidden, start, logits, committed)
 
     def _nodes(self, tree: DraftTree) -> list[Node]:
         d = depths(tree.parents)
@@ -196,13 +223,3 @@ class Engine:
         out.append(Token(verdict.token, "", verdict.kind, float(p_rows[last + 1][verdict.token]),
                          float(ent_rows[last + 1])))
         return out
-
-    def _texts(self, tokens: list[Token], new: list[int], text_len: int) -> int:
-        """Give each token the text it adds; a token ending inside a multi-byte character adds ''."""
-        start = len(new) - len(tokens)
-        for i, tok in enumerate(tokens):
-            full = self.decode(new[: start + i + 1])
-            if full.endswith("\ufffd"):
-                continue
-            tok.text, text_len = full[text_len:], len(full)
-        return text_len

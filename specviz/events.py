@@ -5,7 +5,7 @@ finally RunFinished. Events are plain dataclasses and serialize to JSON lossless
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .metrics import Metrics
 
@@ -49,6 +49,7 @@ class RunStarted:
     settings: dict
     prompt: str
     prompt_tokens: int
+    config: dict | None = None  # the whole RunConfig (RunConfig.from_dict rebuilds it): how to reproduce the run
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Drafted:
     step: int
     nodes: list[Node]
     draw: str  # how siblings were drawn: iid / without_replacement
+    stop: dict | None = None  # why drafting ended: rule, depth, reason and the rule's numbers
 
 
 @dataclass
@@ -110,6 +112,8 @@ def from_dict(data: dict) -> Event:
     cls = EVENT_TYPES[data["event"]]
     kwargs = {}
     for f in fields(cls):
+        if f.name not in data and f.default is not MISSING:
+            continue  # added in a later trace version
         if f.name not in data:
             raise ValueError(f"{cls.__name__} event lacks field '{f.name}'")
         value = data[f.name]

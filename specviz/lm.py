@@ -32,6 +32,7 @@ class CachedLM:
         self.vocab = int(model.config.vocab_size)
         self.forward_seconds = 0.0
         self.forwards = 0
+        self.hidden: dict[int, torch.Tensor] = {}  # layer -> [fed rows, hidden] of the last forward
         self.reset()
 
     def reset(self) -> None:
@@ -52,12 +53,14 @@ class CachedLM:
 
     @torch.inference_mode()
     def forward(
-        self, committed: list[int], tokens: list[int] = (), parents: list[int] = ()
+        self, committed: list[int], tokens: list[int] = (), parents: list[int] = (), hidden_layers: tuple[int, ...] = ()
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Logits after the last committed token (None if it was already fed) and after each new node.
 
         `parents` index all tree nodes fed since the last accept (old ones first); -1 is the last
-        committed token. Logits come back as fp32 rows on the model's device.
+        committed token. Logits come back as fp32 rows on the model's device. With hidden_layers,
+        `self.hidden` then holds those layers' states (transformers' hidden_states[L]; -1 = final,
+        normed) for every row fed: the uncached committed tokens first, then the new nodes.
         """
         tokens, parents = list(tokens), list(parents)
         if self.tree_tokens:
@@ -99,7 +102,9 @@ class CachedLM:
             past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=len(tokens) + (1 if feed else 0),
+            output_hidden_states=bool(hidden_layers),
         )
+        self.hidden = {layer: out.hidden_states[layer][0] for layer in hidden_layers}
         logits = out.logits[0].float()
         self.forward_seconds += time.perf_counter() - start
         self.forwards += 1

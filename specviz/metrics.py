@@ -27,6 +27,7 @@ class Metrics:
     beta_sum: list[float] = field(default_factory=list)  # by depth - 1
     beta_count: list[int] = field(default_factory=list)
     accepted_hist: list[int] = field(default_factory=list)  # steps by accepted draft tokens
+    wasted_forwards: int = 0  # drafter forwards spent on a position a stop rule then refused
 
     def record_step(self, emitted: int, drafted: int, accepted: int, betas: list[tuple[int, float]]) -> None:
         self.tokens += emitted

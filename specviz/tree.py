@@ -25,6 +25,8 @@ class DraftTree:
     # node -> its own q, for siblings that were not drawn from one shared q (deterministic
     # proposals such as several prompt-lookup matches, each a one-hot)
     q_node: dict[int, torch.Tensor] = field(default_factory=dict)
+    stop: dict | None = None  # why drafting ended (a StopNote's as_dict), when a stop rule was asked
+    wasted_forwards: int = 0  # drafter forwards whose output no node used (a round stopped after them)
 
     def __len__(self) -> int:
         return len(self.tokens)

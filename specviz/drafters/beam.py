@@ -26,7 +26,7 @@ import torch
 
 from ..tree import WITHOUT_REPLACEMENT, DraftTree
 from ..sampling import entropy, probs
-from .trees import feed, gumbel_keys, root_logits
+from .trees import feed, gumbel_keys, note_limit, root_logits, stops_before
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -40,13 +40,16 @@ def condition_on_max(keys: torch.Tensor, top) -> torch.Tensor:
     return top - v.clamp_min(0.0) - torch.log1p(torch.exp(-v.abs()))
 
 
-def build_beam(lm, ids, warp, gen, beam: int, depth: int, max_nodes: int | None = None) -> DraftTree:
+def build_beam(lm, ids, warp, gen, beam: int, depth: int, max_nodes: int | None = None, stop=None) -> DraftTree:
     tree = DraftTree(draw=WITHOUT_REPLACEMENT)
+    depth = stop.limit() if stop is not None else depth
     room = beam * depth if max_nodes is None else min(max_nodes, beam * depth)
     frontier, rows = [-1], root_logits(lm, ids)[None]
     logp = torch.zeros(1, 1, dtype=torch.float64)  # each frontier draft's log-probability under q
     key = torch.zeros(1, 1, dtype=torch.float64)  # and its perturbed key (the root's may be any constant)
     for level in range(depth):
+        if stops_before(tree, stop, level + 1, rows):
+            break
         qs = probs(rows, warp).cpu()
         if warp.greedy:  # q is one-hot: rank by the drafter's raw log-probabilities instead
             child_logp = logp + rows.float().log_softmax(-1).cpu().double()
@@ -73,12 +76,12 @@ def build_beam(lm, ids, warp, gen, beam: int, depth: int, max_nodes: int | None 
         frontier, rows = new, feed(lm, ids, tree, new)
         key = torch.tensor([[c[0]] for c in kept], dtype=torch.float64)
         logp = torch.tensor([[c[3]] for c in kept], dtype=torch.float64)
-    return tree
+    return note_limit(tree, stop, depth)
 
 
 def beam_builder(beam: int = 4, depth: int = 4, max_nodes: int | None = None):
     """A builder keeping `beam` drafts per depth for `depth` levels: at most beam * depth nodes."""
-    return lambda lm, ids, warp, gen: build_beam(lm, ids, warp, gen, beam, depth, max_nodes)
+    return lambda lm, ids, warp, gen, stop=None: build_beam(lm, ids, warp, gen, beam, depth, max_nodes, stop)
 
 
 def beam_strategy(draft_len: int):

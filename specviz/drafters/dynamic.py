@@ -14,10 +14,13 @@ import heapq
 from itertools import count
 
 from ..tree import WITHOUT_REPLACEMENT, DraftTree
-from .trees import feed, root_logits, set_q
+from .trees import feed, note_limit, root_logits, set_q
 
 
-def build_dynamic(lm, ids, warp, gen, budget: int, depth: int, width: int = 2, branch: int = 4) -> DraftTree:
+def build_dynamic(lm, ids, warp, gen, budget: int, depth: int, width: int = 2, branch: int = 4,
+                  stop=None) -> DraftTree:
+    """A stop rule sets the number of rounds (its limit); the tree's own values decide the rest."""
+    depth = stop.limit() if stop is not None else depth
     if not warp.greedy:
         raise ValueError("dynamic trees are for greedy decoding")
     tree = DraftTree(draw=WITHOUT_REPLACEMENT)
@@ -47,12 +50,12 @@ def build_dynamic(lm, ids, warp, gen, budget: int, depth: int, width: int = 2, b
             break
         for node, row in zip(new, feed(lm, ids, tree, new)):
             offer(node, row)
-    return tree
+    return note_limit(tree, stop, depth)
 
 
 def dynamic_builder(budget: int = 16, depth: int = 6, width: int = 2, branch: int = 4):
     """At most `budget` nodes, at most `depth` deep; `width` nodes expanded per drafter forward."""
-    return lambda lm, ids, warp, gen: build_dynamic(lm, ids, warp, gen, budget, depth, width, branch)
+    return lambda lm, ids, warp, gen, stop=None: build_dynamic(lm, ids, warp, gen, budget, depth, width, branch, stop)
 
 
 def dynamic_strategy(draft_len: int):

@@ -7,29 +7,37 @@ import torch
 
 from ..lm import CachedLM
 from ..sampling import Warp
+from ..stop_rules import StopRule
 from ..tree import DraftTree
 from ..verify import Verdict
+from . import TargetView
 from .chain import build_chain
 
-# A builder turns (drafter LM, committed ids, warp, generator) into a draft tree.
-Builder = Callable[[CachedLM, list[int], Warp, torch.Generator], DraftTree]
+# A builder turns (drafter LM, committed ids, warp, generator, stop rule or None) into a draft tree.
+Builder = Callable[..., DraftTree]
 
 
 def chain_builder(k: int) -> Builder:
-    return lambda lm, ids, warp, gen: build_chain(lm, ids, warp, gen, k)
+    return lambda lm, ids, warp, gen, stop=None: build_chain(lm, ids, warp, gen, k, stop)
 
 
 class ModelDrafter:
-    def __init__(self, model: torch.nn.Module, builder: Builder, name: str = "model"):
+    reads_target: tuple[int, ...] = ()
+
+    def __init__(self, model: torch.nn.Module, builder: Builder, name: str = "model", greedy_only: bool = False):
         self.lm = CachedLM(model)
         self.builder = builder
         self.name = name
-        self.greedy_only = False  # set for tree shapes no sampling verifier can accept losslessly
+        self.greedy_only = greedy_only  # tree shapes no sampling verifier can accept losslessly
 
-    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator) -> DraftTree:
-        return self.builder(self.lm, ids, warp, gen)
+    @property
+    def forward_seconds(self) -> float:
+        return self.lm.forward_seconds
 
-    def learn(self, tree: DraftTree, verdict: Verdict) -> None:
+    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+        return self.builder(self.lm, ids, warp, gen, stop)
+
+    def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
         # keep the accepted part of a drafted tree in the drafter's cache; chains need nothing
         if self.lm.tree_tokens:
             self.lm.accept(verdict.path)

@@ -18,8 +18,9 @@ from collections import Counter, defaultdict
 import torch
 
 from ..sampling import Warp
+from ..stop_rules import StopRule
 from ..tree import DraftTree
-from ..verify import Verdict
+from . import FreeDrafter
 
 
 class NgramTable:
@@ -90,7 +91,7 @@ def best_first_tree(tables, ids: list[int], budget: int, width: int, vocab: int,
     return tree, expected
 
 
-class NgramDrafter:
+class NgramDrafter(FreeDrafter):
     """`min_expected` gates drafting: below that many expected accepted drafts the step drafts
     nothing and costs one plain target forward. On this CPU verifying 2-16 tokens costs ~1.6-1.8x
     one token (../shared/NOTES.md), so a draft must be likely to pay; 2.0 with prior 1.0 maximized
@@ -112,11 +113,9 @@ class NgramDrafter:
         self.local.add(ids, start=len(self.seen))
         self.seen = list(ids)
 
-    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator) -> DraftTree:
+    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         self._update(ids)
+        budget = stop.limit() if stop is not None else self.budget  # a stop rule sets the node budget
         tables = [(self.local, self.local_weight)] + ([(self.corpus, 1.0)] if self.corpus else [])
-        tree, expected = best_first_tree(tables, ids, self.budget, self.width, self.vocab, self.prior)
+        tree, expected = best_first_tree(tables, ids, budget, self.width, self.vocab, self.prior)
         return tree if expected >= self.min_expected else DraftTree()
-
-    def learn(self, tree: DraftTree, verdict: Verdict) -> None:
-        pass

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..sampling import Warp
+from ..stop_rules import StopRule
 from ..tree import DraftTree
-from ..verify import Verdict
+from . import FreeDrafter
 
 
 def find_continuations(ids: list[int], k: int, max_ngram: int, min_ngram: int, branches: int = 1) -> list[list[int]]:
@@ -52,21 +53,16 @@ def trie(continuations: list[list[int]], budget: int, vocab: int) -> DraftTree:
     return tree
 
 
-class PromptLookupDrafter:
+class PromptLookupDrafter(FreeDrafter):
     def __init__(self, vocab: int, k: int = 8, max_ngram: int = 3, min_ngram: int = 2, branches: int = 1,
                  name: str = "pld"):
         self.vocab, self.k, self.max_ngram, self.min_ngram = vocab, k, max_ngram, min_ngram
         self.branches, self.name = branches, name
 
-    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator) -> DraftTree:
-        found = find_continuations(ids, self.k, self.max_ngram, self.min_ngram, self.branches)
+    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+        k = stop.limit() if stop is not None else self.k  # a stop rule sets the length (no entropy here)
+        found = find_continuations(ids, k, self.max_ngram, self.min_ngram, self.branches)
         if len(found) > 1:
             # the latest match is the likeliest: give it half the budget, the next a quarter, ...
-            found = [cont[: max(1, self.k >> (i + 1))] for i, cont in enumerate(found)]
-        return trie(found, self.k, self.vocab)
-
-    def learn(self, tree: DraftTree, verdict: Verdict) -> None:
-        pass
-
-    def reset(self) -> None:
-        pass
+            found = [cont[: max(1, k >> (i + 1))] for i, cont in enumerate(found)]
+        return trie(found, k, self.vocab)

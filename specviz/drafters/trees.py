@@ -17,6 +17,7 @@ import torch
 
 from ..lm import CachedLM
 from ..sampling import Warp, entropy, probs
+from ..stop_rules import StopNote, StopRule, stop_level
 from ..tree import DraftTree
 
 
@@ -40,6 +41,27 @@ def set_q(tree: DraftTree, parent: int, logits: torch.Tensor, warp: Warp) -> tor
     q = probs(logits[None], warp)[0].cpu()
     tree.q[parent], tree.entropy[parent] = q, float(entropy(logits))
     return q
+
+
+def stops_before(tree: DraftTree, stop: StopRule | None, level: int, rows: torch.Tensor) -> bool:
+    """Ask the stop rule before drafting tree level `level` (1-based) from the frontier's logits.
+    When it stops, the forward that produced `rows` was spent for nothing: counted as wasted."""
+    if stop is None or level < 2:
+        return False
+    soft = rows.float().softmax(-1)
+    reason = stop_level(stop, level, entropy(rows).tolist(), soft.max(-1).values.tolist())
+    if reason is None:
+        return False
+    tree.wasted_forwards += 1
+    tree.stop = StopNote(stop.name, level - 1, reason, stop.state()).as_dict()
+    return True
+
+
+def note_limit(tree: DraftTree, stop: StopRule | None, levels: int) -> DraftTree:
+    """Record that a round ran to the rule's limit (unless the rule stopped it earlier)."""
+    if stop is not None and tree.stop is None:
+        tree.stop = StopNote(stop.name, levels, "limit", stop.state()).as_dict()
+    return tree
 
 
 def raw_top_k(logits: torch.Tensor, k: int) -> list[list[int]]:
@@ -80,17 +102,22 @@ Pick = Callable[[torch.Tensor, int, torch.Generator], list[list[int]]]
 
 
 def build_by_widths(lm: CachedLM, ids: list[int], warp: Warp, gen: torch.Generator, widths: tuple[int, ...],
-                    pick: Pick, draw: str, max_nodes: int | None = None) -> DraftTree:
+                    pick: Pick, draw: str, max_nodes: int | None = None, stop: StopRule | None = None) -> DraftTree:
     """A fixed-shape tree: every node at depth d gets widths[d] children from `pick`.
 
     With max_nodes, the last level that fits only partly is filled round-robin (every parent's
     first child, then second children, ...). How many children a parent gets then depends on the
-    shape and on q's support, never on which tokens were drawn, as the verifiers require.
+    shape and on q's support, never on which tokens were drawn, as the verifiers require. A stop
+    rule sets the number of levels (the last width repeats) and may end the tree a level early.
     """
     tree = DraftTree(draw=draw)
+    if stop is not None:
+        widths = tuple(widths[min(d, len(widths) - 1)] for d in range(stop.limit()))
     room = widths_size(widths, max_nodes)
     frontier, rows = [-1], root_logits(lm, ids)[None]
     for depth, width in enumerate(widths):
+        if stops_before(tree, stop, depth + 1, rows):
+            break
         qs = probs(rows, warp).cpu()
         drawn = raw_top_k(rows, width) if warp.greedy else pick(qs, width, gen)
         # (rank among siblings, parent's position in the frontier, token)
@@ -105,7 +132,7 @@ def build_by_widths(lm: CachedLM, ids: list[int], warp: Warp, gen: torch.Generat
         if depth == len(widths) - 1 or room == 0:
             break
         frontier, rows = new, feed(lm, ids, tree, new)
-    return tree
+    return note_limit(tree, stop, len(widths))
 
 
 def widths_builder(pick: Pick, draw: str) -> Callable[..., Callable]:
@@ -113,7 +140,8 @@ def widths_builder(pick: Pick, draw: str) -> Callable[..., Callable]:
 
     def factory(widths: tuple[int, ...] = (3, 2, 1), max_nodes: int | None = None):
         widths = tuple(widths)
-        return lambda lm, ids, warp, gen: build_by_widths(lm, ids, warp, gen, widths, pick, draw, max_nodes)
+        return lambda lm, ids, warp, gen, stop=None: build_by_widths(lm, ids, warp, gen, widths, pick, draw,
+                                                                     max_nodes, stop)
 
     return factory
 
