@@ -98,7 +98,17 @@ class RunFinished:
 
 Event = RunStarted | StepStarted | Drafted | Verified | Emitted | StepFinished | RunFinished
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, StepStarted, Drafted, Verified, Emitted, StepFinished, RunFinished)}
-_NESTED = {"nodes": Node, "tokens": Token, "metrics": Metrics}
+_NESTED = {"nodes": (Node, list), "tokens": (Token, list), "metrics": (Metrics, dict)}
+
+
+class Recording(list):
+    """A run's events as recorded in a trace (specviz.trace.loads): nothing more will come.
+
+    Without a RunFinished the recorded run ended early; views say so rather than "running"."""
+
+    @property
+    def complete(self) -> bool:
+        return any(isinstance(ev, RunFinished) for ev in reversed(self))
 
 
 def to_dict(event: Event) -> dict:
@@ -106,7 +116,8 @@ def to_dict(event: Event) -> dict:
 
 
 def from_dict(data: dict) -> Event:
-    """Rebuild an event; raises ValueError naming what is wrong with malformed input."""
+    """Rebuild an event from trusted data (its own to_dict). Untrusted input goes through
+    specviz.trace.loads / parse_event, which check every field; this checks only the shape."""
     if not isinstance(data, dict) or data.get("event") not in EVENT_TYPES:
         raise ValueError(f"not a specviz event: {str(data)[:80]!r}")
     cls = EVENT_TYPES[data["event"]]
@@ -117,9 +128,11 @@ def from_dict(data: dict) -> Event:
         if f.name not in data:
             raise ValueError(f"{cls.__name__} event lacks field '{f.name}'")
         value = data[f.name]
-        nested = _NESTED.get(f.name)
+        nested, shape = _NESTED.get(f.name, (None, None))
         if nested is not None:
-            value = [_build(nested, v) for v in value] if isinstance(value, list) else _build(nested, value)
+            if not isinstance(value, shape):
+                raise ValueError(f"{cls.__name__}.{f.name} must be a{' list' if shape is list else 'n object'}")
+            value = [_build(nested, v) for v in value] if shape is list else _build(nested, value)
         kwargs[f.name] = value
     return cls(**kwargs)
 
