@@ -55,10 +55,8 @@ FIGURES_EVERY_S = 0.5  # figure refresh, at most this often (and always at the e
 AR_CACHE_SIZE = 64
 MAX_HISTORY = 500  # run records kept per session for the drafter panel
 SESSION_TTL_S = 6 * 3600  # a session's runs are forgotten this long after its last use
-# A trace from this engine stays far below these; beyond them a file is refused, not rendered.
-MAX_TRACE_STEPS = 8192
-MAX_TRACE_NODES_PER_STEP = 512
-MAX_TRACE_TOKENS = 16384
+# Trace limits are defined once, in specviz/trace.py (trace.load refuses a file beyond them).
+MAX_TRACE_STEPS, MAX_TRACE_NODES_PER_STEP, MAX_TRACE_TOKENS = trace.MAX_STEPS, trace.MAX_NODES_PER_STEP, trace.MAX_TOKENS
 
 EXAMPLE_PROMPTS = [
     ("code", "Write a Python function `is_palindrome(s)` that ignores case and punctuation, with a docstring "
@@ -294,6 +292,8 @@ def status_line(events: list[Event], note: str = "", state: str | None = None) -
     if state is None and end is not None:
         m = end.metrics
         state = f"✔ done ({esc(end.stop_reason)}) · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s"
+    elif state is None and views.ended_early(events):
+        state = f"■ recorded run ended early (incomplete trace: no RunFinished) · {m.tokens if m else 0} tokens"
     elif state is None:
         running = f"▶ running: step {m.steps} · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s" if m else ""
         state = running or "▶ starting…"

@@ -409,39 +409,49 @@ class _Schema:
                 self.nested[f.name] = (item, NESTED_LIMITS.get(f"{cls.__name__}.{f.name}", MAX_NODES_PER_STEP))
             else:
                 self.rules[f.name] = RULES.get(f"{cls.__name__}.{f.name}") or _rule_from_hint(hint)
+        self.known = {*self.rules, *self.nested, "event"}
 
-    def build(self, data, field: str = "", item: str = ""):
-        """Check a JSON object field by field and make the dataclass; raises _Bad."""
-        prefix = f"{field}." if field else ""
+    def build(self, data):
+        """Check a JSON object field by field and make the dataclass; raises _Bad (field '' is the
+        object itself)."""
         if type(data) is not dict:  # noqa: E721
-            raise _Bad(field or self.cls.__name__, f"must be an object, got {_show(data)}", item)
-        for key in data:
-            if key not in self.rules and key not in self.nested and key != "event":
-                raise _Bad(prefix + _line(key, 30), f"is not a field of {self.cls.__name__}", item)
+            raise _Bad("", f"must be an object, got {_show(data)}")
+        if not self.known.issuperset(data):
+            key = next(k for k in data if k not in self.known)
+            raise _Bad(_line(key, 30), f"is not a field of {self.cls.__name__}")
+        if not self.required <= data.keys():
+            raise _Bad(min(self.required - data.keys()), "is missing")
         kwargs = {}
-        for name in self.required:
-            if name not in data:
-                raise _Bad(prefix + name, "is missing", item)
-        for name, rule in self.rules.items():
-            if name in data:
-                value = data[name]
+        rules = self.rules
+        for name, value in data.items():
+            rule = rules.get(name)
+            if rule is not None:
                 problem = rule(value)
                 if problem:
-                    raise _Bad(prefix + name, problem, item)
+                    raise _Bad(name, problem)
                 kwargs[name] = value
         for name, (cls, limit) in self.nested.items():
             if name not in data:
                 continue
             value, schema = data[name], _schema(cls)
-            if limit is None:
-                kwargs[name] = schema.build(value, prefix + name, item)
-                continue
+            try:
+                if limit is None:
+                    kwargs[name] = schema.build(value)
+                    continue
+            except _Bad as bad:
+                raise _Bad(f"{name}.{bad.field}" if bad.field else name, bad.problem) from None
             if type(value) is not list:  # noqa: E721
-                raise _Bad(prefix + name, f"must be a list, got {_show(value)}", item)
+                raise _Bad(name, f"must be a list, got {_show(value)}")
             if len(value) > limit:
-                raise _Bad(prefix + name, f"has {len(value)} items; at most {limit} are allowed", item)
-            label = ITEM_NAMES.get(cls, cls.__name__)
-            kwargs[name] = [schema.build(x, prefix + name, f"{label} {i}") for i, x in enumerate(value)]
+                raise _Bad(name, f"has {len(value)} items; at most {limit} are allowed")
+            build, items = schema.build, []
+            for i, x in enumerate(value):
+                try:
+                    items.append(build(x))
+                except _Bad as bad:
+                    field = f"{name}.{bad.field}" if bad.field else name
+                    raise _Bad(field, bad.problem, f"{ITEM_NAMES.get(cls, cls.__name__)} {i}") from None
+            kwargs[name] = items
         return self.cls(**kwargs)
 
 

@@ -6,12 +6,12 @@ from .drafter_view import RunRecord, drafter_markdown, record
 from .entropy_figure import entropy_figure, stop_threshold
 from .explain import explain_run_step, explain_step
 from .metrics_view import metrics_figure, metrics_markdown, speedup
-from .steps import Step, generated_text, latest_metrics, run_finished, run_started, split_steps
+from .steps import Step, ended_early, generated_text, latest_metrics, run_finished, run_started, split_steps
 from .tokens_html import legend_html, tokens_html
 from .tree_figure import step_tree_figure, tree_figure
 
 __all__ = [
-    "RunRecord", "Step", "drafter_markdown", "entropy_figure", "explain_run_step", "explain_step",
+    "RunRecord", "Step", "drafter_markdown", "ended_early", "entropy_figure", "explain_run_step", "explain_step",
     "generated_text", "latest_metrics", "legend_html", "metrics_figure", "metrics_markdown", "record",
     "run_finished", "run_started", "speedup", "split_steps", "step_tree_figure", "stop_threshold",
     "tokens_html", "tree_figure",

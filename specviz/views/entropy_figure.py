@@ -16,6 +16,7 @@ from .steps import run_started, split_steps
 
 HEIGHT = 330
 GL_ABOVE = 4000  # points beyond which WebGL traces keep the browser responsive
+MAX_DRAFT_POINTS = 4000  # drafter points drawn; beyond, every k-th drafted node (the figure stays small)
 
 
 def stop_threshold(events: list[Event]) -> float | None:
@@ -29,6 +30,9 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
     threshold = threshold if threshold is not None else stop_threshold(events)
     tx, ty, thover = [], [], []
     drafts: dict[str, tuple[list, list, list]] = {}
+    n_drafted = sum(len(step.nodes) for step in steps)
+    every = -(-n_drafted // MAX_DRAFT_POINTS)  # 1 unless the trace is huge
+    seen = 0
     for step in steps:
         for i, tok in enumerate(step.tokens):
             tx.append(step.position + i)
@@ -36,6 +40,9 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
             thover.append(f"token {step.position + i}: {esc_plot(visible(tok.text, 30))}<br>"
                           f"target entropy {tok.p_entropy:.2f} nats<br>{esc_plot(SHORT.get(tok.kind, tok.kind))}")
         for node in step.nodes:
+            seen += 1
+            if every > 1 and seen % every:
+                continue
             xs, ys, hs = drafts.setdefault(node.status or "unvisited", ([], [], []))
             xs.append(step.position + node.depth - 1)
             ys.append(node.q_entropy)
@@ -56,7 +63,8 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
                                hovertext=hs, hoverinfo="text"))
     layout = dict(
         height=HEIGHT, margin=dict(l=50, r=10, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
-        title=dict(text="Entropy: where the models are unsure (nats, temperature 1)" if steps else
+        title=dict(text=("Entropy: where the models are unsure (nats, temperature 1)"
+                         + (f" · drafter: 1 in {every} of {n_drafted} nodes drawn" if every > 1 else "")) if steps else
                    "entropy curves appear here", font=dict(size=14)),
         legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)),
         xaxis=dict(title=dict(text="generated token position"), gridcolor="#e2e8f0", rangemode="tozero"),

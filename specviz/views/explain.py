@@ -8,6 +8,8 @@ from ..events import Event, RunStarted
 from .labels import number, visible
 from .steps import Step, split_steps
 
+MAX_LINES = 12  # tried nodes explained one by one at a position
+
 FORMULAS = {
     "sampling": ("*The rule (lossless speculative sampling):* accept a draft x with probability "
                  "`min(1, p(x)/q(x))`; after a rejection draw the token from the residual "
@@ -79,13 +81,18 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
     out.append("**Verified** all of them with a single forward of the target (it scores every position at once):")
     lines, parent = [], -1
     checked = set()
+    children_of: dict[int, list] = {}
+    for node in nodes:
+        children_of.setdefault(node.parent, []).append(node)
     for depth in range(len(path) + 1):
-        children = [n for n in nodes if n.parent == parent]
         target_choice = final.text if (final is not None and depth == len(path)) else None
-        for node in children:
-            if node.status in ("accepted", "rejected"):
-                checked.add(node.id)
-                lines.append(node_line(node, greedy, target_choice))
+        tried = [n for n in children_of.get(parent, []) if n.status in ("accepted", "rejected")]
+        checked.update(n.id for n in tried)
+        shown = tried[:MAX_LINES] + [n for n in tried[MAX_LINES:] if n.status == "accepted"]
+        rest = [n for n in tried[MAX_LINES:] if n.status != "accepted"]
+        lines += [node_line(node, greedy, target_choice) for node in shown]
+        if rest:  # a huge tree stays a readable (and small) explanation
+            lines.append(f"- ✗ … and {len(rest)} more rejected here: {names(rest)}")
         if depth < len(path):
             parent = path[depth]
     on_path = {-1, *path}

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from ..events import Event
 from ..metrics import Metrics
 from .labels import esc
-from .steps import latest_metrics, run_finished, run_started
+from .steps import ended_early, latest_metrics, run_finished, run_started
 
 HEIGHT = 260
 
@@ -27,7 +27,8 @@ def metrics_markdown(events: list[Event], reference: Metrics | None = None) -> s
     if m is None:
         return "*Metrics appear here once a run starts.*"
     start, end = run_started(events), run_finished(events)
-    state = f"finished ({esc(end.stop_reason)})" if end is not None else "running…"
+    state = (f"finished ({esc(end.stop_reason)})" if end is not None else
+             "recorded run ended early (incomplete trace)" if ended_early(events) else "running…")
     total = m.draft_s + m.verify_s + m.overhead_s
     share = (lambda s: f"{100 * s / total:.0f}%") if total > 0 else (lambda s: "–")
     measured = speedup(m, reference)

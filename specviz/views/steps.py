@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..events import Drafted, Emitted, Event, RunFinished, RunStarted, StepFinished, Verified
+from ..events import Drafted, Emitted, Event, Recording, RunFinished, RunStarted, StepFinished, Verified
 from ..metrics import Metrics
 
 
@@ -70,6 +70,11 @@ def run_started(events: list[Event]) -> RunStarted | None:
 
 def run_finished(events: list[Event]) -> RunFinished | None:
     return next((ev for ev in reversed(events) if isinstance(ev, RunFinished)), None)
+
+
+def ended_early(events: list[Event]) -> bool:
+    """A recorded run (a loaded trace) that has no RunFinished: it will not go on, it stopped early."""
+    return isinstance(events, Recording) and not events.complete
 
 
 def latest_metrics(events: list[Event]) -> Metrics | None:

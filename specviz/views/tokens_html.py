@@ -1,7 +1,9 @@
 """The generated text as colored HTML: each token styled by how it came, rejected drafts struck
 through where they were proposed, the numbers behind each token in its hover title.
 
-All token text is escaped: tokens (and traces) are untrusted input.
+All token text is escaped: tokens (and traces) are untrusted input. The HTML stays bounded
+whatever the trace holds: at most MAX_REJECTED rejected drafts are shown at one position (then a
+"+K" note), and a run of more than MAX_SPANS spans is shown as a window around the focused step.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ PROMPT_STYLE = "color:#64748b;font-style:italic;"
 # Tokens of one step (one target forward) share an underline; steps alternate its shade.
 STEP_MARK = ("box-shadow:inset 0 -2px 0 #64748b;", "box-shadow:inset 0 -2px 0 #cbd5e1;")
 FOCUS = "outline:2px solid #6366f1;outline-offset:1px;"  # the step shown in the step explorer
+MAX_REJECTED = 8  # rejected drafts shown at one position
+MAX_SPANS = 3000  # token and rejected-draft spans in one rendering (a window around the focus beyond)
+NOTE_STYLE = "color:#94a3b8;font-style:italic;"
 
 
 def legend_html(include_rejected: bool = True) -> str:
@@ -55,22 +60,67 @@ def span(text: str, style: str, title: str, kind: str) -> str:
     return f'<span class="tok tok-{kind}" style="{TOKEN}{style}" title="{esc(title)}">{esc(text)}</span>'
 
 
+def rejected_at(step: Step) -> list[list]:
+    """For each emitted token of the step, the rejected drafts at its position (children of the
+    path node before it)."""
+    if step.verified is None:
+        return [[] for _ in step.tokens]
+    path = step.verified.path
+    by_parent: dict[int, list] = {}
+    for node in step.nodes:
+        if node.status == "rejected":
+            by_parent.setdefault(node.parent, []).append(node)
+    parents = [-1 if i == 0 else (path[i - 1] if i - 1 < len(path) else None) for i in range(len(step.tokens))]
+    return [by_parent.get(parent, []) if parent is not None else [] for parent in parents]
+
+
+def step_spans(step: Step, show_rejected: bool = True) -> int:
+    """How many spans step_html writes for the step."""
+    extra = sum(min(len(r), MAX_REJECTED) + (len(r) > MAX_REJECTED) for r in rejected_at(step)) if show_rejected else 0
+    return len(step.tokens) + extra
+
+
 def step_html(step: Step, show_rejected: bool = True, focus: bool = False) -> str:
     """One step: at each position of the accepted path, its rejected alternatives, then the token."""
-    nodes = step.nodes
-    path = step.verified.path if step.verified is not None else []
     mark = STEP_MARK[step.index % 2] + (FOCUS if focus else "")
     out = []
-    for i, tok in enumerate(step.tokens):
-        if show_rejected and step.verified is not None:
-            parent = -1 if i == 0 else (path[i - 1] if i - 1 < len(path) else None)
-            for node in nodes:
-                if parent is not None and node.parent == parent and node.status == "rejected":
-                    out.append(span(node.text, TEXT_STYLE["rejected"] + (FOCUS if focus else ""),
-                                    token_title("rejected", step.index, node.p, node.q), "rejected"))
+    for tok, rejected in zip(step.tokens, rejected_at(step)):
+        if show_rejected:
+            for node in rejected[:MAX_REJECTED]:
+                out.append(span(node.text, TEXT_STYLE["rejected"] + (FOCUS if focus else ""),
+                                token_title("rejected", step.index, node.p, node.q), "rejected"))
+            if len(rejected) > MAX_REJECTED:
+                more = len(rejected) - MAX_REJECTED
+                out.append(f'<span class="more" style="{NOTE_STYLE}" title="{more} more rejected drafts here '
+                           f'(step {step.index}): see the step explorer">+{more}</span>')
         out.append(span(tok.text, TEXT_STYLE.get(tok.kind, "") + mark,
                         token_title(tok.kind, step.index, tok.p, tok.q, tok.accept_prob), tok.kind))
     return "".join(out)
+
+
+def window(steps: list[Step], focus: int | None, show_rejected: bool = True) -> tuple[int, int]:
+    """steps[lo:hi], the steps around the focused one (default: the last) whose spans fit MAX_SPANS."""
+    sizes = [step_spans(step, show_rejected) for step in steps]
+    if sum(sizes) <= MAX_SPANS:
+        return 0, len(steps)
+    at = next((i for i, step in enumerate(steps) if step.index == focus), len(steps) - 1)
+    lo, hi, total = at, at + 1, sizes[at]
+    while True:
+        grown = False
+        for side in (1, -1):  # grow later, then earlier, while it fits
+            i = hi if side == 1 else lo - 1
+            if 0 <= i < len(steps) and total + sizes[i] <= MAX_SPANS:
+                total += sizes[i]
+                lo, hi = (lo, hi + 1) if side == 1 else (lo - 1, hi)
+                grown = True
+        if not grown:
+            return lo, hi
+
+
+def left_out(steps: list[Step], where: str) -> str:
+    tokens = sum(len(step.tokens) for step in steps)
+    return (f'<span class="more" style="{NOTE_STYLE}">[… {tokens} {where} tokens (steps {steps[0].index}–'
+            f'{steps[-1].index}) not shown here: pick a step there to see them …]</span>')
 
 
 def tokens_html(events: list[Event], show_rejected: bool = True, show_prompt: bool = True, focus: int | None = None,
@@ -82,7 +132,12 @@ def tokens_html(events: list[Event], show_rejected: bool = True, show_prompt: bo
         prompt = start.prompt if len(start.prompt) <= prompt_chars else "…" + start.prompt[-prompt_chars:]
         body.append(f'<span class="prompt" style="{PROMPT_STYLE}" title="the prompt">{esc(prompt)}</span>\n')
     steps = split_steps(events)
-    body += [step_html(step, show_rejected, step.index == focus) for step in steps]
+    lo, hi = window(steps, focus, show_rejected)
+    if lo > 0:
+        body.append(left_out(steps[:lo], "earlier"))
+    body += [step_html(step, show_rejected, step.index == focus) for step in steps[lo:hi]]
+    if hi < len(steps):
+        body.append(left_out(steps[hi:], "later"))
     if not steps:
         body.append(f'<span style="color:#94a3b8;">{esc(placeholder)}</span>')
     return f'<div class="specviz-tokens" style="{BOX}">{"".join(body)}</div>'

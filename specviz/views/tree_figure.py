@@ -1,9 +1,13 @@
 """The draft of one step as a tree (a chain is a tree with one child per node), laid out with
 networkx by depth and drawn with plotly: nodes colored by outcome, the accepted path highlighted,
-and the token the target added after it (resampled / bonus / target) drawn at the end of the path."""
+and the token the target added after it (resampled / bonus / target) drawn at the end of the path.
+
+A depth with more than LEVEL_WIDTH nodes is summarized, so one step's figure stays cheap whatever
+the trace holds: the verified path first, then the nodes the target tried, then the drafter's
+likeliest, and a "+K more" note for the rest (a node left out takes its descendants with it)."""
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 import networkx as nx
 import plotly.graph_objects as go
@@ -15,6 +19,30 @@ from .steps import Step, run_started, split_steps
 ROOT, FINAL = "root", "final"
 HEIGHT = 330
 CROWDED = 6  # nodes at one depth beyond which off-path nodes lose their text labels
+LEVEL_WIDTH = 16  # nodes drawn at one depth; the rest are counted in a "+K more" note
+MORE = "more"  # kind of the notes
+
+
+def drawn(nodes, path: list[int]) -> tuple[set[int] | None, dict[int, list]]:
+    """The ids of the nodes to draw (None: all) and, per depth, the nodes left out."""
+    by_depth: dict[int, list] = defaultdict(list)
+    for node in nodes:
+        by_depth[node.depth].append(node)
+    if all(len(level) <= LEVEL_WIDTH for level in by_depth.values()):
+        return None, {}
+    on_path = set(path)
+    keep: set[int] = set()
+    left_out: dict[int, list] = {}
+    for depth in sorted(by_depth):
+        level = by_depth[depth]
+        eligible = [n for n in level if n.parent < 0 or n.parent in keep]
+        eligible.sort(key=lambda n: (n.id not in on_path, n.status not in ("accepted", "rejected"), -n.q, n.id))
+        chosen = {n.id for n in eligible[:LEVEL_WIDTH]}
+        keep |= chosen
+        rest = [n for n in level if n.id not in chosen]
+        if rest:
+            left_out[depth] = rest
+    return keep, left_out
 
 
 def draft_graph(step: Step, context: str = "") -> nx.DiGraph:
@@ -31,13 +59,17 @@ def draft_graph(step: Step, context: str = "") -> nx.DiGraph:
     for node in nodes:
         children.setdefault(node.parent, []).append(node)
 
-    def add(parent_key, parent_id):
-        for node in children.get(parent_id, []):
-            g.add_node(node.id, depth=node.depth, kind=node.status or "unvisited", node=node)
-            g.add_edge(parent_key, node.id, on_path=node.id in path)
-            add(node.id, node.id)
-
-    add(ROOT, -1)
+    keep, left_out = drawn(nodes, path)
+    stack = [(ROOT, node) for node in reversed(children.get(-1, []))]
+    while stack:  # depth first, children in order (no recursion: a chain may be hundreds deep)
+        parent_key, node = stack.pop()
+        if keep is not None and node.id not in keep:
+            continue
+        g.add_node(node.id, depth=node.depth, kind=node.status or "unvisited", node=node)
+        g.add_edge(parent_key, node.id, on_path=node.id in path)
+        stack += [(node.id, child) for child in reversed(children.get(node.id, []))]
+    for depth, rest in left_out.items():
+        g.add_node((MORE, depth), depth=depth, kind=MORE, rest=rest)
     tokens = step.tokens
     if step.verified is not None and len(tokens) == len(path) + 1:
         final = tokens[-1]
@@ -58,6 +90,10 @@ def hover(g: nx.DiGraph, key) -> str:
     data = g.nodes[key]
     if key == ROOT:
         return f"last committed token: {esc_plot(visible(data['text'], 40))}<br>the target's forward starts here"
+    if data["kind"] == MORE:
+        counts = Counter(SHORT.get(n.status, str(n.status)) for n in data["rest"])
+        return (f"{len(data['rest'])} more drafted nodes at depth {data['depth']} are not drawn<br>"
+                + " · ".join(f"{n} {esc_plot(name)}" for name, n in counts.most_common()))
     if key == FINAL:
         tok = data["token"]
         extra = {"resampled": "drawn from norm(max(0, p − q)) after the rejection",
@@ -110,6 +146,12 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None) 
                            name="verified path",
                            line=dict(color="#16a34a" if on_path else "#94a3b8", width=5 if on_path else 1.5)))
     widest = max(Counter(g.nodes[k]["depth"] for k in g.nodes).values())
+    notes = [k for k in g.nodes if g.nodes[k]["kind"] == MORE]
+    if notes:
+        traces.append(dict(type="scatter", x=[pos[k][0] for k in notes], y=[pos[k][1] for k in notes], mode="text",
+                           text=[f"+{len(g.nodes[k]['rest'])} more" for k in notes], showlegend=False,
+                           textfont=dict(size=12, color="#64748b"), hovertext=[hover(g, k) for k in notes],
+                           hoverinfo="text", name="not drawn"))
     for kind in ("context", "accepted", "rejected", "unvisited", "resampled", "bonus", "target"):
         keys = [k for k in g.nodes if g.nodes[k]["kind"] == kind]
         if not keys:
