@@ -1,35 +1,31 @@
-"""Build engines from names: the one place that maps user-facing choices to engine parts.
+"""Build engines from a RunConfig: the one place that turns names into engine parts.
 
     from specviz.api import build_engine
     engine = build_engine("smollm2-135m", drafter="pld")
     for event in engine.stream_text("Explain KV caches", Settings(max_new_tokens=64)):
         ...
+
+    from specviz.config import RunConfig
+    engine = build(RunConfig(drafter="ngram-tree", draft_len=8, stop="schedule"))
 """
 from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
-from . import corpus, models
-from .drafters.model import ModelDrafter
-from .drafters.strategies import GREEDY_ONLY, STRATEGIES
-from .drafters.ngram import NgramDrafter, NgramTable
-from .drafters.prompt_lookup import PromptLookupDrafter
+from . import models
+from .config import RunConfig
+from .drafters import registry as drafter_registry
+from .drafters.registry import DRAFTERS, DraftRequest
 from .engine import Engine, Result, Settings
 from .events import Event
+from .limits import ENGINE
+from .rules import VERIFY_RULES
+from .stop_rules import make_stop_rule
 
-# Drafters that need no second model; any other name is a model preset, directory or hub id.
-MODEL_FREE_DRAFTERS = {  # "short label: details" (the app shows the label)
-    "none": "autoregressive: no drafter, plain decoding (the reference)",
-    "pld": "prompt lookup: copies what followed the last n-gram earlier in the text (no model)",
-    "pld-tree": "prompt lookup tree: the 4 latest matches merged into a tree (no model)",
-    "ngram": "n-gram chain: counts from the target's own outputs and the text so far (no model; ADED-style)",
-    "ngram-tree": "n-gram tree: the same counts grown best-first into a tree of draft_len nodes (no model)",
-}
-MAX_DRAFT_LEN = 32
-
+MAX_DRAFT_LEN = ENGINE.max_draft_len
 
 _LOAD_LOCK = threading.Lock()
 
@@ -51,12 +47,26 @@ load_model.cache_clear = _load_model.cache_clear
 
 
 def drafter_names() -> list[str]:
-    return list(MODEL_FREE_DRAFTERS) + list(models.PRESETS)
+    return DRAFTERS.names() + list(models.PRESETS)
+
+
+# "label: about" of the drafters that need no second model (menus list them first)
+MODEL_FREE_DRAFTERS = {e.name: f"{e.label}: {e.about}" for e in DRAFTERS.entries() if e.kind in ("none", "free")}
+
+
+def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "chain", target: str | None = None):
+    """A drafter by name for a loaded target model (`target` names it, for corpus/weights lookup)."""
+    config = RunConfig(target or "smollm2-135m", name, strategy, draft_len).checked()
+    return drafter_registry.make_drafter(DraftRequest(name, target_model, target, config.draft_len, config.shape))
+
+
+def rule_names() -> list[str]:
+    return VERIFY_RULES.names()
 
 
 def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
     """Token ids for a prompt; instruct models get their chat template (generation prompt added)."""
-    if not text or not text.strip():
+    if not isinstance(text, str) or not text.strip():
         raise ValueError("the prompt is empty")
     if chat and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -67,20 +77,28 @@ def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
 
 @dataclass
 class TextEngine:
-    """An Engine plus its tokenizer: streams events for a prompt given as text."""
+    """An Engine plus its tokenizer and the RunConfig it was built from: streams events for text."""
 
     engine: Engine
     tokenizer: object
     chat: bool
+    config: RunConfig = RunConfig()
 
-    def encode(self, text: str, raw: bool = False) -> list[int]:
+    def encode(self, text: str, raw: bool | None = None) -> list[int]:
+        raw = self.config.raw if raw is None else raw
         return encode_prompt(self.tokenizer, text, self.chat and not raw)
 
-    def stream_text(self, text: str, settings: Settings = Settings(), raw: bool = False) -> Iterator[Event]:
-        return self.engine.stream(self.encode(text, raw), settings, prompt=text)
+    def stream_text(self, text: str, settings: Settings | None = None, raw: bool | None = None) -> Iterator[Event]:
+        """Events of one run; `settings` (default: the config's) are recorded with the config."""
+        config = replace(self.config, settings=settings or self.config.settings,
+                         raw=self.config.raw if raw is None else raw)
+        return self.engine.stream(self.encode(text, config.raw), config.settings, prompt=text,
+                                  config=config.as_dict())
 
-    def generate(self, text: str, settings: Settings = Settings(), raw: bool = False) -> Result:
-        return self.engine.run(self.encode(text, raw), settings, prompt=text)
+    def generate(self, text: str, settings: Settings | None = None, raw: bool | None = None) -> Result:
+        events = list(self.stream_text(text, settings, raw))
+        end = events[-1]
+        return Result(end.text, end.token_ids, end.metrics, end.stop_reason, events)
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -93,67 +111,24 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-@functools.lru_cache(maxsize=4)
-def ngram_corpus(target: str | None) -> NgramTable | None:
-    """Counts over the stored corpus of `target`'s own outputs (specviz corpus), if there is one."""
-    data = corpus.load(target) if target else None
-    if data is None:
-        return None
-    table = NgramTable()
-    for ids in data["outputs"]:
-        table.add(ids)
-    return table
-
-
-def make_drafter(name: str, target_model, draft_len: int = 4, strategy: str = "chain", target: str | None = None):
-    """`target` names the target (preset or directory) so that corpus-trained drafters find its corpus."""
-    if not (1 <= draft_len <= MAX_DRAFT_LEN):
-        raise ValueError(f"draft length must be in [1, {MAX_DRAFT_LEN}], got {draft_len}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
-    if name == "none":
-        return None
-    if name in ("pld", "pld-tree"):
-        return PromptLookupDrafter(target_model.config.vocab_size, k=draft_len, branches=4 if name == "pld-tree" else 1,
-                                   name=name)
-    if name in ("ngram", "ngram-tree"):
-        return NgramDrafter(target_model.config.vocab_size, ngram_corpus(target), budget=draft_len,
-                            width=8 if name == "ngram-tree" else 1, name=name)
-    model, _, _ = load_model(name)
-    if model.config.vocab_size != target_model.config.vocab_size:
-        raise ValueError(f"drafter '{name}' has vocabulary {model.config.vocab_size}, "
-                         f"the target {target_model.config.vocab_size}: they must share one tokenizer")
-    drafter = ModelDrafter(model, STRATEGIES[strategy][1](draft_len), f"{name} ({strategy})")
-    drafter.greedy_only = strategy in GREEDY_ONLY
-    return drafter
-
-
-def rule_names() -> list[str]:
-    from .verify import RULES
-    from .verify_lossy import TARGET_RULES
-
-    return list(RULES) + list(TARGET_RULES)
-
-
-def make_rule(rule: str | None, target_model):
-    """Rules that need the target (LANTERN's embedding neighbours) are built once per engine here."""
-    from .verify import RULES
-    from .verify_lossy import TARGET_RULES
-
-    if rule is None or rule in RULES:
-        return rule
-    if rule in TARGET_RULES:
-        return TARGET_RULES[rule](target_model)
-    raise ValueError(f"unknown verification rule '{rule}'; choose one of: {', '.join(rule_names())}")
+def build(config: RunConfig) -> TextEngine:
+    """An engine for a run description (validated here against the engine's own limits)."""
+    config = config.checked()
+    model, tokenizer, preset = load_model(config.target)
+    if tokenizer is None:
+        raise models.ModelError(f"'{config.target}' has no tokenizer files")
+    drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, model, config.target, config.draft_len,
+                                                         config.shape))
+    stop = make_stop_rule(config.stop, config.draft_len, config.stop_params) if drafter is not None else None
+    engine = Engine(model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), drafter,
+                    eos_ids(model, tokenizer), config.target, None if config.rule == "auto" else config.rule,
+                    stop=stop)
+    chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
+    return TextEngine(engine, tokenizer, chat, config)
 
 
 def build_engine(target: str = "smollm2-135m", drafter: str = "pld", draft_len: int = 4,
-                 rule: str | None = None, strategy: str = "chain") -> TextEngine:
-    model, tokenizer, preset = load_model(target)
-    if tokenizer is None:
-        raise models.ModelError(f"'{target}' has no tokenizer files")
-    engine = Engine(model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                    make_drafter(drafter, model, draft_len, strategy, target), eos_ids(model, tokenizer), target,
-                    make_rule(rule, model))
-    chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
-    return TextEngine(engine, tokenizer, chat)
+                 rule: str | None = None, strategy: str = "chain", stop: str = "static",
+                 stop_params: dict | None = None) -> TextEngine:
+    """build() from keyword arguments (the short form of the Python API)."""
+    return build(RunConfig(target, drafter, strategy, draft_len, rule or "auto", stop, dict(stop_params or {})))

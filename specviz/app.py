@@ -634,7 +634,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     target = gr.Dropdown(targets, value=DEFAULT_TARGET, label="Target (verifies)")
                     drafter = gr.Dropdown(drafters, value=DEFAULT_DRAFTER, label="Drafter (guesses)")
-                strategy = gr.Dropdown([(f"{k} · {v[0]}", k) for k, v in STRATEGIES.items()], value="chain",
+                strategy = gr.Dropdown([(f"{e.name} · {e.label}", e.name) for e in STRATEGIES.entries()], value="chain",
                                        label="Draft shape (model drafters)")
                 with gr.Accordion("Decoding knobs", open=True):
                     with gr.Row():

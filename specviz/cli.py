@@ -14,12 +14,27 @@ LEGEND = "green = accepted draft, yellow = resampled after a rejection, cyan = b
 
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """The RunConfig's fields as options; choices and help come from the registries."""
+    from .drafters.registry import DRAFTERS
+    from .drafters.strategies import STRATEGIES
+    from .rules import VERIFY_RULES
+    from .stop_rules import STOP_RULES
+
+    rules = ", ".join(f"{e.name}{'' if e.lossless else ' (LOSSY)'}" for e in VERIFY_RULES.entries())
+    stops = "; ".join(f"{e.name}: " + (", ".join(f"{q.name}={q.default:g}" for q in e.params) or "no parameters")
+                      for e in STOP_RULES.entries())
     p.add_argument("--target", default="smollm2-135m", help="preset name, local directory or hub id")
-    p.add_argument("--drafter", default="pld", help="'none', 'pld', or a model (preset, directory, hub id)")
-    p.add_argument("--strategy", default="chain", help="how a model drafter shapes its proposal (see `models`)")
-    p.add_argument("--draft-len", type=int, default=4, help="draft length (tree depth for tree strategies)")
-    p.add_argument("--rule", default=None, help="verification rule: greedy, sampling (lossless; the default picks "
-                   "by temperature), typical-lossy, lantern-lossy (LOSSY: output differs from the target's)")
+    p.add_argument("--drafter", default="pld", help=f"one of {', '.join(DRAFTERS)}, or a model "
+                   "(preset, directory, hub id) with the target's vocabulary")
+    p.add_argument("--strategy", "--shape", dest="strategy", default="chain",
+                   help=f"how a model drafter shapes its proposal: {', '.join(STRATEGIES)}")
+    p.add_argument("--draft-len", type=int, default=4, help="draft length (tree depth for tree shapes)")
+    p.add_argument("--rule", default=None, help=f"verification rule: {rules}; default: greedy at temperature 0, "
+                   "else sampling (both lossless)")
+    p.add_argument("--stop", default="static", help=f"stopping rule ({stops})")
+    p.add_argument("--stop-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a stopping rule parameter (repeatable)")
+    p.add_argument("--no-fast-path", action="store_true", help="plain transformers forwards (for comparison)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -34,18 +49,32 @@ def _settings(a):
     return Settings(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed)
 
 
+def run_config(a, drafter: str | None = None):
+    """The RunConfig the decoding options describe (validated when the engine is built)."""
+    from .config import RunConfig
+
+    params = {}
+    for item in a.stop_param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--stop-param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = value.strip()
+    return RunConfig(a.target, a.drafter if drafter is None else drafter, a.strategy, a.draft_len, a.rule or "auto",
+                     a.stop, params, _settings(a), not a.no_fast_path, a.raw)
+
+
 def cmd_generate(a) -> int:
     from . import trace
-    from .api import build_engine
+    from .api import build
 
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR") or a.color
-    engine = build_engine(a.target, a.drafter, a.draft_len, a.rule, a.strategy)
-    if a.rule and a.rule.endswith("-lossy"):
+    engine = build(run_config(a))
+    if engine.config.lossy:
         print(f"note: rule '{a.rule}' is LOSSY: its output distribution is not the target's", file=sys.stderr)
     events = []
     if color:
         print(LEGEND + (" , red strike = rejected draft" if a.show_rejected else ""), file=sys.stderr)
-    for ev in engine.stream_text(a.prompt, _settings(a), raw=a.raw):
+    for ev in engine.stream_text(a.prompt):
         events.append(ev)
         if isinstance(ev, Verified) and a.show_rejected and color:
             for node in ev.nodes:
@@ -72,21 +101,28 @@ def format_metrics(m) -> str:
 
 def cmd_models(a) -> int:
     from . import models
-    from .api import MODEL_FREE_DRAFTERS, rule_names
+    from .drafters.registry import DRAFTERS
     from .drafters.strategies import STRATEGIES
+    from .rules import VERIFY_RULES
+    from .stop_rules import STOP_RULES
 
     print("model presets (target or drafter):")
     for name, p in sorted(models.PRESETS.items(), key=lambda kv: models.status(kv[0]) != "ready"):
         print(f"  {name:22s} {models.status(name):14s} {p.hub_id}")
-    print("drafters without a model:")
-    for name, desc in MODEL_FREE_DRAFTERS.items():
-        print(f"  {name:22s} {desc}")
-    print("draft strategies for model drafters:")
-    for name, (desc, _) in STRATEGIES.items():
-        print(f"  {name:22s} {desc}")
+    print("drafters (any model preset above also drafts, in every shape):")
+    for e in DRAFTERS.entries():
+        print(f"  {e.name:22s} [{e.kind}] {e.label}: {e.about}" + (" (greedy only)" if e.greedy_only else ""))
+    print("draft shapes (strategies) for model drafters:")
+    for e in STRATEGIES.entries():
+        print(f"  {e.name:22s} {e.label}")
     print("verification rules:")
-    for name in rule_names():
-        print(f"  {name:22s} {'LOSSY: accepts more than the target would sample' if name.endswith('-lossy') else 'lossless'}")
+    for e in VERIFY_RULES.entries():
+        print(f"  {e.name:22s} {'lossless' if e.lossless else 'LOSSY: accepts more than the target would sample'}"
+              f" ({e.label})")
+    print("stopping rules:")
+    for e in STOP_RULES.entries():
+        params = ", ".join(f"{q.name}={q.default:g} in [{q.lo:g}, {q.hi:g}]" for q in e.params)
+        print(f"  {e.name:22s} {e.label}" + (f"; parameters: {params}" if params else ""))
     return 0
 
 
@@ -108,9 +144,9 @@ def cmd_bench(a) -> int:
 def cmd_corpus(a) -> int:
     from tqdm import tqdm
 
-    from . import corpus
+    from . import record_corpus
 
-    path = corpus.build(a.target, a.max_new_tokens, a.limit, a.out,
+    path = record_corpus.build(a.target, a.max_new_tokens, a.limit, a.out,
                         progress=lambda rows: tqdm(rows, desc="corpus", unit="prompt", file=sys.stderr))
     print(f"corpus written to {path}")
     return 0

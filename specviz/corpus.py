@@ -16,7 +16,6 @@ import random
 import textwrap
 from pathlib import Path
 
-from .trace import atomic_write_text
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 VERSION = 1
@@ -142,25 +141,3 @@ def load(target: str) -> dict | None:
     if data.get("version") != VERSION or not isinstance(data.get("outputs"), list):
         raise ValueError(f"{path}: not a specviz corpus (version {VERSION})")
     return data
-
-
-def build(target: str, max_new_tokens: int = 128, limit: int = 0, path: str | os.PathLike | None = None,
-          progress=None) -> Path:
-    """Generate the target's greedy outputs on training_prompts() and write them atomically."""
-    from .api import build_engine
-    from .bench import read_prompts
-    from .engine import Settings
-
-    prompts = training_prompts()[: limit or None]
-    evaluation = [p["prompt"] for p in read_prompts(None)]
-    clash = [p["prompt"][:60] for p in prompts if any(e in p["prompt"] or p["prompt"] in e for e in evaluation)]
-    if clash:
-        raise ValueError(f"training prompts overlap the evaluation prompts: {clash}")
-    engine = build_engine(target, drafter="pld", draft_len=8)  # lossless under greedy: same tokens as AR, faster
-    settings = Settings(max_new_tokens=max_new_tokens)
-    outputs = []
-    for row in progress(prompts) if progress else prompts:
-        outputs.append(engine.generate(row["prompt"], settings).token_ids)
-    data = {"version": VERSION, "target": target, "max_new_tokens": max_new_tokens, "prompts": prompts,
-            "outputs": outputs, "digest": digest(outputs)}
-    return atomic_write_text(path or path_for(target), json.dumps(data, separators=(",", ":")))

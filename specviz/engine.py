@@ -13,15 +13,17 @@ import torch
 
 from .drafters import Drafter, TargetView
 from .events import Drafted, Emitted, Event, Node, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
+from .limits import ENGINE
 from .lm import CachedLM
 from .metrics import Metrics
 from .sampling import Warp, check_warp, entropy, probs
-from .stop_rules import StopRule
+from .stop_rules import StopNote, StopRule
 from .text import IncrementalText
 from .tree import DraftTree, depths
-from .verify import ACCEPTED, RULES, UNVISITED, Rule
+from .rules import make_rule, resolve
+from .verify import ACCEPTED, UNVISITED, Rule
 
-MAX_NEW_TOKENS = 4096
+MAX_NEW_TOKENS = ENGINE.max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,6 @@ class Result:
     events: list[Event] = field(default_factory=list)
 
 
-def default_rule(warp: Warp) -> str:
-    return "greedy" if warp.greedy else "sampling"
-
-
 class Engine:
     def __init__(
         self,
@@ -68,7 +66,6 @@ class Engine:
         rule: str | Rule | None = None,
         max_draft: int = 128,
         stop: StopRule | None = None,
-        config: dict | None = None,
     ):
         self.target = CachedLM(target)
         self.decode = decode
@@ -78,7 +75,7 @@ class Engine:
         self.rule_name = rule
         self.max_draft = max_draft  # the most nodes a drafter may add to the context in one step
         self.stop = stop  # when drafting rounds end (None: the drafter's own fixed length)
-        self.config = config  # the RunConfig this engine was built from (recorded in RunStarted)
+        self._rules: dict[str, Rule] = {}
 
     def check_prompt(self, prompt_ids: list[int], settings: Settings) -> None:
         if not prompt_ids:
@@ -91,19 +88,23 @@ class Engine:
             )
 
     def rule(self, warp: Warp) -> tuple[str, Rule]:
+        """The rule given (a callable, or a registered name), or the lossless one for the temperature."""
         if callable(self.rule_name):
             return getattr(self.rule_name, "__name__", "custom"), self.rule_name
-        name = self.rule_name or default_rule(warp)
-        if name not in RULES:
-            raise ValueError(f"unknown verification rule '{name}'; choose one of: {', '.join(RULES)}")
-        return name, RULES[name]
+        name = resolve(self.rule_name, warp.greedy)
+        if name not in self._rules:  # built once per engine (LANTERN precomputes neighbours)
+            self._rules[name] = make_rule(name, self.target.model)
+        return name, self._rules[name]
 
-    def run(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "") -> Result:
-        events = list(self.stream(prompt_ids, settings, prompt))
+    def run(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
+            config: dict | None = None) -> Result:
+        events = list(self.stream(prompt_ids, settings, prompt, config))
         end = events[-1]
         return Result(end.text, end.token_ids, end.metrics, end.stop_reason, events)
 
-    def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "") -> Iterator[Event]:
+    def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
+               config: dict | None = None) -> Iterator[Event]:
+        """The run's events. `config` (a RunConfig as a dict) is recorded in RunStarted as given."""
         check_settings(settings)
         self.check_prompt(list(prompt_ids), settings)
         warp = settings.warp
@@ -123,13 +124,15 @@ class Engine:
         metrics = Metrics()
         stop_reason = "length"
         yield RunStarted(self.target_name, drafter_name, rule_name, settings.__dict__.copy(), prompt, len(ids),
-                         self.config)
+                         config)
         step = 0
         while len(new) < settings.max_new_tokens:
             yield StepStarted(step)
             t0 = time.perf_counter()
             fwd0 = self._forward_seconds()
             tree = self.drafter.propose(ids, warp, gen, self.stop) if self.drafter else DraftTree()
+            if self.stop is not None and tree.stop is None and len(tree):  # drafters without their own note
+                tree.stop = StopNote(self.stop.name, max(depths(tree.parents)), "limit", self.stop.state()).as_dict()
             t_draft = time.perf_counter() - t0
             nodes = self._nodes(tree)
             pause = time.perf_counter()

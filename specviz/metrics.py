@@ -44,6 +44,18 @@ class Metrics:
             self.accepted_hist.append(0)
         self.accepted_hist[accepted] += 1
 
+    def add(self, other: "Metrics") -> "Metrics":
+        """Accumulate another run's counters (bench totals per category are sums of runs)."""
+        for f in ("tokens", "steps", "drafted", "accepted", "elapsed_s", "draft_s", "verify_s", "forward_s",
+                  "wasted_forwards"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        for mine, theirs in ((self.beta_sum, other.beta_sum), (self.beta_count, other.beta_count),
+                             (self.accepted_hist, other.accepted_hist)):
+            mine.extend([0] * (len(theirs) - len(mine)))
+            for i, v in enumerate(theirs):
+                mine[i] += v
+        return self
+
     def snapshot(self) -> "Metrics":
         return replace(self, beta_sum=list(self.beta_sum), beta_count=list(self.beta_count),
                        accepted_hist=list(self.accepted_hist))

@@ -68,6 +68,8 @@ class Registry(Generic[E]):
             raise ValueError(f"unknown {self.kind} {str(name)[:60]!r}; choose one of: {', '.join(self._entries)}")
         return self._entries[name]
 
+    __getitem__ = get
+
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and name in self._entries
 

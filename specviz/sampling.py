@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .limits import ENGINE
+
 
 @dataclass(frozen=True)
 class Warp:
@@ -23,9 +25,9 @@ class Warp:
         return self.temperature == 0.0
 
 
-def check_warp(warp: Warp) -> None:
-    if not (0.0 <= warp.temperature <= 5.0):
-        raise ValueError(f"temperature must be in [0, 5], got {warp.temperature}")
+def check_warp(warp: Warp, max_temperature: float = ENGINE.max_temperature) -> None:
+    if not (0.0 <= warp.temperature <= max_temperature):
+        raise ValueError(f"temperature must be in [0, {max_temperature:g}], got {warp.temperature}")
     if not (0.0 < warp.top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {warp.top_p}")
     if warp.top_k < 0:

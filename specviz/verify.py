@@ -102,10 +102,3 @@ def verify_sampling(
             return Verdict(path, sample(p, gen), kind, status, accept_prob, p)
         path.append(nxt)
         node = nxt
-
-
-RULES: dict[str, Rule] = {"greedy": verify_greedy, "sampling": verify_sampling}
-
-# Lossy rules live in verify_lossy.py and add themselves to RULES; importing it here (last, since
-# it imports from this module) makes them available wherever RULES is.
-from . import verify_lossy  # noqa: E402,F401

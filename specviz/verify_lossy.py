@@ -16,13 +16,11 @@ Both reduce to exact greedy decoding when p is one-hot (temperature 0, delta < 1
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 
 from .sampling import residual, sample
 from .tree import DraftTree
-from .verify import ACCEPTED, REJECTED, RULES, UNVISITED, Rule, Verdict, _final_kind, verify_sampling
+from .verify import ACCEPTED, REJECTED, UNVISITED, Rule, Verdict, _final_kind, verify_sampling
 
 
 def typical_threshold(p: torch.Tensor, eps: float, delta: float) -> float:
@@ -105,10 +103,3 @@ def lantern_rule(embeddings: torch.Tensor, k: int = 10, delta: float = 0.2) -> R
 def lantern_for(target: torch.nn.Module, k: int = 10, delta: float = 0.2) -> Rule:
     """lantern-lossy for a Hugging Face causal LM: its input embedding matrix is the latent space."""
     return lantern_rule(target.get_input_embeddings().weight, k, delta)
-
-
-LOSSY_RULES: dict[str, Rule] = {"typical-lossy": typical_rule()}
-# Rules that need the target model to exist: name -> factory(target model) -> Rule.
-TARGET_RULES: dict[str, Callable[[torch.nn.Module], Rule]] = {"lantern-lossy": lantern_for}
-
-RULES.update(LOSSY_RULES)

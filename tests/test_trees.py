@@ -22,8 +22,10 @@ from specviz.engine import Engine, Settings
 from specviz.lm import CachedLM
 from specviz.sampling import Warp
 from specviz.tree import path_to
-from specviz.verify import RULES, Verdict, verify_sampling
-from specviz.verify_lossy import TARGET_RULES, lantern_rule, typical_rule
+from specviz.rules import RULES
+from specviz.verify import Verdict, verify_sampling
+from specviz.rules import TARGET_RULES
+from specviz.verify_lossy import lantern_rule, typical_rule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +43,7 @@ def warp_for(strategy: str) -> Warp:
 def test_greedy_tree_decoding_equals_reference_greedy(tiny_target, tiny_drafter, strategy):
     for prompt in PROMPTS:
         want = reference_greedy(tiny_target, prompt, 40)
-        for builder in (STRATEGIES[strategy][1](3), budget_builder(strategy, 8)):
+        for builder in (STRATEGIES[strategy].build(3), budget_builder(strategy, 8)):
             result = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, builder)).run(prompt, Settings(40))
             assert result.token_ids == want, (strategy, prompt)
 
@@ -50,7 +52,7 @@ def test_greedy_tree_decoding_equals_reference_greedy(tiny_target, tiny_drafter,
 def test_self_drafting_tree_accepts_a_full_path(tiny_target, strategy):
     # the greedy top-1 child is the target's own argmax, so every step accepts depth tokens + 1 bonus;
     # a drafter cache that kept the wrong nodes after a step would break this
-    drafter = ModelDrafter(tiny_target, STRATEGIES[strategy][1](3))
+    drafter = ModelDrafter(tiny_target, STRATEGIES[strategy].build(3))
     result = Engine(tiny_target, decode, drafter).run([1, 2, 3], Settings(40))
     assert result.metrics.tau == 4.0
 
@@ -67,7 +69,7 @@ def non_prefix_path(tree) -> list[int]:
 @pytest.mark.parametrize("strategy", TREES)
 def test_built_tree_logits_match_sequential_forwards_and_compaction(tiny_target, tiny_drafter, strategy):
     committed = [1, 5, 7, 3, 9]
-    build = STRATEGIES[strategy][1](3)
+    build = STRATEGIES[strategy].build(3)
     tree = build(CachedLM(tiny_drafter), committed, warp_for(strategy), torch.Generator().manual_seed(3))
     assert len(tree) > 3 and not tree.is_chain()
     lm = CachedLM(tiny_target)
@@ -87,7 +89,7 @@ def test_built_tree_logits_match_sequential_forwards_and_compaction(tiny_target,
 @pytest.mark.parametrize("strategy", TREES)
 def test_drafter_cache_keeps_the_accepted_path(tiny_drafter, strategy):
     warp = warp_for(strategy)
-    drafter = ModelDrafter(tiny_drafter, STRATEGIES[strategy][1](3))
+    drafter = ModelDrafter(tiny_drafter, STRATEGIES[strategy].build(3))
     committed = [1, 5, 7, 3, 9]
     tree = drafter.propose(committed, warp, torch.Generator().manual_seed(4))
     path = non_prefix_path(tree)
@@ -112,7 +114,7 @@ def test_each_level_is_one_drafter_forward(tiny_drafter):
 def test_sizes_and_budgets(tiny_drafter):
     for strategy in ["chain", *TREES]:
         for draft_len in (1, 2, 4):
-            tree = STRATEGIES[strategy][1](draft_len)(CachedLM(tiny_drafter), [1, 2], GREEDY, torch.Generator())
+            tree = STRATEGIES[strategy].build(draft_len)(CachedLM(tiny_drafter), [1, 2], GREEDY, torch.Generator())
             assert len(tree) == tree_size(strategy, draft_len), (strategy, draft_len)
         for nodes in (4, 8, 16, 32):
             tree = budget_builder(strategy, nodes)(CachedLM(tiny_drafter), [1, 2], GREEDY, torch.Generator())
@@ -216,6 +218,6 @@ def test_lossy_rules_are_registered_and_exact_when_greedy(tiny_target, tiny_draf
     assert "typical-lossy" in RULES and "lantern-lossy" in TARGET_RULES
     want = reference_greedy(tiny_target, PROMPTS[0], 20)
     for rule in (RULES["typical-lossy"], TARGET_RULES["lantern-lossy"](tiny_target)):
-        engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, STRATEGIES["gumbel-top-k"][1](3)), rule=rule)
+        engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, STRATEGIES["gumbel-top-k"].build(3)), rule=rule)
         result = engine.run(PROMPTS[0], Settings(20))
         assert result.token_ids == want and result.events[0].rule.endswith("-lossy")

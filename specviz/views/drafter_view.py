@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..events import Event
+from ..metrics import Metrics
 from .labels import esc
 from .steps import run_finished, run_started
 
@@ -14,19 +15,14 @@ class RunRecord:
 
     drafter: str
     target: str
-    tokens: int
-    elapsed_s: float
-    drafted: int
-    accepted: int
-    steps: int
+    metrics: Metrics
 
 
 def record(events: list[Event]) -> RunRecord | None:
     start, end = run_started(events), run_finished(events)
     if start is None or end is None:
         return None
-    m = end.metrics
-    return RunRecord(str(start.drafter), str(start.target), m.tokens, m.elapsed_s, m.drafted, m.accepted, m.steps)
+    return RunRecord(str(start.drafter), str(start.target), end.metrics.snapshot())
 
 
 def drafter_markdown(history: list[RunRecord], choice: str | None = None, reason: str | None = None) -> str:
@@ -41,10 +37,10 @@ def drafter_markdown(history: list[RunRecord], choice: str | None = None, reason
         table.setdefault((rec.drafter, rec.target), []).append(rec)
     rows = ["| drafter | target | runs | tokens/s | acceptance | τ |", "|---|---|---|---|---|---|"]
     for (drafter, target), recs in sorted(table.items(), key=lambda kv: -len(kv[1])):
-        tokens, seconds = sum(r.tokens for r in recs), sum(r.elapsed_s for r in recs)
-        drafted, accepted = sum(r.drafted for r in recs), sum(r.accepted for r in recs)
-        steps = sum(r.steps for r in recs)
-        rows.append(f"| {esc(drafter)} | {esc(target)} | {len(recs)} | {tokens / seconds if seconds else 0:.1f} | "
-                    f"{accepted / drafted if drafted else 0:.2f} | {tokens / steps if steps else 0:.2f} |")
+        m = Metrics()
+        for r in recs:
+            m.add(r.metrics)
+        rows.append(f"| {esc(drafter)} | {esc(target)} | {len(recs)} | {m.tokens_per_s:.1f} | "
+                    f"{m.acceptance_rate:.2f} | {m.tau:.2f} |")
     out.append("**This session, per drafter** (decoding time only):\n\n" + "\n".join(rows))
     return "\n\n".join(out)

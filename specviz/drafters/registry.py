@@ -1,0 +1,126 @@
+"""Every drafter, registered once: how to build it, what it needs, what it can do.
+
+The menus, `python -m specviz models`, the CLI help, the bench and RunConfig validation read this
+table. A name that is not registered here is a model drafter: a preset, a local directory or a
+hub id of a smaller LM with the target's vocabulary (the "model" entry builds it, in any shape).
+A new drafter is one file plus one entry here.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..registry import Registry
+from . import Drafter
+from .ngram import NgramDrafter, NgramTable
+from .prompt_lookup import PromptLookupDrafter
+
+
+@dataclass(frozen=True)
+class DraftRequest:
+    """What a drafter factory gets."""
+
+    name: str  # the drafter name as given (a model drafter's preset / directory / hub id)
+    target_model: torch.nn.Module
+    target: str  # the target's name (preset or directory): corpus or weights are looked up by it
+    draft_len: int
+    shape: str
+
+
+@dataclass(frozen=True)
+class DrafterEntry:
+    name: str
+    label: str  # short, for menus
+    about: str  # one line, for `models` and help
+    make: Callable[[DraftRequest], Drafter | None]
+    kind: str = "free"  # none | free (no model) | model (a second LM) | trained (weights in assets/)
+    takes_shape: bool = False  # drafts any registered shape (chain, trees)
+    greedy_only: bool = False
+    max_nodes: Callable[[int, str], int] = lambda draft_len, shape: draft_len  # per step
+    hf: Callable[[int, Drafter | None], dict] | None = None  # transformers generate() kwargs doing the same
+
+    @property
+    def has_distribution(self) -> bool:
+        """Its drafts come from a distribution q with an entropy (stop rules like AdaEDL read it)."""
+        return self.kind in ("model", "trained")
+
+
+@functools.lru_cache(maxsize=4)
+def ngram_corpus(target: str | None) -> NgramTable | None:
+    """Counts over the stored corpus of `target`'s own outputs (specviz corpus), if there is one."""
+    from .. import corpus
+
+    data = corpus.load(target) if target else None
+    if data is None:
+        return None
+    table = NgramTable()
+    for ids in data["outputs"]:
+        table.add(ids)
+    return table
+
+
+def _vocab(r: DraftRequest) -> int:
+    return r.target_model.config.vocab_size
+
+
+def _model_drafter(r: DraftRequest) -> Drafter:
+    from ..api import load_model
+    from .model import ModelDrafter
+    from .strategies import STRATEGIES
+
+    model, _, _ = load_model(r.name)
+    if model.config.vocab_size != r.target_model.config.vocab_size:
+        raise ValueError(f"drafter '{r.name}' has vocabulary {model.config.vocab_size}, "
+                         f"the target {r.target_model.config.vocab_size}: they must share one tokenizer")
+    shape = STRATEGIES.get(r.shape)
+    return ModelDrafter(model, shape.build(r.draft_len), f"{r.name} ({r.shape})", greedy_only=shape.greedy_only)
+
+
+def _model_nodes(draft_len: int, shape: str) -> int:
+    from .strategies import STRATEGIES
+
+    return STRATEGIES.get(shape).max_nodes(draft_len)
+
+
+def _hf_assistant(draft_len: int, drafter) -> dict:
+    return dict(assistant_model=drafter.lm.model, num_assistant_tokens=draft_len,
+                num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+
+
+def _hf_prompt_lookup(draft_len: int, drafter) -> dict:
+    return dict(prompt_lookup_num_tokens=draft_len)  # transformers' prompt lookup drafts a chain
+
+
+MODEL = DrafterEntry(
+    "model", "model drafter", "a smaller LM with the target's vocabulary (preset, directory or hub id), any shape",
+    _model_drafter, kind="model", takes_shape=True, max_nodes=_model_nodes, hf=_hf_assistant)
+
+DRAFTERS: Registry[DrafterEntry] = Registry(
+    "drafter",
+    DrafterEntry("none", "autoregressive", "no drafter, plain decoding (the reference)", lambda r: None,
+                 kind="none", max_nodes=lambda d, s: 0),
+    DrafterEntry("pld", "prompt lookup", "copies what followed the last n-gram earlier in the text (no model)",
+                 lambda r: PromptLookupDrafter(_vocab(r), k=r.draft_len, name="pld"), hf=_hf_prompt_lookup),
+    DrafterEntry("pld-tree", "prompt lookup tree", "the 4 latest matches merged into a tree (no model)",
+                 lambda r: PromptLookupDrafter(_vocab(r), k=r.draft_len, branches=4, name="pld-tree"),
+                 hf=_hf_prompt_lookup),
+    DrafterEntry("ngram", "n-gram chain",
+                 "counts from the target's own outputs and the text so far (no model; ADED-style)",
+                 lambda r: NgramDrafter(_vocab(r), ngram_corpus(r.target), budget=r.draft_len, name="ngram")),
+    DrafterEntry("ngram-tree", "n-gram tree",
+                 "the same counts grown best-first into a tree of draft_len nodes (no model)",
+                 lambda r: NgramDrafter(_vocab(r), ngram_corpus(r.target), budget=r.draft_len, width=8,
+                                        name="ngram-tree")),
+)
+
+
+def drafter_entry(name: str) -> DrafterEntry:
+    """The registered entry, or the model-drafter entry for any other name."""
+    return DRAFTERS.get(name) if name in DRAFTERS else MODEL
+
+
+def make_drafter(request: DraftRequest) -> Drafter | None:
+    return drafter_entry(request.name).make(request)
