@@ -66,8 +66,15 @@ def rule_names() -> list[str]:
 
 def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
     """Token ids for a prompt; instruct models get their chat template (generation prompt added)."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise ValueError(f"the prompt must be text, got {type(text).__name__}")
+    if not text.strip():
         raise ValueError("the prompt is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate: the tokenizer would fail with a type error
+        raise ValueError(f"the prompt is not valid text: character {err.start} is a lone surrogate "
+                         f"(U+{ord(text[err.start]):04X}), which no tokenizer can encode") from None
     if chat and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                             tokenize=True, return_dict=False)

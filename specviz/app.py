@@ -128,6 +128,9 @@ def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_
         raise ValueError("the prompt is empty: type something or pick an example")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"the prompt has {len(prompt):,} characters; the limit here is {MAX_PROMPT_CHARS:,}")
+    for value, what in ((target, "target"), (drafter, "drafter"), (strategy, "strategy"), (rule, "verification rule")):
+        if not isinstance(value, str):  # a list from an API client would fail as "unhashable type"
+            raise ValueError(f"the {what} must be a name, got {type(value).__name__}")
     _check_model(target, "target")
     if drafter not in MODEL_FREE_DRAFTERS:
         _check_model(drafter, "drafter")
