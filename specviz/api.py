@@ -124,12 +124,13 @@ def build(config: RunConfig) -> TextEngine:
     model, tokenizer, preset = load_model(config.target)
     if tokenizer is None:
         raise models.ModelError(f"'{config.target}' has no tokenizer files")
+    fast = None if config.fast_path else False  # fast_path=True means "where the model supports it"
     drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, model, config.target, config.draft_len,
-                                                         config.shape))
+                                                         config.shape, fast))
     stop = make_stop_rule(config.stop, config.draft_len, config.stop_params) if drafter is not None else None
     engine = Engine(model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), drafter,
                     eos_ids(model, tokenizer), config.target, None if config.rule == "auto" else config.rule,
-                    stop=stop)
+                    stop=stop, fast_path=fast)
     chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
     return TextEngine(engine, tokenizer, chat, config)
 

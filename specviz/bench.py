@@ -133,7 +133,8 @@ def run_bench(a) -> int:
     config = run_config(a)
     settings = config.settings
     spec = build(config)
-    ar = Engine(spec.engine.target.model, spec.engine.decode, None, spec.engine.eos_ids, a.target)
+    ar = Engine(spec.engine.target.model, spec.engine.decode, None, spec.engine.eos_ids, a.target,
+                fast_path=spec.engine.target.fast_path)
     target_model = spec.engine.target.model
     assisted = entry.hf(config.draft_len, spec.engine.drafter) if a.compare_hf else {}
     greedy = settings.warp.greedy
@@ -220,31 +221,50 @@ def sweep_drafter(name: str, strategy: str, nodes: int, target_model, target: st
                         greedy_only=STRATEGIES.get(strategy).greedy_only)
 
 
+def runs_in(cat: str, prompts: list[dict], repeats: int) -> int:
+    """How many runs went into a sweep cell: the category's prompts times the repeats."""
+    return repeats * sum(1 for p in prompts if cat in ("overall", p["category"]))
+
+
 def run_sweep(a) -> int:
     """Fixed-budget comparison (as in the RSD paper): at equal target tokens per forward, tau and
-    tokens/s of every strategy, per category, with one AR run per prompt as the reference."""
+    tokens/s of every strategy (x every stopping rule in --stops), per category, with one AR run per
+    prompt as the reference."""
     from tqdm import tqdm
+
+    from .cli import run_config
+    from .stop_rules import make_stop_rule
 
     prompts = read_prompts(a.prompts)[: a.limit or None]
     budgets = [int(b) for b in a.budgets.split(",")]
-    strategies = a.strategies.split(",")
-    settings = Settings(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed)
-    base = build_engine(a.target, "none")  # the AR reference; its model serves every drafter below
+    stops = (a.stops or a.stop).split(",")
+    config = run_config(a, drafter="none")
+    settings = config.settings
+    base = build(config)  # the AR reference; its model serves every drafter below
     model = base.engine.target.model
-    engines = {(s, n): Engine(model, base.engine.decode, sweep_drafter(a.drafter, s, n, model, a.target), base.engine.eos_ids,
-                              a.target, a.rule)
-               for s in strategies for n in budgets}
-    encoded = [base.encode(p["prompt"], a.raw) for p in prompts]
+    labels = {(s, stop): s if len(stops) == 1 and stop == "static" else f"{s} · {stop}"
+              for s in a.strategies.split(",") for stop in stops}
+    strategies = list(labels.values())
+
+    def engine(s: str, stop: str, n: int) -> Engine:
+        # a static length is the budget builder's own; other rules get the budget as their limit
+        rule = None if stop == "static" else make_stop_rule(stop, n, config.stop_params if stop == a.stop else None)
+        return Engine(model, base.engine.decode, sweep_drafter(a.drafter, s, n, model, a.target), base.engine.eos_ids,
+                      a.target, a.rule, stop=rule, fast_path=base.engine.target.fast_path)
+
+    engines = {(label, n): engine(s, stop, n) for (s, stop), label in labels.items() for n in budgets}
+    encoded = [base.encode(p["prompt"]) for p in prompts]
     warm = Settings(8, a.temperature, a.top_k, a.top_p, a.seed)
     base.engine.run(encoded[0], warm)
     for e in engines.values():
         e.run(encoded[0], warm)
-    cells: dict = defaultdict(lambda: {"tokens": 0, "seconds": 0.0, "steps": 0, "identical": 0, "prompts": 0})
+    cells: dict = defaultdict(Metrics)  # (strategy, nodes, category) -> the runs' metrics added up
+    identical: dict = defaultdict(int)
     per_repeat: dict = defaultdict(list)  # (strategy, nodes) -> overall tokens/s of each repeat
     repeats = max(1, getattr(a, "repeats", 1))
     bar = tqdm(total=repeats * len(prompts) * (1 + len(engines)), desc="sweep", unit="run", file=sys.stderr)
     for _ in range(repeats):
-        totals: dict = defaultdict(lambda: [0, 0.0])
+        totals: dict = defaultdict(Metrics)
         for p, ids in zip(prompts, encoded):
             ref = base.engine.run(ids, settings)
             bar.update()
@@ -253,35 +273,40 @@ def run_sweep(a) -> int:
                 runs.append((s, n, e.run(ids, settings)))
                 bar.update()
             for s, n, r in runs:
-                totals[(s, n)][0] += r.metrics.tokens
-                totals[(s, n)][1] += r.metrics.elapsed_s
+                totals[(s, n)].add(r.metrics)
                 for cat in (p["category"], "overall"):
-                    c = cells[(s, n, cat)]
-                    c["tokens"] += r.metrics.tokens; c["seconds"] += r.metrics.elapsed_s
-                    c["steps"] += r.metrics.steps; c["prompts"] += 1
-                    c["identical"] += r.token_ids == ref.token_ids
-        for key, (tokens, seconds) in totals.items():
-            per_repeat[key].append(tokens / seconds)
+                    cells[(s, n, cat)].add(r.metrics)
+                    identical[(s, n, cat)] += r.token_ids == ref.token_ids
+        for key, m in totals.items():
+            per_repeat[key].append(m.tokens_per_s)
     bar.close()
-    ar = cells[("autoregressive", 1, "overall")]
-    ar_tps = ar["tokens"] / ar["seconds"]
+    ar_tps = cells[("autoregressive", 1, "overall")].tokens_per_s
     results = []
-    for (s, n, cat), c in cells.items():
-        tps = c["tokens"] / c["seconds"] if c["seconds"] else 0.0
-        results.append({"strategy": s, "nodes": n, "category": cat, "tau": c["tokens"] / c["steps"],
-                        "tokens_per_s": tps, "prompts": c["prompts"],
+    for (s, n, cat), m in cells.items():
+        prompts_run = runs_in(cat, prompts, repeats)
+        results.append({"strategy": s, "nodes": n, "category": cat, "tau": m.tau, "tokens_per_s": m.tokens_per_s,
+                        "speedup": m.tokens_per_s / ar_tps if ar_tps else 0.0, "prompts": prompts_run,
+                        "acceptance_rate": m.acceptance_rate, "c": m.c, "beta_by_depth": m.beta_by_depth,
+                        "wasted_draft_tokens": m.drafted - m.accepted, "wasted_forwards": m.wasted_forwards,
+                        "mean_draft_length": m.mean_draft_length,
                         "tokens_per_s_by_repeat": per_repeat[(s, n)] if cat == "overall" else None,
-                        "outputs_identical": (c["identical"] == c["prompts"]) if settings.warp.greedy else None})
+                        "outputs_identical": (identical[(s, n, cat)] == prompts_run) if settings.warp.greedy
+                        else None})
     overall = {(r["strategy"], r["nodes"]): r for r in results if r["category"] == "overall"}
-    head = "| strategy | " + " | ".join(f"{n} nodes: τ / tok/s" for n in budgets) + " |"
+    wasted = len(stops) > 1 or stops != ["static"]  # stopping rules compared: show what drafting wasted
+    cell = "τ / tok/s / wasted drafts" if wasted else "τ / tok/s"
+    head = "| strategy | " + " | ".join(f"{n} nodes: {cell}" for n in budgets) + " |"
     def spread(key) -> str:  # the range over repeats, when there are several
         runs = per_repeat[key]
         return f" ({min(runs):.1f}–{max(runs):.1f})" if len(runs) > 1 else ""
 
-    lines = [head, "|" + "---|" * (len(budgets) + 1), f"| autoregressive | " + " | ".join(
-        f"1.00 / {ar_tps:.1f}{spread(('autoregressive', 1))}" for _ in budgets) + " |"]  # noqa: F541
+    ar_cell = f"1.00 / {ar_tps:.1f}{spread(('autoregressive', 1))}" + (" / 0" if wasted else "")
+    lines = [head, "|" + "---|" * (len(budgets) + 1), "| autoregressive | " + " | ".join(
+        ar_cell for _ in budgets) + " |"]
     for s in strategies:
         row = [f"{overall[(s, n)]['tau']:.2f} / {overall[(s, n)]['tokens_per_s']:.1f}{spread((s, n))}"
+               + (f" / {overall[(s, n)]['wasted_draft_tokens']} (+{overall[(s, n)]['wasted_forwards']} fwd)"
+                  if wasted else "")
                + ("" if overall[(s, n)]["outputs_identical"] in (True, None) else " (≠AR)") for n in budgets]
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     print("\n".join(lines))

@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--budgets", help="fixed-budget sweep: comma-separated node counts, e.g. 4,8,16,32")
     b.add_argument("--strategies", default="chain", help="with --budgets: comma-separated strategies of the --drafter model, "
                    "or model-free drafters (pld, pld-tree, ngram, ngram-tree)")
+    b.add_argument("--stops", help="with --budgets: comma-separated stopping rules to compare (default: --stop)")
     b.add_argument("--repeats", type=int, default=1, help="with --budgets: run the prompt set this many times "
                    "(tokens/s is then the total, with the range over repeats)")
     b.set_defaults(func=cmd_bench)

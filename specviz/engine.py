@@ -66,8 +66,9 @@ class Engine:
         rule: str | Rule | None = None,
         max_draft: int = 128,
         stop: StopRule | None = None,
+        fast_path: bool | None = None,
     ):
-        self.target = CachedLM(target)
+        self.target = CachedLM(target, fast_path)  # None: the CPU fast path where the model supports it
         self.decode = decode
         self.drafter = drafter
         self.eos_ids = set(eos_ids)

@@ -24,8 +24,9 @@ def chain_builder(k: int) -> Builder:
 class ModelDrafter:
     reads_target: tuple[int, ...] = ()
 
-    def __init__(self, model: torch.nn.Module, builder: Builder, name: str = "model", greedy_only: bool = False):
-        self.lm = CachedLM(model)
+    def __init__(self, model: torch.nn.Module, builder: Builder, name: str = "model", greedy_only: bool = False,
+                 fast_path: bool | None = None):
+        self.lm = CachedLM(model, fast_path)
         self.builder = builder
         self.name = name
         self.greedy_only = greedy_only  # tree shapes no sampling verifier can accept losslessly

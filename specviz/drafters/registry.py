@@ -28,6 +28,7 @@ class DraftRequest:
     target: str  # the target's name (preset or directory): corpus or weights are looked up by it
     draft_len: int
     shape: str
+    fast_path: bool | None = None  # None: on where supported; False: plain transformers forwards
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def _model_drafter(r: DraftRequest) -> Drafter:
         raise ValueError(f"drafter '{r.name}' has vocabulary {model.config.vocab_size}, "
                          f"the target {r.target_model.config.vocab_size}: they must share one tokenizer")
     shape = STRATEGIES.get(r.shape)
-    return ModelDrafter(model, shape.build(r.draft_len), f"{r.name} ({r.shape})", greedy_only=shape.greedy_only)
+    return ModelDrafter(model, shape.build(r.draft_len), f"{r.name} ({r.shape})", greedy_only=shape.greedy_only,
+                        fast_path=r.fast_path)
 
 
 def _model_nodes(draft_len: int, shape: str) -> int:

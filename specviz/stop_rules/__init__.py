@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from . import schedule, static
+from . import adaedl, confidence, schedule, static
 from .base import StopEntry, StopNote, StopRule, stop_level
 
-STOP_RULES: Registry[StopEntry] = Registry("stopping rule", static.ENTRY, schedule.ENTRY)
+STOP_RULES: Registry[StopEntry] = Registry("stopping rule", static.ENTRY, schedule.ENTRY, confidence.ENTRY,
+                                            adaedl.ENTRY)
 
 
 def make_stop_rule(name: str, draft_len: int, params: dict | None = None) -> StopRule:

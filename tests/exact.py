@@ -1,0 +1,30 @@
+"""Exact joint distributions of the first tokens of ANY causal LM (cache-free forwards), so the
+distribution tests can run on models whose next token depends on the whole context: a wrong tree
+mask or a stale cache entry changes such a model's output and must fail the test."""
+from itertools import product
+
+import torch
+
+from specviz.sampling import Warp, probs
+
+
+@torch.no_grad()
+def exact_joint_lm(model, prompt: list[int], n: int, warp: Warp) -> dict[tuple, float]:
+    vocab = model.config.vocab_size
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def dist(prefix: tuple) -> torch.Tensor:
+        if prefix not in cache:
+            logits = model(torch.tensor([prompt + list(prefix)])).logits[0, -1]
+            cache[prefix] = probs(logits[None], warp)[0]
+        return cache[prefix]
+
+    out = {}
+    for seq in product(range(vocab), repeat=n):
+        prob = 1.0
+        for i, tok in enumerate(seq):
+            prob *= float(dist(seq[:i])[tok])
+            if prob == 0.0:
+                break
+        out[seq] = prob
+    return out
