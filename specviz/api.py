@@ -95,12 +95,14 @@ class TextEngine:
         raw = self.config.raw if raw is None else raw
         return encode_prompt(self.tokenizer, text, self.chat and not raw)
 
-    def stream_text(self, text: str, settings: Settings | None = None, raw: bool | None = None) -> Iterator[Event]:
-        """Events of one run; `settings` (default: the config's) are recorded with the config."""
+    def stream_text(self, text: str, settings: Settings | None = None, raw: bool | None = None,
+                    **limits) -> Iterator[Event]:
+        """Events of one run; `settings` (default: the config's) are recorded with the config.
+        `limits`: the engine's cancel= and time_limit_s=."""
         config = replace(self.config, settings=settings or self.config.settings,
                          raw=self.config.raw if raw is None else raw)
         return self.engine.stream(self.encode(text, config.raw), config.settings, prompt=text,
-                                  config=config.as_dict())
+                                  config=config.as_dict(), **limits)
 
     def generate(self, text: str, settings: Settings | None = None, raw: bool | None = None) -> Result:
         events = list(self.stream_text(text, settings, raw))

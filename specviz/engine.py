@@ -104,8 +104,22 @@ class Engine:
         return Result(end.text, end.token_ids, end.metrics, end.stop_reason, events)
 
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
-               config: dict | None = None) -> Iterator[Event]:
-        """The run's events. `config` (a RunConfig as a dict) is recorded in RunStarted as given."""
+               config: dict | None = None, cancel: Callable[[], bool] | None = None,
+               time_limit_s: float | None = None) -> Iterator[Event]:
+        """The run's events. `config` (a RunConfig as a dict) is recorded in RunStarted as given.
+
+        `cancel()` is asked before every target forward (and every step); when it says so, or when
+        `time_limit_s` of wall clock have passed, the run ends there with what it has, stop_reason
+        "cancelled" or "time limit". Every run starts from fresh caches, so the next one is right."""
+        started = time.monotonic()
+
+        def interrupted() -> str | None:
+            if cancel is not None and cancel():
+                return "cancelled"
+            if time_limit_s is not None and time.monotonic() - started > time_limit_s:
+                return "time limit"
+            return None
+
         check_settings(settings)
         self.check_prompt(list(prompt_ids), settings)
         warp = settings.warp
@@ -128,6 +142,9 @@ class Engine:
                          config)
         step = 0
         while len(new) < settings.max_new_tokens:
+            if reason := interrupted():
+                stop_reason = reason
+                break
             yield StepStarted(step)
             t0 = time.perf_counter()
             fwd0 = self._forward_seconds()
@@ -138,6 +155,9 @@ class Engine:
             nodes = self._nodes(tree)
             pause = time.perf_counter()
             yield Drafted(step, [replace(n) for n in nodes], tree.draw, tree.stop)
+            if reason := interrupted():  # before the (costly) target forward
+                stop_reason = reason
+                break
             t1 = time.perf_counter()
             root, node_logits = self.target.forward(ids, tree.tokens, tree.parents, layers)
             logits = torch.cat([root[None], node_logits]) if len(tree) else root[None]
