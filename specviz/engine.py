@@ -111,7 +111,7 @@ class Engine:
         `cancel()` is asked before every target forward (and every step); when it says so, or when
         `time_limit_s` of wall clock have passed, the run ends there with what it has, stop_reason
         "cancelled" or "time limit". Every run starts from fresh caches, so the next one is right."""
-        started = time.monotonic()
+        started, clock0 = time.monotonic(), time.perf_counter()
 
         def interrupted() -> str | None:
             if cancel is not None and cancel():
@@ -191,7 +191,8 @@ class Engine:
             metrics.forward_s += self._forward_seconds() - fwd0
             yield Verified(step, nodes, verdict.path, verdict.kind)
             yield Emitted(step, tokens)
-            yield StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify), metrics.snapshot())
+            yield StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify), metrics.snapshot(),
+                               t0 - clock0, t1 - clock0)
             step += 1
             if stop_reason == "eos":
                 break

@@ -86,6 +86,10 @@ class StepFinished:
     verify_s: float
     overhead_s: float
     metrics: Metrics
+    # wall clock since the run started, when drafting and verification began (a timeline's bars;
+    # under parallel drafting/verification the two overlap)
+    draft_start_s: float = 0.0
+    verify_start_s: float = 0.0
 
 
 @dataclass
