@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .events import (EVENT_TYPES, Drafted, Emitted, Event, Node, Recording, RunFinished, RunStarted, StepFinished,
                      StepStarted, Token, Verified, to_dict)
+from .metrics import Metrics
 
 FORMAT = "specviz-trace"
 VERSION = 2  # what `dumps` writes
@@ -188,6 +189,7 @@ def _check_counts(raw: list) -> None:
         if not isinstance(item, dict):
             continue  # parse_event names it
         kind = item.get("event")
+        kind = kind if isinstance(kind, str) else None  # a list here is no event (parse_event says so)
         value = item.get("nodes")
         if kind in nodes and isinstance(value, list):
             if len(value) > MAX_NODES_PER_STEP:
@@ -504,6 +506,8 @@ class _Structure:
             return
         if isinstance(ev, (Drafted, Verified)):
             _check_nodes(ev, where)
+        if isinstance(ev, (StepFinished, RunFinished)):
+            _check_metrics(ev.metrics, where)
         if isinstance(ev, RunFinished):
             self.finished = True
             return
@@ -562,6 +566,20 @@ def _check_nodes(ev: Drafted | Verified, where: str) -> None:
         stray = next((n.id for n in nodes if n.status == "accepted" and n.id not in on_path), None)
         if stray is not None:
             raise ValueError(f"{where}: node {stray} is accepted but not on the verified path")
+
+
+def _check_metrics(m: Metrics, where: str) -> None:
+    """Counters that agree with each other, so derived figures stay in range (a mean β above 1
+    would make the predicted speedup overflow)."""
+    if len(m.beta_sum) != len(m.beta_count):
+        raise ValueError(f"{where}: 'metrics.beta_sum' has {len(m.beta_sum)} items but 'metrics.beta_count' "
+                         f"{len(m.beta_count)}")
+    for depth, (total, count) in enumerate(zip(m.beta_sum, m.beta_count), 1):
+        if total > count * (1 + P_SLACK):
+            raise ValueError(f"{where}: 'metrics.beta_sum' at depth {depth} is {_show(total)} over {count} nodes: "
+                             "β is at most 1")
+    if m.accepted > m.drafted:
+        raise ValueError(f"{where}: 'metrics.accepted' {m.accepted} exceeds 'metrics.drafted' {m.drafted}")
 
 
 def _check_pair(drafted: Drafted, verified: Verified, where: str) -> None:
