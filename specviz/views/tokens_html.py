@@ -3,7 +3,9 @@ through where they were proposed, the numbers behind each token in its hover tit
 
 All token text is escaped: tokens (and traces) are untrusted input. The HTML stays bounded
 whatever the trace holds: at most MAX_REJECTED rejected drafts are shown at one position (then a
-"+K" note), and a run of more than MAX_SPANS spans is shown as a window around the focused step.
+"+K" note), a token's text at most MAX_CHARS characters (no real token comes near), and a run
+costing more than MAX_SPANS spans (a span of 100 characters counting double) is shown as a window
+around the focused step.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ STEP_MARK = ("box-shadow:inset 0 -2px 0 #64748b;", "box-shadow:inset 0 -2px 0 #c
 FOCUS = "outline:2px solid #6366f1;outline-offset:1px;"  # the step shown in the step explorer
 MAX_REJECTED = 8  # rejected drafts shown at one position
 MAX_SPANS = 3000  # token and rejected-draft spans in one rendering (a window around the focus beyond)
+MAX_CHARS = 200  # characters of one token's text shown (a trace may hold up to 1000)
 NOTE_STYLE = "color:#94a3b8;font-style:italic;"
 
 
@@ -57,6 +60,7 @@ def token_title(kind: str, step: int, p=None, q=None, accept_prob=None) -> str:
 
 
 def span(text: str, style: str, title: str, kind: str) -> str:
+    text = text if len(text) <= MAX_CHARS else text[:MAX_CHARS] + "…"
     return f'<span class="tok tok-{kind}" style="{TOKEN}{style}" title="{esc(title)}">{esc(text)}</span>'
 
 
@@ -75,9 +79,11 @@ def rejected_at(step: Step) -> list[list]:
 
 
 def step_spans(step: Step, show_rejected: bool = True) -> int:
-    """How many spans step_html writes for the step."""
-    extra = sum(min(len(r), MAX_REJECTED) + (len(r) > MAX_REJECTED) for r in rejected_at(step)) if show_rejected else 0
-    return len(step.tokens) + extra
+    """What step_html writes for the step, in spans (plus one per 100 characters of text)."""
+    shown = list(step.tokens)
+    for rejected in rejected_at(step) if show_rejected else ():
+        shown += rejected[:MAX_REJECTED] + ([None] if len(rejected) > MAX_REJECTED else [])
+    return len(shown) + sum(min(len(x.text), MAX_CHARS) for x in shown if x is not None) // 100
 
 
 def step_html(step: Step, show_rejected: bool = True, focus: bool = False) -> str:
