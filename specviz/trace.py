@@ -11,7 +11,8 @@ event, the step and the field:
 4. the run's structure: RunStarted first, steps in increasing order each made of StepStarted,
    Drafted, Verified, Emitted, StepFinished; node ids, parent links and depths; Drafted and
    Verified naming the same nodes; the verified path a chain of accepted nodes from the root; the
-   emitted tokens that path's tokens plus the target's own; RunFinished, if any, last.
+   emitted tokens that path's tokens plus the target's own; only the last step may be cut short
+   (a cancelled run); RunFinished, if any, last.
 
 A trace without RunFinished (a run that ended early) loads, as an incomplete `Recording`.
 Format versions: 1, and 2 = 1 + RunStarted.config (the run's description) + Drafted.stop (why
@@ -122,7 +123,6 @@ def loads(text: str | bytes) -> Recording:
         event = parse_event(item, k)
         state.add(event, k)
         out.append(event)
-    state.finish(len(out))
     return out
 
 
@@ -365,6 +365,8 @@ RULES = {
     "StepFinished.draft_s": SECONDS,
     "StepFinished.verify_s": SECONDS,
     "StepFinished.overhead_s": SECONDS,
+    "StepFinished.draft_start_s": SECONDS,
+    "StepFinished.verify_start_s": SECONDS,
     "RunFinished.text": _text(MAX_TEXT),
     "RunFinished.token_ids": _list_of(_integer(0, MAX_ID), MAX_TOKENS),
     "RunFinished.stop_reason": NAME,
@@ -528,15 +530,10 @@ class _Structure:
         self.seen.append(ev)
 
     def _close(self, where: str) -> None:
-        """The step before the one starting now must be whole (only the last step may be cut short)."""
+        """The step before the one starting now must be whole. Only the last step may be cut short,
+        with or without RunFinished: a run cancelled (or out of time) before its target forward."""
         if self.step is not None and len(self.seen) < len(ORDER):
             raise ValueError(f"{where}: step {self.step} before it lacks its {ORDER[len(self.seen)].__name__} event")
-
-    def finish(self, n: int) -> None:
-        if self.finished and self.step is not None and len(self.seen) < len(ORDER):
-            raise ValueError(f"event {n - 1} (RunFinished): step {self.step} before it lacks its "
-                             f"{ORDER[len(self.seen)].__name__} event")
-
 
 def _check_nodes(ev: Drafted | Verified, where: str) -> None:
     nodes = ev.nodes
@@ -614,5 +611,4 @@ def validate(events: list[Event]) -> None:
     for k, event in enumerate(events):
         parse_event(to_dict(event), k)
         state.add(event, k)
-    state.finish(len(events))
 

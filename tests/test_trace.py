@@ -167,6 +167,12 @@ def test_limits_are_checked_before_any_event_is_parsed(events, reason):
         trace.loads(_trace(*events))
 
 
+def test_a_run_cancelled_between_drafting_and_verifying_loads():
+    events = trace.loads(_trace(*_step(), *_step(n=1)[:2], {**FINISHED, "stop_reason": "cancelled"}))
+    assert events.complete and views.split_steps(events)[-1].verified is None
+    assert views.tokens_html(events) and views.step_tree_figure(events).to_json()
+
+
 def test_nesting_is_measured_without_parsing():
     assert trace.nesting('{"a": [1, {"b": "[[[[ not brackets ]]]"}], "c": "\\"["}') == 3
     assert trace.nesting("[" * 100_000) == 100_000
