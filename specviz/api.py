@@ -10,8 +10,6 @@
 """
 from __future__ import annotations
 
-import functools
-import threading
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -27,23 +25,7 @@ from .stop_rules import make_stop_rule
 
 MAX_DRAFT_LEN = ENGINE.max_draft_len
 
-_LOAD_LOCK = threading.Lock()
-
-
-def load_model(name: str):
-    """Load once per process; concurrent first calls (the app's warm-up and a first Run) wait for
-    one load instead of racing (two loads at once broke on meta tensors)."""
-    with _LOAD_LOCK:
-        return _load_model(name)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_model(name: str):
-    model, tokenizer, preset = models.load(name)
-    return model, tokenizer, preset
-
-
-load_model.cache_clear = _load_model.cache_clear
+load_model = models.load_cached  # (model, tokenizer, preset), loaded once per process
 
 
 def drafter_names() -> list[str]:

@@ -9,11 +9,11 @@ import json
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from .api import build, build_engine
+from .api import build
 from .drafters.registry import DRAFTERS, DraftRequest, drafter_entry, make_drafter
 from .engine import Engine, Settings
 from .metrics import Metrics
@@ -117,10 +117,9 @@ def hf_generate(model, prompt_ids, settings: Settings, assisted: dict) -> tuple[
     return len(new), seconds, new
 
 
-def run_bench(a) -> int:
+def run_bench(a, config) -> int:
+    """AR vs the configured speculative run (a RunConfig) on the prompt set; `a` holds the bench options."""
     from tqdm import tqdm
-
-    from .cli import run_config
 
     entry = drafter_entry(a.drafter)
     if a.compare_hf and entry.hf is None:
@@ -130,7 +129,6 @@ def run_bench(a) -> int:
     prompts = read_prompts(a.prompts)
     if a.limit:
         prompts = prompts[: a.limit]
-    config = run_config(a)
     settings = config.settings
     spec = build(config)
     ar = Engine(spec.engine.target.model, spec.engine.decode, None, spec.engine.eos_ids, a.target,
@@ -226,21 +224,19 @@ def runs_in(cat: str, prompts: list[dict], repeats: int) -> int:
     return repeats * sum(1 for p in prompts if cat in ("overall", p["category"]))
 
 
-def run_sweep(a) -> int:
+def run_sweep(a, config) -> int:
     """Fixed-budget comparison (as in the RSD paper): at equal target tokens per forward, tau and
     tokens/s of every strategy (x every stopping rule in --stops), per category, with one AR run per
     prompt as the reference."""
     from tqdm import tqdm
 
-    from .cli import run_config
     from .stop_rules import make_stop_rule
 
     prompts = read_prompts(a.prompts)[: a.limit or None]
     budgets = [int(b) for b in a.budgets.split(",")]
     stops = (a.stops or a.stop).split(",")
-    config = run_config(a, drafter="none")
     settings = config.settings
-    base = build(config)  # the AR reference; its model serves every drafter below
+    base = build(replace(config, drafter="none"))  # the AR reference; its model serves every drafter below
     model = base.engine.target.model
     labels = {(s, stop): s if len(stops) == 1 and stop == "static" else f"{s} · {stop}"
               for s in a.strategies.split(",") for stop in stops}

@@ -138,7 +138,7 @@ def cmd_fetch(a) -> int:
 def cmd_bench(a) -> int:
     from .bench import run_bench, run_sweep
 
-    return run_sweep(a) if a.budgets else run_bench(a)
+    return run_sweep(a, run_config(a)) if a.budgets else run_bench(a, run_config(a))
 
 
 def cmd_corpus(a) -> int:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import functools
 import os
+import threading
 import shutil
 import subprocess
 import sys
@@ -451,6 +453,24 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     model.eval()
     model.to(device or _default_device())
     return model, tokenizer, preset
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_cached(name: str):
+    """load(name), once per process (the 4 most recent); concurrent first calls (the app's warm-up
+    and a first Run) wait for one load instead of racing (two loads at once broke on meta tensors)."""
+    with _LOAD_LOCK:
+        return _load_cached(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str):
+    return load(name)
+
+
+load_cached.cache_clear = _load_cached.cache_clear
 
 
 def status(name: str) -> str:

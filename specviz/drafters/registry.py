@@ -68,11 +68,11 @@ def _vocab(r: DraftRequest) -> int:
 
 
 def _model_drafter(r: DraftRequest) -> Drafter:
-    from ..api import load_model
+    from ..models import load_cached
     from .model import ModelDrafter
     from .strategies import STRATEGIES
 
-    model, _, _ = load_model(r.name)
+    model, _, _ = load_cached(r.name)
     if model.config.vocab_size != r.target_model.config.vocab_size:
         raise ValueError(f"drafter '{r.name}' has vocabulary {model.config.vocab_size}, "
                          f"the target {r.target_model.config.vocab_size}: they must share one tokenizer")
