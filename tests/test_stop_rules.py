@@ -118,7 +118,6 @@ def context_chi_square(engine: Engine, settings: Settings) -> float:
 def context_pair():
     target = tiny_llama(3, vocab=VOCAB)
     with torch.no_grad():  # sharp attention: the next token depends strongly on the earlier ones
-        target.lm_head.weight.mul_(0.5)  # soft enough that every continuation has mass
         target.model.embed_tokens.weight.mul_(2.0)
         for layer in target.model.layers:
             for proj, scale in (("q_proj", 6), ("k_proj", 6), ("v_proj", 3), ("o_proj", 3)):
@@ -143,7 +142,8 @@ def test_a_stale_cache_entry_fails_the_same_test(context_pair, monkeypatch):
         real_keep(self, slots + 1 if isinstance(slots, int) and self.model is target else slots)
 
     monkeypatch.setattr(CachedLM, "_keep_slots", off_by_one)
-    engine = Engine(target, str, ModelDrafter(drafter, chain_builder(3)), rule="sampling")
+    # one-token drafts from an unrelated model: frequent rejections, each leaving a stale entry
+    engine = Engine(target, str, ModelDrafter(tiny_llama(9, vocab=VOCAB), chain_builder(1)), rule="sampling")
     pvalue = context_chi_square(engine, Settings(N, temperature=1.0))
     print(f"stale cache entry: p={pvalue:.3g}")
-    assert pvalue < 1e-6
+    assert pvalue < 1e-3  # the same decision threshold that the correct engine passes (p > 1e-3)
