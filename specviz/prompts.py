@@ -8,7 +8,10 @@ import json
 import os
 from pathlib import Path
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.jsonl"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_PROMPTS = ASSETS / "prompts.jsonl"  # the project's prompt set (12 prompts, 7 categories)
+HELDOUT_PROMPTS = ASSETS / "prompts-heldout.jsonl"  # 28 more, written later and never tuned on
+EVALUATION_SETS = (DEFAULT_PROMPTS, HELDOUT_PROMPTS)
 
 
 def read_prompts(path: str | os.PathLike | None = None) -> list[dict]:
@@ -31,7 +34,12 @@ def read_prompts(path: str | os.PathLike | None = None) -> list[dict]:
     return out
 
 
+def evaluation_prompts() -> list[str]:
+    """Every prompt of every evaluation set: training data must hold none of them."""
+    return [p["prompt"] for path in EVALUATION_SETS for p in read_prompts(path)]
+
+
 def overlapping(training: list[str], evaluation: list[str] | None = None) -> list[str]:
     """Training texts that equal, contain or are contained in an evaluation prompt."""
-    evaluation = [p["prompt"] for p in read_prompts(None)] if evaluation is None else evaluation
+    evaluation = evaluation_prompts() if evaluation is None else evaluation
     return [t for t in training if any(e in t or t in e for e in evaluation)]
