@@ -27,8 +27,9 @@ import re
 import tempfile
 import types
 import typing
-from itertools import accumulate
 from pathlib import Path
+
+import numpy as np
 
 from .events import (EVENT_TYPES, Drafted, Emitted, Event, Node, Recording, RunFinished, RunStarted, StepFinished,
                      StepStarted, Token, Verified, to_dict)
@@ -148,16 +149,23 @@ def _show(value) -> str:
 
 # ---------------------------------------------------------------- 1. before parsing
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# A string, or what is left of the text after an unterminated one: every part after the opening quote
+# is optional, so a match never fails and the scan never restarts (a failing pattern here would make
+# a file of escaped quotes cost quadratic time).
+_STRING = re.compile(r'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*"?')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def nesting(text: str) -> int:
     """How deep JSON text nests brackets, strings skipped, without parsing it (the C parser
     recurses and a hostile file can nest 100,000 deep). Where the scan and a JSON parser would
     read a string differently the text is invalid JSON, and the parser stops there anyway."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    return max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+    outside = _STRING.sub("", text).encode("utf-8", "surrogatepass")
+    brackets = np.frombuffer(outside.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    if not len(brackets):
+        return 0
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
+    return max(0, int(np.cumsum(steps).max()))
 
 
 # ---------------------------------------------------------------- 2. header and counts

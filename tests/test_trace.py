@@ -176,6 +176,13 @@ def test_a_run_cancelled_between_drafting_and_verifying_loads():
 def test_nesting_is_measured_without_parsing():
     assert trace.nesting('{"a": [1, {"b": "[[[[ not brackets ]]]"}], "c": "\\"["}') == 3
     assert trace.nesting("[" * 100_000) == 100_000
+    assert trace.nesting('["a", "b') == 1 and trace.nesting('"\\') == 0  # unterminated: the parser stops there
+    import time
+
+    start = time.perf_counter()  # escaped quotes without an end once made the scan quadratic (minutes)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        trace.loads('"' + '\\"' * 500_000)
+    assert time.perf_counter() - start < 10
 
 
 def test_a_trace_without_run_finished_loads_as_a_run_that_ended_early(events):
