@@ -7,7 +7,7 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 
-from specviz.app import build_demo, launch_kwargs, prepare_environment, warm_up  # noqa: E402
+from specviz.ui import build_demo, launch_kwargs, prepare_environment, warm_up  # noqa: E402
 
 prepare_environment()
 demo = build_demo()

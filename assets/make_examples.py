@@ -12,10 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from specviz import trace  # noqa: E402
 from specviz.api import build_engine  # noqa: E402
-from specviz.app import EXAMPLE_PROMPTS  # noqa: E402
 from specviz.engine import Settings  # noqa: E402
+from specviz.examples import ASSETS, PROMPTS  # noqa: E402
 
-PROMPTS = dict(EXAMPLE_PROMPTS)
 EXAMPLES = [
     # name, target, drafter, draft length, prompt, settings
     ("1-code-qwen0.5b-drafts-for-qwen1.5b-T0.8", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", 4, PROMPTS["code"],
@@ -33,7 +32,7 @@ def main(prefixes: list[str]) -> None:
             continue
         engine = build_engine(target, drafter, k)
         events = list(engine.stream_text(prompt, settings))
-        path = trace.save(events, Path(__file__).parent / f"{name}.trace.json")
+        path = trace.save(events, ASSETS / f"{name}.trace.json")
         m = events[-1].metrics
         print(f"{path.name}: {m.tokens} tokens, tau {m.tau:.2f}, acceptance {m.acceptance_rate:.2f}, "
               f"{m.tokens_per_s:.1f} tok/s, {path.stat().st_size / 1024:.0f} KiB")

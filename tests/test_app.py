@@ -43,7 +43,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app():
-    from specviz.app import build_demo, launch_kwargs
+    from specviz.ui import build_demo, launch_kwargs
 
     demo = build_demo()
     port = free_port()
@@ -140,7 +140,7 @@ def test_exported_trace_imports_to_the_same_views(client, tmp_path):
 
 
 def test_example_traces_load_without_a_model(client):
-    from specviz.app import example_traces
+    from specviz.examples import example_traces
 
     names = list(example_traces())
     assert len(names) >= 2
@@ -204,7 +204,7 @@ def test_bad_inputs_give_clear_errors_and_the_app_keeps_serving(client, bad, mes
 
 
 def test_read_request_names_the_bad_knob():
-    from specviz.app import read_request
+    from specviz.ui import read_request
 
     for bad, message in [(dict(temperature=float("nan")), "temperature must be a finite number"),
                          (dict(temperature=9), "temperature must be in"), (dict(draft_len=2.5), "draft length must be"),
@@ -320,7 +320,7 @@ def test_ui_cost(app_process):
 
 
 def test_binding_and_space_settings(monkeypatch):
-    from specviz import app
+    from specviz.ui import launch as app
 
     for name in ("SPACE_ID", "SPECVIZ_HOST", "SPECVIZ_PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -32,7 +32,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def url():
-    from specviz.app import build_demo, launch_kwargs
+    from specviz.ui import build_demo, launch_kwargs
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

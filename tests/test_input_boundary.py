@@ -42,7 +42,7 @@ def test_a_lone_surrogate_with_the_real_tokenizer():
 
 @pytest.mark.parametrize("field", ["target", "drafter", "strategy", "rule"])
 def test_a_list_where_a_name_belongs_is_refused_by_the_app(field):
-    from specviz.app import read_request
+    from specviz.ui import read_request
 
     given = dict(prompt="hello", target="smollm2-135m", drafter="pld", strategy="chain", draft_len=4,
                  temperature=0.0, top_p=1.0, seed=0, max_new_tokens=8, rule="auto")

@@ -131,10 +131,63 @@ def test_entropy_figure_has_one_point_per_token_and_per_draft(sampled):
     target = fig.data[0]
     assert len(target.y) == sum(len(s.tokens) for s in steps)
     assert sum(len(t.y) for t in fig.data[1:]) == sum(len(s.nodes) for s in steps)
-    assert not fig.layout.shapes  # no stopping rule uses a threshold yet
-    started = [replace(sampled[0], settings={**sampled[0].settings, "stop_threshold": 1.5})] + sampled[1:]
-    assert views.stop_threshold(started) == 1.5
-    assert views.entropy_figure(started).layout.shapes[0].y0 == 1.5
+    assert not fig.layout.shapes
+    assert not [t for t in fig.data if t.name.startswith("drafting stopped")]  # no stopping rule, no stop notes
+
+
+@pytest.fixture(scope="module")
+def stopped(tiny_target, tiny_drafter):
+    """A run whose stopping rule ends some rounds early (and others at their length limit)."""
+    from specviz.stop_rules import make_stop_rule
+
+    config = {"stop": "confidence", "stop_params": {"threshold": 0.1}}
+    engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, chain_builder(4), "tiny"),
+                    stop=make_stop_rule("confidence", 4, config["stop_params"]))
+    return engine.run(PROMPT, Settings(max_new_tokens=40), prompt="p", config=config).events
+
+
+def test_entropy_figure_marks_where_and_why_each_drafting_round_stopped(stopped):
+    steps = views.split_steps(stopped)
+    notes = [s.drafted.stop for s in steps if s.drafted is not None and s.drafted.stop]
+    early = [n for n in notes if n["reason"] != "limit"]
+    assert early and len(early) < len(notes), "the fixture should stop some rounds early and some at the limit"
+    fig = views.entropy_figure(stopped)
+    marks = {t.name: t for t in fig.data if t.name.startswith("drafting stopped")}
+    assert len(marks["drafting stopped by the stopping rule"].x) == len(early)
+    assert len(marks["drafting stopped at its length limit"].x) == len(notes) - len(early)
+    hover = " ".join(marks["drafting stopped by the stopping rule"].hovertext)
+    assert "rule: confidence" in hover and "top probability" in hover and "threshold = 0.1" in hover
+    assert "stopping rule: confidence" in fig.layout.title.text  # from RunStarted.config
+    # drafter points are still one per drafted node
+    drafted = [t for t in fig.data[1:] if t.name.startswith("drafter entropy")]
+    assert sum(len(t.y) for t in drafted) == sum(len(s.nodes) for s in steps)
+    # an older trace (no config) still draws the marks, without naming the rule in the title
+    old = [replace(stopped[0], config=None)] + stopped[1:]
+    assert "stopping rule" not in views.entropy_figure(old).layout.title.text
+
+
+def test_the_step_explanation_says_why_drafting_stopped(stopped):
+    steps = views.split_steps(stopped)
+    early = next(s for s in steps if s.drafted.stop and s.drafted.stop["reason"] != "limit")
+    text = views.explain_run_step(stopped, early.index)
+    assert "**Drafting stopped** after" in text and "confidence threshold" in text and "top probability" in text
+    full = next(s for s in steps if s.drafted.stop and s.drafted.stop["reason"] == "limit")
+    assert "the most the stopping rule **confidence threshold** allowed" in views.explain_run_step(stopped, full.index)
+
+
+def test_a_lossy_rule_at_temperature_is_not_explained_as_exact(tiny_target, tiny_drafter):
+    engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, chain_builder(4), "tiny"), rule="typical-lossy")
+    events = engine.run(PROMPT, Settings(max_new_tokens=60, temperature=1.0, seed=3), prompt="p").events
+    steps = views.split_steps(events)
+    step = next(s for s in steps if s.tokens[-1].kind == "resampled")
+    text = views.explain_run_step(events, step.index)
+    assert "typical acceptance" in text and "LOSSY" in text and "**not**" in text
+    assert "exactly the target's distribution" not in text and "exactly like the target alone" not in text
+    assert "residual" not in text and "coin" not in text  # typical acceptance has neither
+    # the same rule at temperature 0 is exactly greedy, and says so
+    greedy = engine.run(PROMPT, Settings(max_new_tokens=20), prompt="p").events
+    text = views.explain_run_step(greedy, 0)
+    assert "typical acceptance" in text and "exactly greedy" in text
 
 
 def test_metrics_views(sampled):

@@ -3,7 +3,7 @@
 Live runs and replayed traces go through the same functions, so they render identically.
 """
 from .drafter_view import RunRecord, drafter_markdown, record
-from .entropy_figure import entropy_figure, stop_threshold
+from .entropy_figure import entropy_figure
 from .explain import explain_run_step, explain_step
 from .metrics_view import metrics_figure, metrics_markdown, speedup
 from .steps import Step, ended_early, generated_text, latest_metrics, run_finished, run_started, split_steps
@@ -13,6 +13,6 @@ from .tree_figure import step_tree_figure, tree_figure
 __all__ = [
     "RunRecord", "Step", "drafter_markdown", "ended_early", "entropy_figure", "explain_run_step", "explain_step",
     "generated_text", "latest_metrics", "legend_html", "metrics_figure", "metrics_markdown", "record",
-    "run_finished", "run_started", "speedup", "split_steps", "step_tree_figure", "stop_threshold",
+    "run_finished", "run_started", "speedup", "split_steps", "step_tree_figure",
     "tokens_html", "tree_figure",
 ]

@@ -2,14 +2,17 @@
 target's at every emitted position (Token.p_entropy). Where the drafter is unsure, drafts get
 rejected; where the target is unsure, even a good drafter cannot guess.
 
-Stop-threshold hook: a stopping rule that cuts drafts when the drafter's entropy exceeds a
-threshold records it in the run settings as "stop_threshold" (nats); the figure draws it.
+Where each drafting round stopped is marked on the x axis (the Drafted events' stop notes): a
+small tick where a round drafted all its stopping rule allowed, a triangle where the rule ended it
+earlier; hovering one shows the rule, its reason and its numbers. The title names the stopping rule
+of the run config recorded in RunStarted (absent in older traces).
 """
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
 from ..events import Event
+from ..stop_rules import STOP_RULES
 from .labels import esc_plot, visible
 from .palette import MARKER, SHORT
 from .steps import run_started, split_steps
@@ -17,18 +20,39 @@ from .steps import run_started, split_steps
 HEIGHT = 330
 GL_ABOVE = 4000  # points beyond which WebGL traces keep the browser responsive
 MAX_DRAFT_POINTS = 4000  # drafter points drawn; beyond, every k-th drafted node (the figure stays small)
+MAX_STOP_NUMBERS = 8  # a stop note's numbers shown in its hover
+STOP_COLOR = "#7c3aed"
+STOPS = {  # stop-note kind -> legend name, marker
+    "rule": ("drafting stopped by the stopping rule", dict(symbol="triangle-up", size=10, color=STOP_COLOR)),
+    "limit": ("drafting stopped at its length limit", dict(symbol="line-ns-open", size=9,
+                                                             line=dict(width=1.5, color="#94a3b8"))),
+}
 
 
-def stop_threshold(events: list[Event]) -> float | None:
+def stopping_rule(events: list[Event]) -> str | None:
+    """The stopping rule the run was configured with (RunStarted.config; None in older traces)."""
     start = run_started(events)
-    value = start.settings.get("stop_threshold") if start is not None and isinstance(start.settings, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
+    config = start.config if start is not None and isinstance(start.config, dict) else {}
+    name = config.get("stop")
+    return name if isinstance(name, str) else None
 
 
-def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Figure:
+def stop_hover(step_index: int, note: dict) -> str:
+    name, depth, reason = note.get("rule"), note.get("depth"), note.get("reason")
+    label = STOP_RULES.get(name).label if name in STOP_RULES else str(name)
+    lines = [f"step {step_index}: drafting stopped at depth {depth}",
+             f"rule: {esc_plot(visible(name, 40))} ({esc_plot(label)})",
+             "why: " + ("reached the length the rule allows" if reason == "limit" else esc_plot(visible(reason, 120)))]
+    for k, v in [(k, v) for k, v in note.items() if k not in ("rule", "depth", "reason")][:MAX_STOP_NUMBERS]:
+        shown = f"{v:.3g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else visible(v, 30)
+        lines.append(f"{esc_plot(visible(k, 30))} = {esc_plot(shown)}")
+    return "<br>".join(lines)
+
+
+def entropy_figure(events: list[Event]) -> go.Figure:
     steps = split_steps(events)
-    threshold = threshold if threshold is not None else stop_threshold(events)
     tx, ty, thover = [], [], []
+    stops: dict[str, tuple[list, list, list]] = {}
     drafts: dict[str, tuple[list, list, list]] = {}
     n_drafted = sum(len(step.nodes) for step in steps)
     every = -(-n_drafted // MAX_DRAFT_POINTS)  # 1 unless the trace is huge
@@ -39,6 +63,12 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
             ty.append(tok.p_entropy)
             thover.append(f"token {step.position + i}: {esc_plot(visible(tok.text, 30))}<br>"
                           f"target entropy {tok.p_entropy:.2f} nats<br>{esc_plot(SHORT.get(tok.kind, tok.kind))}")
+        note = step.drafted.stop if step.drafted is not None else None
+        if isinstance(note, dict) and isinstance(note.get("depth"), int):
+            xs, ys, hs = stops.setdefault("limit" if note.get("reason") == "limit" else "rule", ([], [], []))
+            xs.append(step.position + note["depth"] - 0.5)  # just after the round's last drafted position
+            ys.append(0.0)
+            hs.append(stop_hover(step.index, note))
         for node in step.nodes:
             seen += 1
             if every > 1 and seen % every:
@@ -49,32 +79,36 @@ def entropy_figure(events: list[Event], threshold: float | None = None) -> go.Fi
             hs.append(f"draft {esc_plot(visible(node.text, 30))} (step {step.index}, depth {node.depth})<br>"
                       f"drafter entropy {node.q_entropy:.2f} nats<br>"
                       f"{esc_plot(SHORT.get(node.status, str(node.status)))}")
-    kind = "scattergl" if len(tx) + sum(len(v[0]) for v in drafts.values()) > GL_ABOVE else "scatter"
-    traces = [dict(type=kind, x=tx, y=ty, mode="lines+markers", name="target entropy (emitted tokens)",
+    plot = "scattergl" if len(tx) + sum(len(v[0]) for v in drafts.values()) > GL_ABOVE else "scatter"
+    traces = [dict(type=plot, x=tx, y=ty, mode="lines+markers", name="target entropy (emitted tokens)",
                    line=dict(color="#1e293b", width=1.5), marker=dict(size=4, color="#1e293b"),
                    hovertext=thover, hoverinfo="text")]
     for status in ("accepted", "rejected", "unvisited"):
         if status in drafts:
             xs, ys, hs = drafts[status]
-            traces.append(dict(type=kind, x=xs, y=ys, mode="markers", name=f"drafter entropy: {SHORT[status]}",
+            traces.append(dict(type=plot, x=xs, y=ys, mode="markers", name=f"drafter entropy: {SHORT[status]}",
                                marker=dict(size=8, color=MARKER[status],
                                            symbol="circle-open" if status == "unvisited" else "circle",
                                            line=dict(width=1.5, color=MARKER[status])),
                                hovertext=hs, hoverinfo="text"))
+    for kind in ("limit", "rule"):  # at most one mark per step (trace.MAX_STEPS): plain scatter suffices
+        if kind in stops:
+            xs, ys, hs = stops[kind]
+            name, marker = STOPS[kind]
+            traces.append(dict(type="scatter", x=xs, y=ys, mode="markers", name=name, marker=marker,
+                               hovertext=hs, hoverinfo="text", cliponaxis=False))
+    rule = stopping_rule(events)
+    title = "Entropy: where the models are unsure (nats, temperature 1)"
+    if rule is not None and rule != "static":
+        title += f" · stopping rule: {esc_plot(visible(rule, 40))}"
+    if every > 1:
+        title += f" · drafter: 1 in {every} of {n_drafted} nodes drawn"
     layout = dict(
         height=HEIGHT, margin=dict(l=50, r=10, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
-        title=dict(text=("Entropy: where the models are unsure (nats, temperature 1)"
-                         + (f" · drafter: 1 in {every} of {n_drafted} nodes drawn" if every > 1 else "")) if steps else
-                   "entropy curves appear here", font=dict(size=14)),
+        title=dict(text=title if steps else "entropy curves appear here", font=dict(size=14)),
         legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)),
         xaxis=dict(title=dict(text="generated token position"), gridcolor="#e2e8f0", rangemode="tozero"),
         yaxis=dict(title=dict(text="entropy (nats)"), gridcolor="#e2e8f0", rangemode="tozero"),
         hoverlabel=dict(align="left"),
     )
-    if threshold is not None:
-        layout["shapes"] = [dict(type="line", xref="paper", x0=0, x1=1, y0=threshold, y1=threshold,
-                                 line=dict(color="#7c3aed", dash="dash"))]
-        layout["annotations"] = [dict(text=f"draft stop threshold {threshold:.2f}", xref="paper", x=0, y=threshold,
-                                      xanchor="left", yanchor="bottom", showarrow=False,
-                                      font=dict(color="#7c3aed", size=11))]
     return go.Figure(dict(data=traces, layout=layout))

@@ -4,21 +4,14 @@
 """
 from __future__ import annotations
 
+from .. import rules
 from ..events import Event, RunStarted
-from .labels import number, visible
+from ..stop_rules import STOP_RULES
+from .labels import esc, number, visible
 from .steps import Step, split_steps
 
 MAX_LINES = 12  # tried nodes explained one by one at a position
-
-FORMULAS = {
-    "sampling": ("*The rule (lossless speculative sampling):* accept a draft x with probability "
-                 "`min(1, p(x)/q(x))`; after a rejection draw the token from the residual "
-                 "`norm(max(0, p − q))`; if every draft is accepted, draw a bonus token from p. "
-                 "The output has exactly the target's distribution."),
-    "greedy": ("*The rule (greedy):* a draft is accepted when it is the target's own top token "
-               "(p is 1 for the argmax, 0 elsewhere, so `min(1, p/q)` is 1 or 0); at the first mismatch the "
-               "target's top token is used instead. The output equals plain greedy decoding."),
-}
+MAX_STOP_NUMBERS = 8  # a stop note's numbers shown (a hostile trace may record many)
 
 
 def code(text) -> str:
@@ -35,8 +28,46 @@ def looks_greedy(step: Step) -> bool:
     return bool(values) and all(v in (0.0, 1.0) for v in values)
 
 
-def node_line(node, greedy: bool, target_choice) -> str:
+def is_greedy(rule: str | None, start: RunStarted | None, step: Step) -> bool:
+    """Was this step verified greedily? The rule says so, else the run's temperature, else its numbers."""
+    if rule in ("greedy", "sampling"):
+        return rule == "greedy"
+    settings = start.settings if start is not None and isinstance(start.settings, dict) else {}
+    temperature = settings.get("temperature")
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        return temperature == 0
+    return looks_greedy(step)
+
+
+def is_lossy(rule: str | None) -> bool:
+    return rule in rules.VERIFY_RULES and not rules.VERIFY_RULES.get(rule).lossless
+
+
+def stop_line(stop, tree: bool) -> str | None:
+    """Why drafting ended this step, from the Drafted event's stop note (None without one)."""
+    if not isinstance(stop, dict) or not isinstance(stop.get("depth"), int):
+        return None
+    name, depth, reason = stop.get("rule"), stop["depth"], stop.get("reason")
+    label = STOP_RULES.get(name).label if name in STOP_RULES else str(name)
+    unit = ("level" if tree else "token") + ("s" if depth != 1 else "")
+    shown = [(k, v) for k, v in stop.items() if k not in ("rule", "depth", "reason")][:MAX_STOP_NUMBERS]
+    numbers = ", ".join(f"{esc(visible(k, 24))} = " + (f"{v:.3g}" if isinstance(v, (int, float)) and not
+                                                       isinstance(v, bool) else esc(visible(v, 24)))
+                        for k, v in shown)
+    numbers = f" ({numbers})" if numbers else ""
+    if reason == "limit":
+        return (f"**Drafting stopped** after {depth} {unit}: the most the stopping rule **{esc(label)}** allowed "
+                f"this round{numbers}.")
+    return (f"**Drafting stopped** after {depth} {unit}, before the length limit: the stopping rule "
+            f"**{esc(label)}** ended the round because {esc(visible(reason, 160))}{numbers}.")
+
+
+def node_line(node, greedy: bool, target_choice, lossy: bool = False) -> str:
     numbers = f"q = {number(node.q)}, p = {number(node.p)}"
+    if lossy and not greedy and node.status in ("accepted", "rejected"):
+        verdict = "accepted" if node.status == "accepted" else "rejected"
+        return (f"- {'✔' if verdict == 'accepted' else '✗'} {code(node.text)} **{verdict}** by the rule below "
+                f"({numbers}; the rule's acceptance for it: {number(node.accept_prob)}).")
     if node.status == "accepted":
         if greedy:
             return f"- ✔ {code(node.text)} **accepted**: it is the target's top token here ({numbers})."
@@ -60,7 +91,8 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
     step = steps[-1]
     start = next((e for e in events if isinstance(e, RunStarted)), None)
     rule = rule or (start.rule if start is not None else None)
-    greedy = rule == "greedy" if rule in ("greedy", "sampling") else looks_greedy(step)
+    greedy, lossy = is_greedy(rule, start, step), is_lossy(rule)
+    formula = rules.explain(rule, greedy)
     nodes, tokens = step.nodes, step.tokens
     path = step.verified.path if step.verified is not None else []
     final = tokens[len(path)] if len(tokens) > len(path) else None
@@ -69,7 +101,7 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
         out.append("**Nothing was drafted** (no drafter, or prompt lookup found no earlier repeat of the last "
                    "few tokens), so this is an ordinary autoregressive step: one forward of the target, one token"
                    + (f": {code(final.text)} (p = {number(final.p)})." if final is not None else "."))
-        out.append(FORMULAS["greedy" if greedy else "sampling"])
+        out.append(formula)
         return "\n\n".join(out)
     chain = all(n.parent == n.id - 1 for n in nodes)
     if chain:
@@ -78,6 +110,9 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
     else:
         depth = max(n.depth for n in nodes)
         out.append(f"**Drafted** a tree of {len(nodes)} nodes, {depth} deep (several guesses per position).")
+    stopped = stop_line(step.drafted.stop if step.drafted is not None else None, tree=not chain)
+    if stopped:
+        out.append(stopped)
     out.append("**Verified** all of them with a single forward of the target (it scores every position at once):")
     lines, parent = [], -1
     checked = set()
@@ -90,7 +125,7 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
         checked.update(n.id for n in tried)
         shown = tried[:MAX_LINES] + [n for n in tried[MAX_LINES:] if n.status == "accepted"]
         rest = [n for n in tried[MAX_LINES:] if n.status != "accepted"]
-        lines += [node_line(node, greedy, target_choice) for node in shown]
+        lines += [node_line(node, greedy, target_choice, lossy) for node in shown]
         if rest:  # a huge tree stays a readable (and small) explanation
             lines.append(f"- ✗ … and {len(rest)} more rejected here: {names(rest)}")
         if depth < len(path):
@@ -108,7 +143,11 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
     if final is None:
         out.append("**Then** the run ended inside this step (end of text or the token budget).")
     elif final.kind == "resampled":
-        if greedy:
+        if lossy and not greedy:
+            out.append(f"**Then** the target added {code(final.text)} in the rejected draft's place, drawn as the "
+                       f"rule below says (p = {number(final.p)}). This rule is **LOSSY**: the output is **not** "
+                       "distributed exactly like the target's own.")
+        elif greedy:
             out.append(f"**Then** the target's own top token {code(final.text)} takes the rejected draft's place.")
         else:
             out.append(f"**Then** {code(final.text)} was **resampled** from the residual `norm(max(0, p − q))`: the "
@@ -126,7 +165,7 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
                f"draft{'s' if n_acc != 1 else ''}" + (f" + {own} from the target" if own else "") +
                f") for the price of one target forward; autoregressive decoding would have needed "
                f"{len(tokens)}.{timing}")
-    out.append(FORMULAS["greedy" if greedy else "sampling"])
+    out.append(formula)
     return "\n\n".join(out)
 
 

@@ -1,0 +1,211 @@
+"""The page: gr.Blocks built from the registries (menus.py) and the app's limits, and every event
+wired to its callback (callbacks.py) by name.
+
+`wire` is the one place where names meet components: a callback receives the values of its input
+widgets as {name: value} plus the session, and returns (or yields) {name: value} for its outputs.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import gradio as gr
+
+from .. import views
+from ..examples import EXAMPLE_PROMPTS, LANDING_PROMPT, example_traces, landing_example
+from ..registry import Param
+from ..stop_rules import STOP_RULES
+from ..views.race_view import EXPLAINER as RACE_EXPLAINER
+from . import callbacks, menus
+from .render import VIEWS
+from .request import CONTROLS, app_limits, stop_params
+from .session import Session, SESSION_TTL_S
+from .texts import HOW_TO_READ, INTRO
+
+DEFAULT_TARGET = "smollm2-135m"
+DEFAULT_DRAFTER = "pld"
+
+
+def wire(listener, fn: Callable, inputs: dict[str, gr.components.Component], outputs: dict[str, gr.Component],
+         session: gr.State, **options):
+    """listener(fn) with named inputs and outputs. fn(form, session) gets {input name: value} and
+    returns or yields {output name: value}; gradio gets {component: value}. API clients see the
+    inputs' names as parameters, in the order of `inputs` (the session is not part of the API)."""
+    names = list(inputs)
+
+    def by_component(out: dict) -> dict:
+        return {outputs[name]: value for name, value in out.items()}
+
+    if inspect.isgeneratorfunction(fn):
+        def handler(*values):
+            for out in fn(dict(zip(names, values[:-1])), values[-1]):
+                yield by_component(out)
+    else:
+        def handler(*values):
+            return by_component(fn(dict(zip(names, values[:-1])), values[-1]))
+
+    handler.__name__, handler.__doc__ = fn.__name__, fn.__doc__
+    handler.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names + ["session"]])
+    return listener(handler, list(inputs.values()) + [session], list(outputs.values()), **options)
+
+
+def merged(*named: dict) -> dict:
+    """Several {name: component} tables as one; a name in two of them is a wiring mistake."""
+    out: dict = {}
+    for table in named:
+        clash = set(out) & set(table)
+        if clash:
+            raise ValueError(f"one name for two components: {', '.join(sorted(clash))}")
+        out.update(table)
+    return out
+
+
+def param_input(param: Param) -> gr.Number:
+    """A stopping rule's parameter as a number box: its default, range and help from the registry."""
+    step = 1 if param.integer else 10 ** math.floor(math.log10(max(param.hi - param.lo, 1e-9) / 100))
+    return gr.Number(param.default, minimum=param.lo, maximum=param.hi, step=step,
+                     precision=0 if param.integer else None, label=param.name,
+                     info=f"{param.help} · range [{param.lo:g}, {param.hi:g}]", min_width=140)
+
+
+def build_demo() -> gr.Blocks:
+    limits = app_limits()
+    traces = list(example_traces())
+    with gr.Blocks(title="specviz · speculative decoding, token by token", delete_cache=(3600, 3600)) as demo:
+        session = gr.State(Session(), time_to_live=SESSION_TTL_S)  # deep-copied for each visitor
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                prompt = gr.Textbox(label="Prompt", lines=5, max_lines=14, value=LANDING_PROMPT,
+                                    elem_id="specviz-prompt")
+                gr.Examples([[p] for _, p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts",
+                            example_labels=[name for name, _ in EXAMPLE_PROMPTS])
+                with gr.Row():
+                    target = gr.Dropdown(menus.targets(), value=DEFAULT_TARGET, label="Target (verifies)")
+                    drafter = gr.Dropdown(menus.drafters(), value=DEFAULT_DRAFTER, label="Drafter (guesses)")
+                strategy = gr.Dropdown(menus.shapes(), value="chain", label="Draft shape (model drafters)")
+                with gr.Accordion("Decoding knobs", open=True):
+                    with gr.Row():
+                        draft_len = gr.Slider(1, limits.max_draft_len, value=4, step=1, label="draft length")
+                        max_new = gr.Slider(1, limits.max_new_tokens, value=64, step=1, label="max new tokens")
+                    with gr.Row():
+                        temperature = gr.Slider(0, limits.max_temperature, value=0.0, step=0.05,
+                                                label="temperature (0 = greedy)")
+                        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top-p")
+                    seed = gr.Number(0, precision=0, minimum=0, maximum=limits.max_seed, label="seed")
+                    rule = gr.Dropdown(menus.verify_rules(), value="auto", label="verification rule")
+                with gr.Accordion("When drafting stops", open=False):
+                    stop = gr.Dropdown(menus.stop_rules(), value="static", label="stopping rule",
+                                       elem_id="specviz-stop-rule")
+                    stop_about = gr.Markdown(menus.stop_rule_about("static"), elem_id="specviz-stop-about")
+                    params, groups = {}, {}  # each rule's parameters, shown while that rule is chosen
+                    for entry in STOP_RULES.entries():
+                        if entry.params:
+                            with gr.Group(visible=False) as groups[entry.name], gr.Row():
+                                for key, rule_name, param in stop_params():
+                                    if rule_name == entry.name:
+                                        params[key] = param_input(param)
+                fast_path = gr.Checkbox(True, label="fast path (pre-packed CPU kernels where the model supports "
+                                                    "them; the same results up to float rounding)")
+                measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
+                with gr.Row():
+                    run_btn = gr.Button("Run ▶", variant="primary", elem_id="specviz-run")
+                    stop_btn = gr.Button("Stop ■", variant="stop", elem_id="specviz-stop")
+                with gr.Row():
+                    race_btn = gr.Button("Race: AR vs speculative", elem_id="specviz-race")
+                    step_btn = gr.Button("Step-by-step ▷", elem_id="specviz-step-start")
+                with gr.Accordion("Traces: recorded runs", open=True):
+                    example = gr.Dropdown(traces, value=landing_example(), label="Example runs (no model needed)")
+                    with gr.Row():
+                        download = gr.DownloadButton("Download trace", interactive=False, elem_id="specviz-download")
+                        upload = gr.UploadButton("Import trace…", file_types=[".json"], type="filepath",
+                                                 elem_id="specviz-import")
+            with gr.Column(scale=8, min_width=480):
+                with gr.Tabs(selected="watch") as tabs:
+                    with gr.Tab("Watch", id="watch"):
+                        status = gr.Markdown("Ready.", elem_id="specviz-status")
+                        gr.HTML(views.legend_html(), elem_id="specviz-legend")
+                        tokens = gr.HTML(views.tokens_html([]), elem_id="specviz-tokens")
+                        with gr.Accordion("Plain text", open=False):
+                            text = gr.Textbox(label="generated text", lines=4, interactive=False, buttons=["copy"],
+                                              elem_id="specviz-text")
+                        gr.Markdown("### Step explorer: what happened in one target forward")
+                        with gr.Row(equal_height=False):
+                            prev_btn = gr.Button("◀", scale=0, min_width=48, elem_id="specviz-prev")
+                            step = gr.Slider(0, 1, value=0, step=1, label="step", scale=8, elem_id="specviz-step")
+                            next_btn = gr.Button("Next step ▶", scale=0, min_width=150, elem_id="specviz-next")
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=3, min_width=320):
+                                tree = gr.Plot(views.tree_figure(None), show_label=False, elem_id="specviz-tree")
+                            with gr.Column(scale=2, min_width=260):
+                                explain = gr.Markdown(views.explain_step([]), elem_classes=["specviz-explain"],
+                                                      elem_id="specviz-explain")
+                        entropy = gr.Plot(views.entropy_figure([]), show_label=False, elem_id="specviz-entropy")
+                        gr.Markdown("### Why it is fast, or not")
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=1, min_width=320):
+                                metrics = gr.Markdown(views.metrics_markdown([]), elem_id="specviz-metrics")
+                            with gr.Column(scale=1, min_width=320):
+                                metrics_plot = gr.Plot(views.metrics_figure([]), show_label=False,
+                                                       elem_id="specviz-metrics-plot")
+                        with gr.Accordion("Drafter choice", open=True):
+                            drafter_md = gr.Markdown(views.drafter_markdown([]), elem_id="specviz-drafter")
+                    with gr.Tab("Race", id="race"):
+                        gr.Markdown(RACE_EXPLAINER)
+                        race_score = gr.Markdown("Press **Race** to start.", elem_id="specviz-race-score")
+                        with gr.Row(equal_height=False):
+                            with gr.Column():
+                                gr.Markdown("**Speculative** (drafter + target)")
+                                race_spec = gr.HTML(views.tokens_html([], show_prompt=False),
+                                                    elem_id="specviz-race-spec")
+                            with gr.Column():
+                                gr.Markdown("**Autoregressive** (target alone)")
+                                race_ar = gr.HTML(views.tokens_html([], show_prompt=False), elem_id="specviz-race-ar")
+                    with gr.Tab("How to read it", id="help"):
+                        gr.Markdown(HOW_TO_READ)
+
+        # ---- names -> components, once
+        view = dict(status=status, tokens=tokens, text=text, step=step, tree=tree, explain=explain, entropy=entropy,
+                    metrics=metrics, metrics_plot=metrics_plot, drafter_panel=drafter_md, download=download)
+        assert tuple(view) == VIEWS
+        controls = dict(zip(CONTROLS, (prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new,
+                                       rule)))
+        extras = dict(stop=stop, fast_path=fast_path, **params)  # after the first controls, for API clients
+        scoreboard = dict(race_spec=race_spec, race_ar=race_ar, race_score=race_score)
+        at_step = dict(step=step)
+
+        to_watch = dict(fn=lambda: gr.Tabs(selected="watch"), outputs=[tabs], queue=False, api_visibility="private")
+        # one decoding job at a time on this machine; streamed views stay visible while they update
+        decode = dict(concurrency_id="decode", concurrency_limit=1, show_progress="minimal")
+
+        run_btn.click(**to_watch)
+        run_event = wire(run_btn.click, callbacks.run, merged(controls, dict(measure_ar=measure_ar), extras), view,
+                         session, api_name="run", **decode)
+        race_btn.click(lambda: gr.Tabs(selected="race"), outputs=[tabs], queue=False, api_visibility="private")
+        race_event = wire(race_btn.click, callbacks.race, merged(controls, extras), merged(scoreboard, view),
+                          session, api_name="race", **decode)
+        step_btn.click(**to_watch)
+        step_event = wire(step_btn.click, callbacks.step_start, merged(controls, extras), view, session,
+                          api_name="step_start", **decode)
+        next_event = wire(next_btn.click, callbacks.step_next, at_step, view, session, api_name="step_next", **decode)
+        wire(prev_btn.click, callbacks.step_prev, at_step, view, session, api_name="step_prev")
+        wire(stop_btn.click, callbacks.stopped, {}, dict(status=status), session,
+             cancels=[run_event, race_event, step_event, next_event], api_name="stop", queue=False)
+        # .input: the user moved the slider (streamed updates of its value do not re-render the step)
+        wire(step.input, callbacks.show_step, at_step, dict(tree=tree, explain=explain, tokens=tokens), session,
+             api_name="show_step", trigger_mode="always_last", show_progress="hidden")
+        # a recorded run also sets the controls to what it used (at least its prompt)
+        replayed = merged(view, controls, extras)
+        wire(upload.upload, callbacks.import_trace, dict(upload=upload), replayed, session, api_name="import_trace")
+        wire(example.input, callbacks.load_example, dict(example=example), replayed, session,
+             api_name="example_trace")
+        wire(demo.load, callbacks.first_view, dict(example=example), replayed, session, api_visibility="private")
+
+        def show_stop_rule(name):
+            return {stop_about: menus.stop_rule_about(name)} | {
+                group: gr.Group(visible=rule == name) for rule, group in groups.items()}
+
+        stop.change(show_stop_rule, [stop], [stop_about, *groups.values()], queue=False, api_visibility="private")
+    return demo

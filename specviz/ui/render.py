@@ -1,0 +1,113 @@
+"""Rendering: the run on display (a session's events) -> every view, by name.
+
+render() returns {view name: value}; the layout maps names to components in one place
+(layout.wire), so no callback keeps a tuple in step with an outputs= list.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from .. import trace, views
+from ..events import Event
+from ..rules import VERIFY_RULES
+from ..views.labels import esc
+from .session import Session, ar_reference
+
+# every view of a run, in the order API clients receive them
+VIEWS = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metrics", "metrics_plot",
+         "drafter_panel", "download")
+EXPORT_KEEP_S = 3600  # exported traces are handed to gradio's cache at once; keep an hour
+
+
+def export_trace(events: list[Event]) -> str | None:
+    """A finished run saved as a trace file for the download button (None while unfinished)."""
+    if views.run_finished(events) is None:
+        return None
+    folder = Path(tempfile.gettempdir()) / "specviz-exports"
+    folder.mkdir(exist_ok=True)
+    cutoff = time.time() - EXPORT_KEEP_S
+    for old in folder.glob("*.json"):
+        if old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+    start = views.run_started(events)
+    tag = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{start.target}-{start.drafter}")[:60]
+    path = folder / f"specviz-{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.trace.json"
+    trace.save(events, path)
+    return str(path)
+
+
+def lossy(rule) -> bool:
+    return rule in VERIFY_RULES and not VERIFY_RULES.get(rule).lossless
+
+
+def stopping(start) -> str:
+    """' · stops: schedule (grow 2, shrink 1)' for a run recorded with a stopping rule other than static."""
+    config = start.config if isinstance(start.config, dict) else {}
+    name = config.get("stop")
+    if not isinstance(name, str) or name == "static":
+        return ""
+    params = config.get("stop_params") if isinstance(config.get("stop_params"), dict) else {}
+    numbers = ", ".join(f"{esc(k)} {v:g}" if isinstance(v, (int, float)) else f"{esc(k)} {esc(v)}"
+                        for k, v in list(params.items())[:8])
+    return f" · stopping rule {esc(name)}" + (f" ({numbers})" if numbers else "")
+
+
+def status_line(events: list[Event], note: str = "", state: str | None = None) -> str:
+    start, end = views.run_started(events), views.run_finished(events)
+    if start is None:
+        return note or "Ready."
+    m = views.latest_metrics(events)
+    warn = " (**LOSSY**: the output distribution is not the target's)" if lossy(start.rule) else ""
+    what = (f"**{esc(start.target)}** ← drafter **{esc(start.drafter)}** · rule {esc(start.rule)}{warn}"
+            + stopping(start))
+    if state is None and end is not None:
+        m = end.metrics
+        state = f"✔ done ({esc(end.stop_reason)}) · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s"
+    elif state is None and views.ended_early(events):
+        state = f"■ recorded run ended early (incomplete trace: no RunFinished) · {m.tokens if m else 0} tokens"
+    elif state is None:
+        running = f"▶ running: step {m.steps} · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s" if m else ""
+        state = running or "▶ starting…"
+    return f"{what} · {state}" + (f"  \n{note}" if note else "")
+
+
+def step_slider(n_steps: int, index: int):
+    return gr.Slider(minimum=0, maximum=max(n_steps - 1, 1), value=max(0, min(index, max(n_steps - 1, 0))), step=1,
+                     label=f"step (one target forward) · {n_steps} so far" if n_steps else "step")
+
+
+def step_views(events: list[Event], index) -> dict:
+    """The step explorer for one step: its tree, its explanation and the text with the step outlined."""
+    n = len(views.split_steps(events))
+    return dict(tree=views.step_tree_figure(events, index), explain=views.explain_run_step(events, index),
+                tokens=views.tokens_html(events, focus=max(0, min(index, n - 1))))
+
+
+def render(session: Session, note: str = "", index: int | None = None, figures: bool = True,
+           download: str | None | bool = False) -> dict:
+    """Every view of the run on display, by name. figures=False leaves the heavy ones as they are;
+    download=False leaves the download button as it is, None disables it, a path offers that file."""
+    events = session.events
+    n = len(views.split_steps(events))
+    i = n - 1 if index is None else index
+    out = dict(status=status_line(events, note), tokens=views.tokens_html(events, focus=max(0, min(i, n - 1))),
+               text=views.generated_text(events), step=step_slider(n, i),
+               metrics=views.metrics_markdown(events, ar_reference(events)))
+    if not figures:
+        return out
+    drafter, reason = (session.choice.drafter, session.choice.reason) if session.choice else (None, None)
+    out.update(tree=views.step_tree_figure(events, i), explain=views.explain_run_step(events, i),
+               entropy=views.entropy_figure(events), metrics_plot=views.metrics_figure(events),
+               drafter_panel=views.drafter_markdown(session.history, drafter, reason))
+    if download is not False:
+        out["download"] = gr.DownloadButton(value=download, interactive=download is not None)
+    return out
+
+
+def status_only(text: str) -> dict:
+    return dict(status=text)

@@ -1,0 +1,35 @@
+"""The page's fixed words and style: the introduction, "How to read it", and a little CSS."""
+
+INTRO = """# specviz · watch speculative decoding, token by token
+A small, cheap **drafter** guesses the next few tokens; the big **target** model checks all the guesses in
+**one** forward pass, keeps those it agrees with and adds one token of its own. The text is exactly what the
+target alone would write, only faster when the guesses are good. Pick a prompt and press **Run**, or explore the
+recorded example already on display (no model needed)."""
+
+HOW_TO_READ = """**How to read this page**
+
+* **Text**: every token is colored by how it came (legend above it). Red struck-through tokens are drafts the target
+  refused, shown where they were proposed; the token after them is the target's replacement. Hover any token for its
+  numbers: q = the drafter's probability, p = the target's, and the chance the draft was accepted, `min(1, p/q)`.
+* **Step explorer**: one *step* is one forward pass of the target. The graph shows what the drafter proposed in that
+  step: a chain (one guess per position) or a tree (several guesses per position, from tree drafters such as
+  `pld-tree` and `ngram-tree` or a model drafter's tree shapes). Green nodes were accepted, red rejected, grey never
+  checked; the diamond is the token the target added itself. The explanation beside it says, in words, what the
+  verification rule did and why drafting stopped where it did. Drag the slider or use ◀ ▶ to look at any step.
+* **Entropy**: the target's uncertainty at every generated token, and the drafter's at every drafted one. Drafts
+  fail where the models are unsure. Marks on the axis show where each drafting round stopped: at its length limit,
+  or earlier because the stopping rule said so (hover a mark for the rule, its reason and its numbers).
+* **Metrics**: τ is tokens per target forward (AR = 1). β is the chance a draft is accepted at each depth; α is
+  their mean; c is what a drafted token costs relative to a target forward. With those, theory predicts the
+  speedup; *measure against AR* (or a race) measures it.
+* **Knobs**: the *verification rule* decides which drafts are kept (rules marked LOSSY trade the target's exact
+  distribution for longer accepted runs); the *stopping rule* decides when a drafting round ends (its parameters
+  appear under it); the *fast path* uses pre-packed CPU kernels where the model supports them (same results).
+* **Step-by-step** runs live, one step per click of *Next step ▶*, explaining each step in words.
+"""
+
+CSS = """
+.specviz-explain {font-size: 14px}
+#specviz-status {min-height: 2.4em}
+footer {display: none !important}
+"""
