@@ -162,6 +162,9 @@ def cmd_replay(a) -> int:
         if isinstance(ev, RunFinished):
             print()
             print(format_metrics(ev.metrics), file=sys.stderr)
+    if not events.complete:
+        print()
+        print("note: the recorded run ended early (the trace has no RunFinished)", file=sys.stderr)
     return 0
 
 
