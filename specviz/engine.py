@@ -46,6 +46,20 @@ def check_settings(s: Settings) -> None:
     check_warp(s.warp)
 
 
+def interrupter(cancel: Callable[[], bool] | None, time_limit_s: float | None) -> Callable[[], str | None]:
+    """Why a run that starts now must end ("cancelled", "time limit"), or None to go on."""
+    started = time.monotonic()
+
+    def interrupted() -> str | None:
+        if cancel is not None and cancel():
+            return "cancelled"
+        if time_limit_s is not None and time.monotonic() - started > time_limit_s:
+            return "time limit"
+        return None
+
+    return interrupted
+
+
 @dataclass
 class Result:
     text: str
@@ -111,28 +125,12 @@ class Engine:
         `cancel()` is asked before every target forward (and every step); when it says so, or when
         `time_limit_s` of wall clock have passed, the run ends there with what it has, stop_reason
         "cancelled" or "time limit". Every run starts from fresh caches, so the next one is right."""
-        started, clock0 = time.monotonic(), time.perf_counter()
-
-        def interrupted() -> str | None:
-            if cancel is not None and cancel():
-                return "cancelled"
-            if time_limit_s is not None and time.monotonic() - started > time_limit_s:
-                return "time limit"
-            return None
-
-        check_settings(settings)
-        self.check_prompt(list(prompt_ids), settings)
+        clock0 = time.perf_counter()
+        interrupted = interrupter(cancel, time_limit_s)
+        rule_name, rule = self._start(prompt_ids, settings)
         warp = settings.warp
-        rule_name, rule = self.rule(warp)
-        if self.drafter is not None and self.drafter.greedy_only and not warp.greedy:
-            raise ValueError(f"drafter '{self.drafter.name}' drafts for greedy decoding only: set temperature 0")
         drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"
         layers = tuple(self.drafter.reads_target) if self.drafter else ()
-        self.target.reset()
-        if self.drafter:
-            self.drafter.reset()
-        if self.stop is not None:
-            self.stop.reset()
         text = IncrementalText(self.decode)
         gen = torch.Generator().manual_seed(settings.seed)
         ids, new = list(prompt_ids), []
@@ -171,12 +169,8 @@ class Engine:
             if self.stop is not None and len(tree):
                 self.stop.update(max(depths(tree.parents)), len(verdict.path))
             betas = self._fill_verdict(nodes, tree, p_rows, verdict)
-            tokens = self._tokens(tree, verdict, nodes, p_rows, ent_rows)
-            tokens = tokens[: settings.max_new_tokens - len(new)]
-            for i, tok in enumerate(tokens):
-                if settings.stop_at_eos and tok.id in self.eos_ids:
-                    tokens, stop_reason = tokens[: i + 1], "eos"
-                    break
+            tokens, eos = self._cut(self._tokens(tree, verdict, nodes, p_rows, ent_rows), settings, len(new))
+            stop_reason = "eos" if eos else stop_reason
             ids += [t.id for t in tokens]
             new += [t.id for t in tokens]
             for tok in tokens:
@@ -197,6 +191,28 @@ class Engine:
             if stop_reason == "eos":
                 break
         yield RunFinished(self.decode(new), new, stop_reason, metrics)
+
+    def _start(self, prompt_ids: list[int], settings: Settings) -> tuple[str, Rule]:
+        """Check a run's settings and prompt and give it fresh caches: (rule name, rule)."""
+        check_settings(settings)
+        self.check_prompt(list(prompt_ids), settings)
+        rule_name, rule = self.rule(settings.warp)
+        if self.drafter is not None and self.drafter.greedy_only and not settings.warp.greedy:
+            raise ValueError(f"drafter '{self.drafter.name}' drafts for greedy decoding only: set temperature 0")
+        self.target.reset()
+        if self.drafter:
+            self.drafter.reset()
+        if self.stop is not None:
+            self.stop.reset()
+        return rule_name, rule
+
+    def _cut(self, tokens: list[Token], settings: Settings, emitted: int) -> tuple[list[Token], bool]:
+        """A step's tokens cut to the token budget and after an end-of-text token (True: one came)."""
+        tokens = tokens[: settings.max_new_tokens - emitted]
+        for i, tok in enumerate(tokens):
+            if settings.stop_at_eos and tok.id in self.eos_ids:
+                return tokens[: i + 1], True
+        return tokens, False
 
     def _forward_seconds(self) -> float:
         return self.target.forward_seconds + (self.drafter.forward_seconds if self.drafter else 0.0)
