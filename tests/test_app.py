@@ -227,6 +227,144 @@ def test_read_request_names_the_bad_knob():
             read_request(PROMPT, TARGET, TARGET, name, 4, 0.8, 1.0, 0, 8)
 
 
+def test_stopping_rule_parameters_are_checked_by_the_run_config():
+    from specviz.ui import read_request
+
+    with pytest.raises(ValueError, match=r"grow must be a whole number in \[1, 8\]"):
+        read_request(*args(), stop="schedule", stop_params={"grow": 99})
+    with pytest.raises(ValueError, match="reads the drafter's distribution"):
+        read_request(*args(), stop="adaedl")  # pld has no distribution to read
+    with pytest.raises(ValueError, match="unknown stopping rule"):
+        read_request(*args(), stop="no-such-rule")
+    req = read_request(*args(), stop="schedule", stop_params={"grow": 3.0}, fast_path=False)
+    assert req.config.stop_params == {"grow": 3, "shrink": 1} and req.config.fast_path is False
+
+
+def test_every_registered_choice_is_on_the_page(client):
+    from specviz.drafters.registry import DRAFTERS
+    from specviz.drafters.strategies import STRATEGIES
+    from specviz.rules import VERIFY_RULES
+    from specviz.stop_rules import STOP_RULES
+    from specviz.ui.request import stop_params
+
+    params = {p["parameter_name"]: p for p in
+              client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/run"]["parameters"]}
+    assert set(DRAFTERS.names()) | set(models.PRESETS) == set(params["drafter"]["type"]["enum"])
+    assert STRATEGIES.names() == params["strategy"]["type"]["enum"]
+    assert ["auto"] + VERIFY_RULES.names() == params["rule"]["type"]["enum"]
+    assert STOP_RULES.names() == params["stop"]["type"]["enum"]
+    assert params["fast_path"]["parameter_default"] is True
+    for key, _, param in stop_params():
+        assert params[key]["parameter_default"] == param.default, key
+
+
+def test_a_run_with_a_stopping_rule_equals_the_engine_and_says_so(client):
+    from specviz.api import build
+    from specviz.config import RunConfig
+
+    out = named(client.predict(*args(), False, stop="schedule", schedule_grow=3, fast_path=False, api_name="/run"))
+    config = RunConfig(TARGET, "pld", draft_len=4, stop="schedule", stop_params={"grow": 3},
+                       settings=Settings(max_new_tokens=N), fast_path=False)
+    assert out["text"] == build(config).generate(PROMPT).text
+    assert "stopping rule schedule (grow 3, shrink 1)" in out["status"]
+    assert "your pick in the drafter menu" in out["drafter"]  # the registered policy's reason
+
+
+@pytest.fixture
+def page_with_a_new_stop_rule(monkeypatch):
+    """The app built after one more stopping rule was registered (and nothing else changed)."""
+    from specviz.registry import Param
+    from specviz.stop_rules import STOP_RULES, StopEntry
+    from specviz.ui import build_demo, launch_kwargs
+
+    class Share:
+        name = "share"
+
+        def __init__(self, draft_len: int, share: float = 0.5):
+            self.length = max(1, round(draft_len * share))
+
+        def limit(self):
+            return self.length
+
+        def stop(self, depth, entropy, top_prob):
+            return None
+
+        def update(self, drafted, accepted):
+            pass
+
+        def reset(self):
+            pass
+
+        def state(self):
+            return {"length": self.length}
+
+    entry = StopEntry("share", "a share of the draft length", "Each round drafts share × draft length tokens.",
+                      Share, (Param("share", 0.5, 0.1, 1.0, "share of the draft length"),))
+    monkeypatch.setitem(STOP_RULES._entries, entry.name, entry)  # registered for this test only
+    demo = build_demo()
+    port = free_port()
+    demo.queue().launch(**{**launch_kwargs(), "server_name": "127.0.0.1", "server_port": port,
+                           "prevent_thread_lock": True, "quiet": True})
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def test_a_newly_registered_stop_rule_appears_and_runs(page_with_a_new_stop_rule):
+    from specviz import trace
+
+    client = page_with_a_new_stop_rule
+    params = {p["parameter_name"]: p for p in
+              client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/run"]["parameters"]}
+    assert "share" in params["stop"]["type"]["enum"] and params["share_share"]["parameter_default"] == 0.5
+    out = named(client.predict(*args(draft_len=8), False, stop="share", share_share=0.25, api_name="/run"))
+    assert "✔ done" in out["status"] and "stopping rule share (share 0.25)" in out["status"]
+    events = trace.load(out["download"]["value"])
+    assert events[0].config["stop"] == "share" and events[0].config["stop_params"] == {"share": 0.25}
+    notes = [ev.stop for ev in events if type(ev).__name__ == "Drafted" and ev.stop]
+    assert notes and all(n["rule"] == "share" and n["depth"] <= 2 and n["length"] == 2 for n in notes)
+
+
+def test_the_drafter_is_chosen_by_the_registered_policy(monkeypatch):
+    from specviz.policy import POLICIES, Choice, PolicyEntry
+    from specviz.ui import callbacks
+    from specviz.ui.session import POLICY, Session
+
+    seen = []
+
+    class NoDrafter:
+        name, needs_features = POLICY, False
+
+        def choose(self, given):
+            seen.append(given)
+            return Choice("none", "the test policy prefers no drafter")
+
+        def learn(self, given, choice, metrics):
+            seen.append(metrics)
+
+    monkeypatch.setitem(POLICIES._entries, POLICY, PolicyEntry(POLICY, "test", NoDrafter))
+    form = dict(zip(("prompt", "target", "drafter", "strategy", "draft_len", "temperature", "top_p", "seed",
+                     "max_new_tokens", "rule"), args(max_new_tokens=6)))
+    session = Session()
+    final = list(callbacks.run(form, session))[-1]
+    given = seen[0]
+    assert given.requested == "pld" and given.config.drafter == "pld" and given.prompt_ids
+    assert given.prompt_ids == build_engine(TARGET, "pld").encode(PROMPT)
+    assert "the test policy prefers no drafter" in final["drafter_panel"]
+    assert "drafter **none" in final["status"]
+    assert seen[-1].tokens == 6  # the policy learned how the run went
+
+
+def test_the_recorded_example_shown_matches_the_prompt_box(client):
+    from specviz import trace
+    from specviz.examples import LANDING_PROMPT, example_traces, landing_example
+
+    landing = trace.load(example_traces()[landing_example()])
+    assert landing[0].prompt == LANDING_PROMPT  # the box starts with the prompt of the example on display
+    for name, path in example_traces().items():  # and follows whichever recorded run is shown
+        out = client.predict(name, api_name="/example_trace")
+        assert out[len(NAMES)] == trace.load(path)[0].prompt, name
+
+
 def test_a_drafter_with_another_vocabulary_is_refused(client):
     if models.status("qwen2.5-coder-0.5b") != "ready":
         pytest.skip("qwen2.5-coder-0.5b not installed")

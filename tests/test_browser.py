@@ -65,6 +65,24 @@ def test_page_runs_a_prompt_and_shows_tokens_and_figures(url):
         # the recorded example renders on load, before any model runs
         page.wait_for_selector("#specviz-tokens .tok", timeout=30_000)
         page.wait_for_selector("#specviz-status:has-text('recorded example')", timeout=30_000)
+        # the prompt box holds the prompt of the recorded example on display
+        from specviz import trace
+        from specviz.examples import example_traces, landing_example
+
+        shown = trace.load(example_traces()[landing_example()])[0].prompt
+        page.wait_for_function("(p) => document.querySelector('#specviz-prompt textarea').value === p", arg=shown,
+                               timeout=30_000)
+        # choosing a stopping rule shows its parameters, with their defaults from the registry
+        page.get_by_text("When drafting stops").click()
+        page.click("#specviz-stop-rule input")
+        page.get_by_role("option", name="schedule").click()
+        page.wait_for_selector("#specviz-stop-about:has-text('Draft-length schedule')", timeout=30_000)
+        grow = page.get_by_label("grow")
+        grow.wait_for(state="visible", timeout=30_000)
+        assert grow.input_value() == "2"
+        page.click("#specviz-stop-rule input")
+        page.get_by_role("option", name="static").click()
+        grow.wait_for(state="hidden", timeout=30_000)
 
         page.fill("#specviz-prompt textarea", PROMPT)
         page.click("#specviz-run")

@@ -132,7 +132,7 @@ def test_entropy_figure_has_one_point_per_token_and_per_draft(sampled):
     assert len(target.y) == sum(len(s.tokens) for s in steps)
     assert sum(len(t.y) for t in fig.data[1:]) == sum(len(s.nodes) for s in steps)
     assert not fig.layout.shapes
-    assert not [t for t in fig.data if t.name.startswith("drafting stopped")]  # no stopping rule, no stop notes
+    assert not [t for t in fig.data if t.name.startswith("drafting")]  # no stopping rule, no stop notes
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +152,11 @@ def test_entropy_figure_marks_where_and_why_each_drafting_round_stopped(stopped)
     early = [n for n in notes if n["reason"] != "limit"]
     assert early and len(early) < len(notes), "the fixture should stop some rounds early and some at the limit"
     fig = views.entropy_figure(stopped)
-    marks = {t.name: t for t in fig.data if t.name.startswith("drafting stopped")}
-    assert len(marks["drafting stopped by the stopping rule"].x) == len(early)
-    assert len(marks["drafting stopped at its length limit"].x) == len(notes) - len(early)
-    hover = " ".join(marks["drafting stopped by the stopping rule"].hovertext)
-    assert "rule: confidence" in hover and "top probability" in hover and "threshold = 0.1" in hover
+    marks = {t.name: t for t in fig.data if t.name.startswith("drafting")}
+    assert len(marks["drafting stopped early by the stopping rule"].x) == len(early)
+    assert len(marks["drafting round ended (length limit, or the drafter ran out)"].x) == len(notes) - len(early)
+    hover = " ".join(marks["drafting stopped early by the stopping rule"].hovertext)
+    assert "stopping rule: confidence threshold" in hover and "top probability" in hover and "threshold = 0.1" in hover
     assert "stopping rule: confidence" in fig.layout.title.text  # from RunStarted.config
     # drafter points are still one per drafted node
     drafted = [t for t in fig.data[1:] if t.name.startswith("drafter entropy")]
@@ -170,9 +170,19 @@ def test_the_step_explanation_says_why_drafting_stopped(stopped):
     steps = views.split_steps(stopped)
     early = next(s for s in steps if s.drafted.stop and s.drafted.stop["reason"] != "limit")
     text = views.explain_run_step(stopped, early.index)
-    assert "**Drafting stopped** after" in text and "confidence threshold" in text and "top probability" in text
+    assert "**Drafting stopped** after" in text and "ended it early: top probability" in text
+    assert "stopping rule **confidence threshold**" in text
     full = next(s for s in steps if s.drafted.stop and s.drafted.stop["reason"] == "limit")
-    assert "the most the stopping rule **confidence threshold** allowed" in views.explain_run_step(stopped, full.index)
+    assert "it reached the most the stopping rule allows" in views.explain_run_step(stopped, full.index)
+    # prompt lookup whose match ran out before the rule's length: the drafter had nothing more
+    note = {"rule": "static", "depth": 2, "reason": "limit", "length": 4}
+    short = [replace(ev, stop=note) if isinstance(ev, Drafted) else ev for ev in full.events]
+    text = views.explain_step(short)
+    assert "the drafter had nothing more to propose (the stopping rule allowed 4)" in text
+    evil = {"rule": "<img src=x>", "depth": 1, "reason": "<img src=x onerror=1>", "<b>": "<b>"}  # a hostile trace
+    hostile = [replace(ev, stop=evil) if isinstance(ev, Drafted) else ev for ev in stopped]
+    assert "<img" not in views.explain_run_step(hostile, 1) and "<b>" not in views.explain_run_step(hostile, 1)
+    assert "<img" not in views.entropy_figure(hostile).to_json()
 
 
 def test_a_lossy_rule_at_temperature_is_not_explained_as_exact(tiny_target, tiny_drafter):

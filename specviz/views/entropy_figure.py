@@ -2,17 +2,18 @@
 target's at every emitted position (Token.p_entropy). Where the drafter is unsure, drafts get
 rejected; where the target is unsure, even a good drafter cannot guess.
 
-Where each drafting round stopped is marked on the x axis (the Drafted events' stop notes): a
-small tick where a round drafted all its stopping rule allowed, a triangle where the rule ended it
-earlier; hovering one shows the rule, its reason and its numbers. The title names the stopping rule
-of the run config recorded in RunStarted (absent in older traces).
+Where each drafting round stopped is marked in a row above the curves (the Drafted events' stop
+notes): a grey tick where a round ended without an early stop (it reached the rule's length, or
+the drafter ran out of guesses), a purple triangle where the stopping rule ended it early; hovering
+a mark shows why, the rule and its numbers. The title names the stopping rule of the run config
+recorded in RunStarted (absent in older traces).
 """
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
 from ..events import Event
-from ..stop_rules import STOP_RULES
+from . import stop_note
 from .labels import esc_plot, visible
 from .palette import MARKER, SHORT
 from .steps import run_started, split_steps
@@ -20,12 +21,11 @@ from .steps import run_started, split_steps
 HEIGHT = 330
 GL_ABOVE = 4000  # points beyond which WebGL traces keep the browser responsive
 MAX_DRAFT_POINTS = 4000  # drafter points drawn; beyond, every k-th drafted node (the figure stays small)
-MAX_STOP_NUMBERS = 8  # a stop note's numbers shown in its hover
-STOP_COLOR = "#7c3aed"
-STOPS = {  # stop-note kind -> legend name, marker
-    "rule": ("drafting stopped by the stopping rule", dict(symbol="triangle-up", size=10, color=STOP_COLOR)),
-    "limit": ("drafting stopped at its length limit", dict(symbol="line-ns-open", size=9,
-                                                             line=dict(width=1.5, color="#94a3b8"))),
+STOPS = {  # why a round ended (stop_note.kind) -> legend name, marker
+    stop_note.RULE: ("drafting stopped early by the stopping rule",
+                     dict(symbol="triangle-down", size=11, color="#7c3aed")),
+    stop_note.LIMIT: ("drafting round ended (length limit, or the drafter ran out)",
+                      dict(symbol="line-ns-open", size=10, line=dict(width=1.5, color="#94a3b8"))),
 }
 
 
@@ -38,21 +38,16 @@ def stopping_rule(events: list[Event]) -> str | None:
 
 
 def stop_hover(step_index: int, note: dict) -> str:
-    name, depth, reason = note.get("rule"), note.get("depth"), note.get("reason")
-    label = STOP_RULES.get(name).label if name in STOP_RULES else str(name)
-    lines = [f"step {step_index}: drafting stopped at depth {depth}",
-             f"rule: {esc_plot(visible(name, 40))} ({esc_plot(label)})",
-             "why: " + ("reached the length the rule allows" if reason == "limit" else esc_plot(visible(reason, 120)))]
-    for k, v in [(k, v) for k, v in note.items() if k not in ("rule", "depth", "reason")][:MAX_STOP_NUMBERS]:
-        shown = f"{v:.3g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else visible(v, 30)
-        lines.append(f"{esc_plot(visible(k, 30))} = {esc_plot(shown)}")
-    return "<br>".join(lines)
+    lines = [f"step {step_index}: drafting stopped at depth {note['depth']}",
+             f"why: {stop_note.why(note)}", f"stopping rule: {stop_note.label(note)}"]
+    lines += [f"{k} = {v}" for k, v in stop_note.numbers(note)]
+    return "<br>".join(esc_plot(line) for line in lines)
 
 
 def entropy_figure(events: list[Event]) -> go.Figure:
     steps = split_steps(events)
     tx, ty, thover = [], [], []
-    stops: dict[str, tuple[list, list, list]] = {}
+    stops: dict[str, tuple[list, list]] = {}
     drafts: dict[str, tuple[list, list, list]] = {}
     n_drafted = sum(len(step.nodes) for step in steps)
     every = -(-n_drafted // MAX_DRAFT_POINTS)  # 1 unless the trace is huge
@@ -64,10 +59,10 @@ def entropy_figure(events: list[Event]) -> go.Figure:
             thover.append(f"token {step.position + i}: {esc_plot(visible(tok.text, 30))}<br>"
                           f"target entropy {tok.p_entropy:.2f} nats<br>{esc_plot(SHORT.get(tok.kind, tok.kind))}")
         note = step.drafted.stop if step.drafted is not None else None
-        if isinstance(note, dict) and isinstance(note.get("depth"), int):
-            xs, ys, hs = stops.setdefault("limit" if note.get("reason") == "limit" else "rule", ([], [], []))
+        if stop_note.is_note(note):
+            kind = stop_note.RULE if stop_note.kind(note) == stop_note.RULE else stop_note.LIMIT
+            xs, hs = stops.setdefault(kind, ([], []))
             xs.append(step.position + note["depth"] - 0.5)  # just after the round's last drafted position
-            ys.append(0.0)
             hs.append(stop_hover(step.index, note))
         for node in step.nodes:
             seen += 1
@@ -91,11 +86,13 @@ def entropy_figure(events: list[Event]) -> go.Figure:
                                            symbol="circle-open" if status == "unvisited" else "circle",
                                            line=dict(width=1.5, color=MARKER[status])),
                                hovertext=hs, hoverinfo="text"))
-    for kind in ("limit", "rule"):  # at most one mark per step (trace.MAX_STEPS): plain scatter suffices
+    # stop marks in a row above the curves: at most one per step (trace.MAX_STEPS), so plain scatter
+    top = 1.08 * max([1.0, *ty, *(y for _, ys, _ in drafts.values() for y in ys)])
+    for kind in (stop_note.LIMIT, stop_note.RULE):
         if kind in stops:
-            xs, ys, hs = stops[kind]
+            xs, hs = stops[kind]
             name, marker = STOPS[kind]
-            traces.append(dict(type="scatter", x=xs, y=ys, mode="markers", name=name, marker=marker,
+            traces.append(dict(type="scatter", x=xs, y=[top] * len(xs), mode="markers", name=name, marker=marker,
                                hovertext=hs, hoverinfo="text", cliponaxis=False))
     rule = stopping_rule(events)
     title = "Entropy: where the models are unsure (nats, temperature 1)"

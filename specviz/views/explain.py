@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from .. import rules
 from ..events import Event, RunStarted
-from ..stop_rules import STOP_RULES
+from . import stop_note
 from .labels import esc, number, visible
 from .steps import Step, split_steps
 
 MAX_LINES = 12  # tried nodes explained one by one at a position
-MAX_STOP_NUMBERS = 8  # a stop note's numbers shown (a hostile trace may record many)
 
 
 def code(text) -> str:
@@ -43,23 +42,15 @@ def is_lossy(rule: str | None) -> bool:
     return rule in rules.VERIFY_RULES and not rules.VERIFY_RULES.get(rule).lossless
 
 
-def stop_line(stop, tree: bool) -> str | None:
+def stop_line(note, tree: bool) -> str | None:
     """Why drafting ended this step, from the Drafted event's stop note (None without one)."""
-    if not isinstance(stop, dict) or not isinstance(stop.get("depth"), int):
+    if not stop_note.is_note(note):
         return None
-    name, depth, reason = stop.get("rule"), stop["depth"], stop.get("reason")
-    label = STOP_RULES.get(name).label if name in STOP_RULES else str(name)
+    depth = note["depth"]
     unit = ("level" if tree else "token") + ("s" if depth != 1 else "")
-    shown = [(k, v) for k, v in stop.items() if k not in ("rule", "depth", "reason")][:MAX_STOP_NUMBERS]
-    numbers = ", ".join(f"{esc(visible(k, 24))} = " + (f"{v:.3g}" if isinstance(v, (int, float)) and not
-                                                       isinstance(v, bool) else esc(visible(v, 24)))
-                        for k, v in shown)
-    numbers = f" ({numbers})" if numbers else ""
-    if reason == "limit":
-        return (f"**Drafting stopped** after {depth} {unit}: the most the stopping rule **{esc(label)}** allowed "
-                f"this round{numbers}.")
-    return (f"**Drafting stopped** after {depth} {unit}, before the length limit: the stopping rule "
-            f"**{esc(label)}** ended the round because {esc(visible(reason, 160))}{numbers}.")
+    numbers = ", ".join(f"{esc(k)} = {esc(v)}" for k, v in stop_note.numbers(note))
+    return (f"**Drafting stopped** after {depth} {unit}: {esc(stop_note.why(note))} "
+            f"(stopping rule **{esc(stop_note.label(note))}**" + (f"; {numbers}" if numbers else "") + ").")
 
 
 def node_line(node, greedy: bool, target_choice, lossy: bool = False) -> str:
