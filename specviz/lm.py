@@ -4,14 +4,21 @@ The cache holds a linear part (committed tokens) followed by the tree nodes fed 
 `accept`. `forward` feeds whatever the cache lacks plus new tree nodes, in one call, with a tree
 attention mask when the nodes do not form a simple chain; `accept` keeps the accepted path and
 drops everything else, so target and drafter caches always mirror the committed text.
+
+Two ways to run the model, chosen per CachedLM: the fast path (`specviz.fast`: a lean forward over
+pre-packed weights and a KV cache written in place; Llama and Qwen2 models) and transformers' own
+forward with a DynamicCache (every other architecture, and `fast_path=False`). Both give the same
+logits up to float rounding and the same bookkeeping.
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
 from transformers import DynamicCache
 
+from . import fast
 from .tree import ancestor_mask, depths, is_chain
 
 
@@ -24,7 +31,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class CachedLM:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, fast_path: bool | None = None):
+        """fast_path: None = on when the architecture is supported, True = required, False = off."""
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -33,23 +41,52 @@ class CachedLM:
         self.forward_seconds = 0.0
         self.forwards = 0
         self.hidden: dict[int, torch.Tensor] = {}  # layer -> [fed rows, hidden] of the last forward
+        reason = fast.unsupported_reason(model)
+        if fast_path and reason:
+            raise ValueError(f"the fast path does not support this model: {reason}")
+        self.fast_path = reason is None if fast_path is None else bool(fast_path)
+        params = inspect.signature(model.forward).parameters  # transformers >= 5.24 renamed the cache keyword
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._fast: fast.FastModel | None = None
+        self.kv: fast.StaticKV | None = None
+        self.cache: DynamicCache | None = None
         self.reset()
 
     def reset(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
+        if self.fast_path:
+            self._fast = fast.prepare(self.model)  # cached per model; rebuilt only if the weights changed
+            f = self._fast
+            if self.kv is None or self.kv.device != f.device:
+                self.kv = fast.StaticKV(len(f.layers), f.n_kv_heads, f.head_dim, f.device, f.dtype, limit=self.context)
+            self.kv.length = 0  # keeps the capacity of earlier runs
+        else:
+            self.cache = DynamicCache(config=self.model.config)
         self.lin: list[int] = []  # tokens whose KV sits in cache slots 0..len-1
         self.tree_tokens: list[int] = []  # tree nodes after them, fed but not yet accepted
         self.tree_parents: list[int] = []
 
-    def _keep_slots(self, slots: torch.Tensor | int) -> None:
+    def reserve(self, positions: int) -> None:
+        """Preallocate the fast path's cache for a run of this many positions (optional: it grows)."""
+        if self.kv is not None:
+            self.kv.reserve(min(positions, self.context))
+
+    def _keep_slots(self, slots: list[int] | int) -> None:
+        """Keep cache slots 0..slots-1 (an int), or exactly the slots listed (ascending)."""
+        if self.fast_path:
+            if isinstance(slots, int):
+                self.kv.crop(slots)
+            else:
+                self.kv.compact(slots)
+            return
+        index = None if isinstance(slots, int) else torch.tensor(slots, device=self.device)
         for layer in self.cache.layers:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
-            if isinstance(slots, int):
+            if index is None:
                 layer.keys, layer.values = layer.keys[:, :, :slots], layer.values[:, :, :slots]
             else:
-                layer.keys = layer.keys.index_select(2, slots)
-                layer.values = layer.values.index_select(2, slots)
+                layer.keys = layer.keys.index_select(2, index)
+                layer.values = layer.values.index_select(2, index)
 
     @torch.inference_mode()
     def forward(
@@ -82,30 +119,23 @@ class CachedLM:
         ids = feed + tokens
         if not ids:
             return None, torch.empty(0, self.vocab)
-        mask = None
+        allowed = None  # None: plain causal attention
         if not is_chain(all_parents):
             # rows: fed linear tokens see the causal prefix; nodes see the prefix and their ancestors
             allowed = torch.zeros(len(ids), cached + len(ids), dtype=torch.bool)
-            for r in range(len(feed)):
-                allowed[r, : len(self.lin) + r + 1] = True
-            anc = ancestor_mask(all_parents)
+            allowed[: len(feed)] = torch.ones(len(feed), cached + len(ids), dtype=torch.bool).tril(len(self.lin))
             allowed[len(feed):, :lin_len] = True
-            allowed[len(feed):, lin_len:] = anc[n_old:]
-            mask = torch.zeros(allowed.shape, dtype=self.dtype)
-            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-            mask = mask[None, None].to(self.device)
+            allowed[len(feed):, lin_len:] = ancestor_mask(all_parents)[n_old:]
+            allowed = allowed.to(self.device)
+        keep_rows = len(tokens) + (1 if feed else 0)
         start = time.perf_counter()
-        out = self.model(
-            input_ids=torch.tensor([ids], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=len(tokens) + (1 if feed else 0),
-            output_hidden_states=bool(hidden_layers),
-        )
-        self.hidden = {layer: out.hidden_states[layer][0] for layer in hidden_layers}
-        logits = out.logits[0].float()
+        ids_t = torch.tensor(ids, device=self.device)
+        pos_t = torch.tensor(positions, device=self.device)
+        if self.fast_path:
+            logits, self.hidden = fast.forward(self._fast, self.kv, ids_t, pos_t, allowed, keep_rows, tuple(hidden_layers))
+        else:
+            logits = self._hf_forward(ids_t, pos_t, allowed, keep_rows, hidden_layers)
+        logits = logits.float()
         self.forward_seconds += time.perf_counter() - start
         self.forwards += 1
         self.lin = list(committed)
@@ -115,6 +145,25 @@ class CachedLM:
             return logits[0], logits[1:]
         return None, logits
 
+    def _hf_forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None, keep: int,
+                    hidden_layers: tuple[int, ...]) -> torch.Tensor:
+        mask = None
+        if allowed is not None:  # additive float mask [1, 1, n, cached + n]
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            mask = mask[None, None]
+        out = self.model(
+            input_ids=ids[None],
+            position_ids=positions[None],
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=keep,
+            output_hidden_states=bool(hidden_layers),
+            **{self._cache_kw: self.cache},
+        )
+        self.hidden = {layer: out.hidden_states[layer][0] for layer in hidden_layers}
+        return out.logits[0]
+
     def accept(self, path: list[int]) -> None:
         """Keep the committed text plus the fed nodes on `path` (root to leaf); drop the rest."""
         path = [i for i in path if i < len(self.tree_tokens)]
@@ -122,10 +171,9 @@ class CachedLM:
         if path == list(range(len(path))):
             self._keep_slots(base + len(path))
         else:
-            slots = list(range(base)) + [base + i for i in path]
-            self._keep_slots(torch.tensor(slots, device=self.device))
+            self._keep_slots(list(range(base)) + [base + i for i in path])
         self.lin = self.lin + [self.tree_tokens[i] for i in path]
         self.tree_tokens, self.tree_parents = [], []
 
     def cache_length(self) -> int:
-        return self.cache.get_seq_length()
+        return self.kv.length if self.fast_path else self.cache.get_seq_length()

@@ -1,0 +1,11 @@
+"""The fast path: a lean forward for Llama/Qwen2 models over pre-packed weights and an in-place KV cache.
+
+`CachedLM(model)` uses it automatically when `unsupported_reason(model)` is None (pass
+`fast_path=False` for transformers' own forward). The model stays an ordinary transformers model;
+`prepare(model)` builds the fast path's weight copies once per model per process.
+"""
+from .forward import forward
+from .kv import StaticKV
+from .weights import FastModel, forget, prepare, unsupported_reason
+
+__all__ = ["FastModel", "StaticKV", "forget", "forward", "prepare", "unsupported_reason"]
