@@ -6,10 +6,9 @@ import os
 import threading
 
 from .. import models, trace
+from ..config import RunConfig
 from ..examples import ASSETS
 from .texts import CSS
-
-DEFAULT_TARGET = "smollm2-135m"
 
 try:  # on a Hugging Face ZeroGPU Space, decoding functions borrow a GPU; elsewhere a no-op
     import spaces
@@ -43,7 +42,7 @@ def prepare_environment() -> None:
         os.environ.setdefault("SPECVIZ_FROM_HUB", "1")
 
 
-def warm_up(target: str = DEFAULT_TARGET) -> threading.Thread | None:
+def warm_up(target: str = RunConfig().target) -> threading.Thread | None:
     """Load the default target in the background so the first Run starts at once."""
     if os.environ.get("SPECVIZ_FROM_HUB") != "1" and models.status(target) != "ready":
         return None

@@ -13,6 +13,7 @@ from typing import Callable
 import gradio as gr
 
 from .. import views
+from ..config import RunConfig
 from ..examples import EXAMPLE_PROMPTS, LANDING_PROMPT, example_traces, landing_example
 from ..registry import Param
 from ..stop_rules import STOP_RULES
@@ -23,8 +24,8 @@ from .request import CONTROLS, app_limits, stop_params
 from .session import Session, SESSION_TTL_S
 from .texts import HOW_TO_READ, INTRO
 
-DEFAULT_TARGET = "smollm2-135m"
-DEFAULT_DRAFTER = "pld"
+DEFAULT = RunConfig()  # the widgets start at RunConfig's defaults (except for a shorter output)
+DEFAULT_MAX_NEW_TOKENS = 64
 
 
 def wire(listener, fn: Callable, inputs: dict[str, gr.components.Component], outputs: dict[str, gr.Component],
@@ -37,7 +38,7 @@ def wire(listener, fn: Callable, inputs: dict[str, gr.components.Component], out
     def by_component(out: dict) -> dict:
         return {outputs[name]: value for name, value in out.items()}
 
-    if inspect.isgeneratorfunction(fn):
+    if inspect.isgeneratorfunction(inspect.unwrap(fn)):  # unwrap: a ZeroGPU-decorated callback
         def handler(*values):
             for out in fn(dict(zip(names, values[:-1])), values[-1]):
                 yield by_component(out)
@@ -83,32 +84,35 @@ def build_demo() -> gr.Blocks:
                 gr.Examples([[p] for _, p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts",
                             example_labels=[name for name, _ in EXAMPLE_PROMPTS])
                 with gr.Row():
-                    target = gr.Dropdown(menus.targets(), value=DEFAULT_TARGET, label="Target (verifies)")
-                    drafter = gr.Dropdown(menus.drafters(), value=DEFAULT_DRAFTER, label="Drafter (guesses)")
-                strategy = gr.Dropdown(menus.shapes(), value="chain", label="Draft shape (model drafters)")
+                    target = gr.Dropdown(menus.targets(), value=DEFAULT.target, label="Target (verifies)")
+                    drafter = gr.Dropdown(menus.drafters(), value=DEFAULT.drafter, label="Drafter (guesses)")
+                strategy = gr.Dropdown(menus.shapes(), value=DEFAULT.shape, label="Draft shape (model drafters)")
                 with gr.Accordion("Decoding knobs", open=True):
                     with gr.Row():
-                        draft_len = gr.Slider(1, limits.max_draft_len, value=4, step=1, label="draft length")
-                        max_new = gr.Slider(1, limits.max_new_tokens, value=64, step=1, label="max new tokens")
+                        draft_len = gr.Slider(1, limits.max_draft_len, value=DEFAULT.draft_len, step=1,
+                                              label="draft length")
+                        max_new = gr.Slider(1, limits.max_new_tokens, value=DEFAULT_MAX_NEW_TOKENS, step=1,
+                                            label="max new tokens")
                     with gr.Row():
-                        temperature = gr.Slider(0, limits.max_temperature, value=0.0, step=0.05,
-                                                label="temperature (0 = greedy)")
-                        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top-p")
-                    seed = gr.Number(0, precision=0, minimum=0, maximum=limits.max_seed, label="seed")
-                    rule = gr.Dropdown(menus.verify_rules(), value="auto", label="verification rule")
+                        temperature = gr.Slider(0, limits.max_temperature, value=DEFAULT.settings.temperature,
+                                                step=0.05, label="temperature (0 = greedy)")
+                        top_p = gr.Slider(0.05, 1, value=DEFAULT.settings.top_p, step=0.05, label="top-p")
+                    seed = gr.Number(DEFAULT.settings.seed, precision=0, minimum=0, maximum=limits.max_seed,
+                                     label="seed")
+                    rule = gr.Dropdown(menus.verify_rules(), value=DEFAULT.rule, label="verification rule")
                 with gr.Accordion("When drafting stops", open=False):
-                    stop = gr.Dropdown(menus.stop_rules(), value="static", label="stopping rule",
+                    stop = gr.Dropdown(menus.stop_rules(), value=DEFAULT.stop, label="stopping rule",
                                        elem_id="specviz-stop-rule")
-                    stop_about = gr.Markdown(menus.stop_rule_about("static"), elem_id="specviz-stop-about")
+                    stop_about = gr.Markdown(menus.stop_rule_about(DEFAULT.stop), elem_id="specviz-stop-about")
                     params, groups = {}, {}  # each rule's parameters, shown while that rule is chosen
                     for entry in STOP_RULES.entries():
                         if entry.params:
-                            with gr.Group(visible=False) as groups[entry.name], gr.Row():
+                            with gr.Group(visible=entry.name == DEFAULT.stop) as groups[entry.name], gr.Row():
                                 for key, rule_name, param in stop_params():
                                     if rule_name == entry.name:
                                         params[key] = param_input(param)
-                fast_path = gr.Checkbox(True, label="fast path (pre-packed CPU kernels where the model supports "
-                                                    "them; the same results up to float rounding)")
+                fast_path = gr.Checkbox(DEFAULT.fast_path, label="fast path (pre-packed CPU kernels where the model "
+                                        "supports them; the same results up to float rounding)")
                 measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
                 with gr.Row():
                     run_btn = gr.Button("Run ▶", variant="primary", elem_id="specviz-run")
