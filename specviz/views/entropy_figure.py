@@ -25,7 +25,7 @@ STOPS = {  # why a round ended (stop_note.kind) -> legend name, marker
     stop_note.RULE: ("drafting stopped early by the stopping rule",
                      dict(symbol="triangle-down", size=11, color="#7c3aed")),
     stop_note.LIMIT: ("drafting round ended (length limit, or the drafter ran out)",
-                      dict(symbol="line-ns-open", size=10, line=dict(width=1.5, color="#94a3b8"))),
+                      dict(symbol="line-ns-open", size=10, color="#94a3b8", line=dict(width=1.5))),
 }
 
 
