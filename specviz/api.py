@@ -112,9 +112,16 @@ def build(config: RunConfig) -> TextEngine:
     drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, model, config.target, config.draft_len,
                                                          config.shape, fast))
     stop = make_stop_rule(config.stop, config.draft_len, config.stop_params) if drafter is not None else None
-    engine = Engine(model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), drafter,
-                    eos_ids(model, tokenizer), config.target, None if config.rule == "auto" else config.rule,
-                    stop=stop, fast_path=fast)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    rule = None if config.rule == "auto" else config.rule
+    if config.parallel:
+        from .parallel import ParallelEngine
+
+        engine = ParallelEngine(model, decode, drafter, eos_ids(model, tokenizer), config.target, rule, stop=stop,
+                                fast_path=fast, draft_len=config.draft_len)
+    else:
+        engine = Engine(model, decode, drafter, eos_ids(model, tokenizer), config.target, rule, stop=stop,
+                        fast_path=fast)
     chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
     return TextEngine(engine, tokenizer, chat, config)
 

@@ -35,11 +35,16 @@ class Row:
     hf_identical: int = 0
     divergences: list = field(default_factory=list)
     predicted: list = field(default_factory=list)
+    seq: Metrics = field(default_factory=Metrics)  # with --parallel: the same drafter run sequentially
+    seq_identical: int = 0
 
-    def add(self, ar, spec, hf, hf_ar, identical: bool | None, hf_identical: bool | None, divergence):
+    def add(self, ar, spec, hf, hf_ar, identical: bool | None, hf_identical: bool | None, divergence, seq=None):
         self.prompts += 1
         self.ar.add(ar.metrics)
         self.spec.add(spec.metrics)
+        if seq is not None:
+            self.seq.add(seq.metrics)
+            self.seq_identical += seq.token_ids == ar.token_ids
         self.predicted.append(spec.metrics.predicted_speedup)
         self.identical += bool(identical)
         if hf is not None:
@@ -72,6 +77,12 @@ class Row:
             "outputs_identical": (self.identical == self.prompts) if greedy else None,
             "divergences": self.divergences,
         }
+        if self.seq.steps:  # --parallel: spec is the parallel run, seq the sequential one
+            seq_tps = self.seq.tokens_per_s
+            out["sequential_tokens_per_s"] = seq_tps
+            out["parallel_vs_sequential"] = spec_tps / seq_tps if seq_tps else 0.0
+            out["sequential_tau"] = self.seq.tau
+            out["sequential_outputs_identical"] = (self.seq_identical == self.prompts) if greedy else None
         if with_hf:
             hf_tps = self.hf_tokens / self.hf_s if self.hf_s else 0.0
             hf_ar_tps = self.hf_ar_tokens / self.hf_ar_s if self.hf_ar_s else 0.0
@@ -131,6 +142,7 @@ def run_bench(a, config) -> int:
         prompts = prompts[: a.limit]
     settings = config.settings
     spec = build(config)
+    seq = build(replace(config, parallel=False)) if config.parallel else None  # parallel vs sequential too
     ar = Engine(spec.engine.target.model, spec.engine.decode, None, spec.engine.eos_ids, a.target,
                 fast_path=spec.engine.target.fast_path)
     target_model = spec.engine.target.model
@@ -141,17 +153,21 @@ def run_bench(a, config) -> int:
     warm = Settings(8, a.temperature, a.top_k, a.top_p, a.seed)
     ar.run(encoded[0], warm)
     spec.engine.run(encoded[0], warm)
+    if seq is not None:
+        seq.engine.run(encoded[0], warm)
     if a.compare_hf:
         hf_generate(target_model, encoded[0], warm, assisted)
         hf_generate(target_model, encoded[0], warm, {})
 
     rows: dict[str, Row] = defaultdict(Row)
     per_prompt = []
-    modes = 4 if a.compare_hf else 2
+    modes = (4 if a.compare_hf else 2) + (seq is not None)
     bar = tqdm(total=len(prompts) * modes, desc="bench", unit="run", file=sys.stderr)
     for p, ids in zip(prompts, encoded):
         r_ar = ar.run(ids, settings)
         bar.update()
+        r_seq = seq.engine.run(ids, settings) if seq is not None else None
+        bar.update(seq is not None)
         r_spec = spec.engine.run(ids, settings)
         bar.update()
         hf = hf_ar = None
@@ -168,13 +184,15 @@ def run_bench(a, config) -> int:
             divergence = {"category": p["category"], "position": at,
                           "top2_logit_gap": top2_gap(target_model, ids + r_ar.token_ids[:at])}
         for cat in (p["category"], "overall"):
-            rows[cat].add(r_ar, r_spec, hf, hf_ar, identical, hf_identical, divergence)
+            rows[cat].add(r_ar, r_spec, hf, hf_ar, identical, hf_identical, divergence, r_seq)
         per_prompt.append({"category": p["category"], "ar_tokens_per_s": r_ar.metrics.tokens_per_s,
                            "spec_tokens_per_s": r_spec.metrics.tokens_per_s, "tau": r_spec.metrics.tau,
+                           "sequential_tokens_per_s": r_seq.metrics.tokens_per_s if r_seq else None,
                            "outputs_identical": identical, "hf_tokens_per_s": hf[0] / hf[1] if hf else None})
     bar.close()
     results = {cat: row.summary(greedy, a.compare_hf) for cat, row in rows.items()}
-    recorded = spec.config.as_dict() | {"threads": torch.get_num_threads(), "device": str(spec.engine.target.device)}
+    recorded = spec.config.as_dict() | {"threads": torch.get_num_threads(), "device": str(spec.engine.target.device),
+                                        "parallel_threads": getattr(spec.engine, "threads", None)}
     print(format_table(results, a.compare_hf))
     if a.json:
         from .trace import atomic_write_text
@@ -187,8 +205,11 @@ def run_bench(a, config) -> int:
 
 def format_table(results: dict, with_hf: bool) -> str:
     head = ["category", "n", "AR tok/s", "spec tok/s", "speedup", "accept", "τ", "c", "predicted", "identical"]
+    with_seq = "sequential_tokens_per_s" in results.get("overall", {})
     if with_hf:
         head[5:5] = ["HF AR tok/s", "HF tok/s", "vs HF"]
+    if with_seq:  # spec is the parallel run
+        head[3:5] = ["seq tok/s", "parallel tok/s", "speedup", "vs seq"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = sorted(k for k in results if k != "overall") + ["overall"]
     for cat in order:
@@ -199,6 +220,9 @@ def format_table(results: dict, with_hf: bool) -> str:
                  f"{r['predicted_speedup']:.2f}×", ident]
         if with_hf:
             cells[5:5] = [f"{r['hf_ar_tokens_per_s']:.1f}", f"{r['hf_tokens_per_s']:.1f}", f"{r['speedup_vs_hf']:.2f}×"]
+        if with_seq:
+            cells[3:3] = [f"{r['sequential_tokens_per_s']:.1f}"]
+            cells[6:6] = [f"{r['parallel_vs_sequential']:.2f}×"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -236,6 +260,8 @@ def run_sweep(a, config) -> int:
     budgets = [int(b) for b in a.budgets.split(",")]
     stops = (a.stops or a.stop).split(",")
     settings = config.settings
+    if config.parallel:
+        raise ValueError("--parallel compares with AR and the sequential run without --budgets; the sweep is sequential")
     base = build(replace(config, drafter="none"))  # the AR reference; its model serves every drafter below
     model = base.engine.target.model
     labels = {(s, stop): s if len(stops) == 1 and stop == "static" else f"{s} · {stop}"

@@ -35,6 +35,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a stopping rule parameter (repeatable)")
     p.add_argument("--no-fast-path", action="store_true", help="plain transformers forwards (for comparison)")
+    p.add_argument("--parallel", action="store_true", help="PEARL: drafter and target run at the same time, each "
+                   "on its share of the cores (a model drafter, chain shape)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -60,7 +62,7 @@ def run_config(a, drafter: str | None = None):
             raise ValueError(f"--stop-param takes NAME=VALUE, got {item!r}")
         params[name.strip()] = value.strip()
     return RunConfig(a.target, a.drafter if drafter is None else drafter, a.strategy, a.draft_len, a.rule or "auto",
-                     a.stop, params, _settings(a), not a.no_fast_path, a.raw)
+                     a.stop, params, _settings(a), not a.no_fast_path, a.raw, parallel=a.parallel)
 
 
 def cmd_generate(a) -> int:
@@ -168,6 +170,25 @@ def cmd_replay(a) -> int:
     return 0
 
 
+def cmd_profile(a) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .api import load_model
+    from .profile import format_profile, profile_target
+
+    bar = lambda items, desc: tqdm(items, desc=desc, file=sys.stderr, leave=False)  # noqa: E731
+    result = profile_target(a.target, fast=not a.no_fast_path, ar_prompts=a.ar_prompts,
+                            max_new_tokens=a.max_new_tokens, repeats=a.repeats, progress=bar, load=load_model)
+    print(format_profile(result))
+    if a.json:
+        from .trace import atomic_write_text
+
+        atomic_write_text(a.json, json.dumps(result, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m specviz", description="Speculative decoding lab")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, default=0, help="use only the first N training prompts")
     c.add_argument("--out", help="where to write (default assets/corpus-<target>.json)")
     c.set_defaults(func=cmd_corpus)
+    from .train.cli import add_train_parser
+
+    add_train_parser(sub)  # train-drafter: distillation data + a trained drafter (specviz/train)
+    pr = sub.add_parser("profile", help="forward cost of 1..32 new tokens, plain vs fast path, and where the time goes")
+    pr.add_argument("--target", default="smollm2-135m")
+    pr.add_argument("--no-fast-path", action="store_true", help="profile transformers' own forward only")
+    pr.add_argument("--repeats", type=int, default=7, help="interleaved runs per size (medians are reported)")
+    pr.add_argument("--ar-prompts", type=int, default=0, help="also decode the first N prompts of "
+                    "assets/prompts.jsonl autoregressively (greedy) on each path and report tokens/s")
+    pr.add_argument("--max-new-tokens", type=int, default=64, help="with --ar-prompts")
+    pr.add_argument("--json", help="write the results here")
+    pr.set_defaults(func=cmd_profile)
     r = sub.add_parser("replay", help="print a saved trace without any model")
     r.add_argument("trace")
     r.set_defaults(func=cmd_replay)

@@ -32,6 +32,7 @@ class RunConfig:
     settings: Settings = Settings()
     fast_path: bool = True  # the CPU fast path where the model supports it (specviz/lm.py)
     raw: bool = False  # no chat template
+    parallel: bool = False  # PEARL: drafter and target run at the same time (specviz/parallel.py)
 
     def checked(self, limits: Limits = ENGINE, presets_only: bool = False) -> "RunConfig":
         """This config with defaults filled in, or ValueError naming the first bad field.
@@ -56,12 +57,14 @@ class RunConfig:
             raise ValueError(f"the '{self.stop}' stopping rule reads the drafter's distribution; "
                              f"drafter '{self.drafter}' has none (pick a model or trained drafter)")
         settings = check_settings(self.settings, limits)
+        if self.parallel:
+            check_parallel(self, entry)
         if settings.temperature > 0 and (entry.greedy_only or entry.takes_shape and shape.greedy_only):
             what = f"the '{self.shape}' draft shape" if entry.takes_shape and shape.greedy_only \
                 else f"the '{self.drafter}' drafter"
             raise ValueError(f"{what} works with greedy decoding only: set temperature to 0")
         return replace(self, draft_len=draft_len, stop_params=stop_params, settings=settings,
-                       fast_path=bool(self.fast_path), raw=bool(self.raw))
+                       fast_path=bool(self.fast_path), raw=bool(self.raw), parallel=bool(self.parallel))
 
     @property
     def lossy(self) -> bool:
@@ -121,6 +124,18 @@ def check_settings(s: Settings, limits: Limits = ENGINE) -> Settings:
     top_k = whole(s.top_k, "top_k", 0, limits.max_top_k)
     seed = whole(s.seed, "seed", 0, limits.max_seed)
     return Settings(max_new, temperature, top_k, top_p, seed, bool(s.stop_at_eos))
+
+
+def check_parallel(config: RunConfig, entry) -> None:
+    """Parallel decoding overlaps two models' forwards, drafting chains of one token per forward."""
+    if entry.kind not in ("model", "trained"):
+        raise ValueError(f"parallel decoding needs a drafter with its own model (a model or trained drafter); "
+                         f"'{config.drafter}' has none")
+    if entry.takes_shape and config.shape != "chain":
+        raise ValueError(f"parallel decoding drafts chains; the '{config.shape}' draft shape is not supported there")
+    if config.stop not in ("static", "schedule"):
+        raise ValueError(f"parallel decoding adapts the draft length itself; the '{config.stop}' stopping rule is "
+                         "not supported there (use static or schedule)")
 
 
 def check_preset(name: str, role: str) -> None:
