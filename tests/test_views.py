@@ -11,6 +11,7 @@ from specviz.drafters.model import ModelDrafter, chain_builder
 from specviz.engine import Engine, Settings
 from specviz.events import Drafted, Emitted, Node, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
 from specviz.metrics import Metrics
+from specviz.views.entropy_figure import caption as entropy_caption
 from specviz.views.palette import SHORT
 from specviz.views.tree_figure import draft_graph, layout
 
@@ -259,3 +260,111 @@ def test_views_of_a_partial_run_and_of_nothing(sampled):
         fn([])
     assert "Pick a step" in views.explain_run_step([])
     assert isinstance(sampled[-1], RunFinished) and isinstance(sampled[-2], StepFinished)
+
+
+# ---- the views of adaptive drafting: entropy bound panel, timeline, draft vs accepted lengths
+
+@pytest.fixture(scope="module")
+def adaedl(tiny_target, tiny_drafter):
+    """A sampling run whose rounds AdaEDL stops (the bound 1 − sqrt(γ·H) against an adapting λ)."""
+    from specviz.stop_rules import make_stop_rule
+
+    config = {"stop": "adaedl", "stop_params": {"gamma": 0.05, "lambda0": 0.6}}  # γ for this random drafter's H ≈ 3
+    engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, chain_builder(6), "tiny"),
+                    stop=make_stop_rule("adaedl", 6, config["stop_params"]))
+    return engine.run(PROMPT, Settings(max_new_tokens=40, temperature=1.0, seed=3), prompt="p", config=config).events
+
+
+def test_entropy_figure_of_an_adaedl_run_draws_the_bound_against_measured_beta(adaedl):
+    from specviz.stop_rules.adaedl import acceptance_bound
+
+    steps = views.split_steps(adaedl)
+    nodes = [(s, n) for s in steps for n in s.nodes]
+    fig = views.entropy_figure(adaedl)
+    by_name = {t.name: t for t in fig.data}
+    bound = by_name["AdaEDL bound 1 − √(γ·H) (predicted acceptance)"]
+    beta = by_name["measured β = Σ min(p, q)"]
+    lam = by_name["threshold λ (adapts each round)"]
+    assert bound.yaxis == beta.yaxis == lam.yaxis == "y2" and fig.layout.yaxis2.domain is not None
+    # one bound per drafted node, at the node's position, from its own entropy; β where it was verified
+    assert list(bound.x) == [s.position + n.depth - 1 for s, n in nodes]
+    assert list(bound.y) == pytest.approx([acceptance_bound(n.q_entropy, 0.05) for _, n in nodes])
+    assert list(beta.y) == pytest.approx([n.beta for _, n in nodes if n.beta is not None]) and len(beta.y) > 0
+    # λ: the rounds' recorded thresholds, held to the end
+    lambdas = [s.drafted.stop["lambda"] for s in steps if s.drafted is not None and s.drafted.stop]
+    assert list(lam.y[:-1]) == pytest.approx(lambdas) and lam.line.shape == "hv"
+    assert len(set(round(v, 6) for v in lambdas)) > 1, "λ should adapt over the run"
+    # the existing parts stay: target entropy first, one drafter point per node, stop marks with the bound in hover
+    assert len(fig.data[0].y) == sum(len(s.tokens) for s in steps)
+    drafted = [t for t in fig.data if t.name.startswith("drafter entropy")]
+    assert sum(len(t.y) for t in drafted) == len(nodes)
+    early = [t for t in fig.data if t.name == "drafting stopped early by the stopping rule"]
+    assert early and "1 − √(γ·H)" in " ".join(early[0].hovertext) and "lambda = " in " ".join(early[0].hovertext)
+    assert "stopping rule: adaedl" in fig.layout.title.text
+    assert "AdaEDL" in entropy_caption(adaedl) and "AdaEDL" not in entropy_caption(views_sampled_free(adaedl))
+    # a run without AdaEDL has no bound panel
+    assert not [t for t in views.entropy_figure(views_sampled_free(adaedl)).data if t.name.startswith("AdaEDL")]
+
+
+def views_sampled_free(events):
+    """The same events as if recorded by another rule (no config, static notes): no AdaEDL panel."""
+    out = []
+    for ev in events:
+        if isinstance(ev, RunStarted):
+            ev = replace(ev, config=None)
+        elif isinstance(ev, Drafted) and ev.stop:
+            ev = replace(ev, stop={"rule": "static", "depth": ev.stop["depth"], "reason": "limit", "length": 6})
+        out.append(ev)
+    return out
+
+
+def test_timeline_has_one_bar_per_phase_per_step(adaedl):
+    fig = views.timeline_figure(adaedl)
+    finished = [ev for ev in adaedl if isinstance(ev, StepFinished)]
+    bars = {t.name: t for t in fig.data}
+    assert set(bars) == {"draft", "verify"}
+    for phase in ("draft", "verify"):
+        assert len(bars[phase].x) == len(bars[phase].base) == len(finished)
+    assert list(bars["draft"].base) == [f.draft_start_s for f in finished]
+    assert list(bars["verify"].x) == [f.verify_s for f in finished]
+    assert all(a < b for a, b in zip(bars["verify"].base, bars["verify"].base[1:]))  # the wall clock runs forward
+    assert all(f.draft_start_s <= f.verify_start_s for f in finished)
+    assert "older trace" not in fig.layout.title.text
+    # a race: the autoregressive run as a second group of rows, verification only
+    ar = [ev for ev in adaedl if not isinstance(ev, (Drafted,))]  # stand-in: what matters is its rows
+    ar = [replace(ev, drafter="none") if isinstance(ev, RunStarted) else ev for ev in ar]
+    race = views.timeline_figure(adaedl, ar)
+    rows = [t.y[0] for t in race.data]
+    assert rows == ["speculative · draft", "speculative · verify", "autoregressive · verify"]
+    assert sum(t.showlegend for t in race.data) == 2  # one legend entry per phase
+    assert views.timeline_figure([]).data == ()
+
+
+def test_lengths_figure_draft_against_accepted_per_step(adaedl):
+    fig = views.lengths_figure(adaedl)
+    steps = [s for s in views.split_steps(adaedl) if s.verified is not None]
+    drafted, accepted = fig.data
+    assert list(drafted.y) == [len(s.nodes) for s in steps]
+    # accepted by verification (the last step's emitted tokens may be fewer: the length cut)
+    assert list(accepted.y) == [sum(n.status == "accepted" for n in s.nodes) for s in steps]
+    assert list(accepted.y[:-1]) == [sum(t.kind == "accepted" for t in s.tokens) for s in steps[:-1]]
+    assert all(a <= d for a, d in zip(accepted.y, drafted.y)) and max(drafted.y) > min(drafted.y)
+    views.lengths_figure([])
+
+
+def test_the_new_views_replay_exactly_and_render_old_traces():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parent.parent.glob("assets/*.trace.json")):
+        events = trace.load(path)
+        replayed = trace.loads(trace.dumps(events))
+        for fn in (views.entropy_figure, views.timeline_figure, views.lengths_figure):
+            assert fn(replayed).to_json() == fn(events).to_json(), (path.name, fn.__name__)
+        fig = views.timeline_figure(events)
+        finished = [ev for ev in events if isinstance(ev, StepFinished)]
+        verify = next(t for t in fig.data if t.name == "verify")
+        assert len(verify.x) == len(finished) > 0
+        if all(f.draft_start_s == f.verify_start_s == 0 for f in finished):  # version 1: laid end to end
+            assert "older trace" in fig.layout.title.text
+            assert all(a < b for a, b in zip(verify.base, verify.base[1:]))
+        json.loads(fig.to_json())
