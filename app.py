@@ -8,10 +8,12 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 
 from specviz.ui import build_demo, launch_kwargs, prepare_environment, warm_up  # noqa: E402
+from specviz.ui.launch import queue_kwargs, start_housekeeping  # noqa: E402
 
 prepare_environment()
 demo = build_demo()
 
 if __name__ == "__main__":
+    start_housekeeping()  # model memory budget, idle step-by-step release (SPECVIZ_* budgets)
     warm_up()
-    demo.queue(default_concurrency_limit=1).launch(**launch_kwargs())
+    demo.queue(**queue_kwargs()).launch(**launch_kwargs())

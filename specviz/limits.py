@@ -34,3 +34,65 @@ class Limits:
 
 ENGINE = Limits()  # what the engine itself accepts
 APP = Limits(max_new_tokens=512, max_prompt_chars=20_000)  # a shared page stays responsive
+
+
+# ---------------------------------------------------------------- a deployment's budgets (the app)
+
+GB = 1024**3
+HEAVY_PRESETS = ("qwen2.5-coder-1.5b",)  # targets too large for a shared CPU Space by default
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What one deployment of the app allows, beyond a run's settings (Limits). Each field is read
+    from SPECVIZ_<NAME> when set; the defaults depend on where the app runs (`budgets()`)."""
+
+    run_seconds: float = 600.0  # wall clock per run (the run ends with stop_reason "time limit")
+    queue_size: int = 64  # requests waiting for the decode slot; more are refused with "busy"
+    tree_nodes: int = 256  # draft nodes per step (draft length x branches of the chosen shape)
+    model_memory_gb: float = 12.0  # loaded models beyond this are evicted, least recently used first
+    step_idle_s: float = 900.0  # a step-by-step run idle this long releases its engine (its trace stays)
+    heavy_presets: bool = True  # whether the HEAVY_PRESETS may load here
+
+    def allows(self, preset: str) -> bool:
+        return self.heavy_presets or preset not in HEAVY_PRESETS
+
+
+SPACE = Budgets(run_seconds=60.0, queue_size=24, tree_nodes=128, model_memory_gb=4.0, step_idle_s=120.0,
+                heavy_presets=False)  # a free CPU Space: 2 cores, 16 GB, thirty visitors at once
+LOCAL = Budgets()
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def budgets(prefix: str = "SPECVIZ_") -> Budgets:
+    """The budgets of this process: SPACE when SPACE_ID is set (heavy presets on where a GPU is),
+    LOCAL otherwise; SPECVIZ_RUN_SECONDS, SPECVIZ_QUEUE_SIZE, SPECVIZ_TREE_NODES,
+    SPECVIZ_MODEL_MEMORY_GB, SPECVIZ_STEP_IDLE_S, SPECVIZ_HEAVY_PRESETS=0/1 set any of them."""
+    base = SPACE if os.environ.get("SPACE_ID") else LOCAL
+    if os.environ.get("SPACE_ID") and _has_gpu():
+        base = replace(base, heavy_presets=True)
+    changes = {}
+    for f in fields(base):
+        raw = os.environ.get(prefix + f.name.upper())
+        if raw is None or not raw.strip():
+            continue
+        kind = type(getattr(base, f.name))
+        try:
+            if kind is bool:
+                value = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                value = kind(float(raw))
+        except ValueError:
+            raise ValueError(f"{prefix}{f.name.upper()} must be a number, got {raw!r}") from None
+        if kind is not bool and not value > 0:
+            raise ValueError(f"{prefix}{f.name.upper()} must be positive, got {raw!r}")
+        changes[f.name] = value
+    return replace(base, **changes)

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import functools
+from collections import OrderedDict
 import os
 import threading
 import shutil
@@ -458,19 +459,68 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
 _LOAD_LOCK = threading.Lock()
 
 
-def load_cached(name: str):
-    """load(name), once per process (the 4 most recent); concurrent first calls (the app's warm-up
-    and a first Run) wait for one load instead of racing (two loads at once broke on meta tensors)."""
+_CACHE: "OrderedDict[str, tuple]" = OrderedDict()  # name -> (model, tokenizer, preset), most recent last
+_CACHE_MAX = 4
+_BUDGET = {"bytes": None, "keep": ()}  # set_memory_budget: the app's memory budget for loaded models
+
+
+def model_bytes(model) -> int:
+    """Bytes held by a model's parameters and buffers."""
+    try:
+        return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    except Exception:
+        return 0
+
+
+def set_memory_budget(max_bytes: int | None, keep: tuple[str, ...] = ()) -> None:
+    """Bound the loaded models by memory (least recently used evicted first, never those in `keep`)."""
     with _LOAD_LOCK:
-        return _load_cached(name)
+        _BUDGET.update(bytes=max_bytes, keep=tuple(keep))
+        _evict(None)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str):
-    return load(name)
+def _evict(incoming: str | None) -> None:
+    budget, keep = _BUDGET["bytes"], _BUDGET["keep"]
+    while len(_CACHE) > _CACHE_MAX or (budget is not None and len(_CACHE) > 1
+                                       and sum(model_bytes(v[0]) for v in _CACHE.values()) > budget):
+        victims = [n for n in _CACHE if n not in keep and n != incoming]
+        if not victims:
+            break
+        del _CACHE[victims[0]]
+    import gc
+
+    gc.collect()
 
 
-load_cached.cache_clear = _load_cached.cache_clear
+def loaded() -> list[str]:
+    """Names of the models loaded in this process, least recently used first."""
+    return list(_CACHE)
+
+
+def loaded_bytes() -> int:
+    return sum(model_bytes(v[0]) for v in list(_CACHE.values()))
+
+
+def load_cached(name: str):
+    """load(name), once per process (the 4 most recent, within the memory budget if one is set);
+    concurrent first calls (the app's warm-up and a first Run) wait for one load instead of racing
+    (two loads at once broke on meta tensors)."""
+    with _LOAD_LOCK:
+        if name in _CACHE:
+            _CACHE.move_to_end(name)
+            return _CACHE[name]
+        value = load(name)
+        _CACHE[name] = value
+        _evict(name)
+        return value
+
+
+def _cache_clear() -> None:
+    with _LOAD_LOCK:
+        _CACHE.clear()
+
+
+load_cached.cache_clear = _cache_clear
 
 
 def status(name: str) -> str:

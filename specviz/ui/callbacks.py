@@ -25,8 +25,9 @@ from ..views.race_view import race_markdown
 from .launch import gpu
 from .render import export_trace, render, status_line, status_only, step_views
 from .request import Request, app_limits, param_key, read_form
+from ..limits import budgets
 from .session import Session, ar_reference, current, remember_ar
-from .streaming import Throttle, in_background, start_stream
+from .streaming import Stop, Throttle, in_background, start_stream
 
 
 
@@ -38,9 +39,30 @@ def fail(err: Exception) -> gr.Error:
 
 def read(form: dict) -> Request:
     try:
-        return read_form(form)
+        req = read_form(form)
     except ValueError as err:
         raise fail(err) from None
+    limits = budgets()
+    for role, name in (("target", req.config.target), ("drafter", req.config.drafter)):
+        if not limits.allows(name):
+            raise gr.Error(f"the {role} {name} is not offered on this deployment (too large for its memory and "
+                           f"CPU); set SPECVIZ_HEAVY_PRESETS=1 where it fits", print_exception=False)
+    return req
+
+
+def ended_note(events: list[Event], stop: Stop | None) -> str:
+    """Why a run ended before its tokens were all out, for the status line ("" for a normal end)."""
+    end = views.run_finished(events)
+    if end is None:
+        return ""
+    if end.stop_reason == "time limit":
+        return (f"■ stopped: time limit ({budgets().run_seconds:g} s per run on this deployment); "
+                "the partial result is shown and recorded in the trace.")
+    if end.stop_reason == "cancelled" and stop is not None and stop.why.startswith("tree size"):
+        return f"■ stopped: {esc(stop.why)} (lower the draft length or pick a narrower shape)."
+    if end.stop_reason == "cancelled":
+        return "■ stopped: cancelled."
+    return ""
 
 
 def step_index(form: dict) -> int:
@@ -66,10 +88,12 @@ def prepare(req: Request, session: Session) -> tuple[TextEngine, Iterator[Event]
         if choice.drafter != req.config.drafter:
             config = replace(req.config, drafter=choice.drafter).checked(app_limits(), presets_only=True)
             engine = build(config)
+        session.release("a new run started")  # a step-by-step run left open lets go of its engine
         stream = start_stream(engine, req.prompt)
     except ValueError as err:  # ModelError is a ValueError; so is a prompt beyond the context
         raise fail(err) from None
     session.choice, session.asked, session.stepper = choice, asked, None
+    session.live, session.released = stream.stop, ""
     return engine, stream
 
 
@@ -99,10 +123,11 @@ def run(form: dict, session: Session | None):
     session.finish(events)
     download = export_trace(events)
     spec = engine.config.drafter != "none"
-    if not spec:
+    note = ended_note(events, stream.stop)
+    if not spec and not note:
         remember_ar(events)  # an autoregressive run is its own reference
-    if not (form.get("measure_ar") and spec and ar_reference(events) is None):
-        yield render(session, download=download)
+    if note or not (form.get("measure_ar") and spec and ar_reference(events) is None):
+        yield render(session, note=note, download=download)
         return
     yield render(session, note="▶ measuring the AR reference (same prompt and settings, no drafter)…",
                  download=download)
@@ -167,9 +192,10 @@ def advance(session: Session) -> dict:
             return render(session, note="Step-by-step: press **Next step ▶** for the next one.", download=None)
         if isinstance(ev, RunFinished):
             break
-    session.stepper = None
+    stop, session.stepper = getattr(session.stepper, "stop", None), None
     session.finish(session.events)
-    return render(session, note="Step-by-step run finished.", download=export_trace(session.events))
+    note = ended_note(session.events, stop) or "Step-by-step run finished."
+    return render(session, note=note, download=export_trace(session.events))
 
 
 @gpu
@@ -182,6 +208,9 @@ def step_next(form: dict, session: Session | None):
     if session.stepper is not None:
         return advance(session)
     note = "This is the last step." if n else "Nothing to step through yet: press **Step-by-step** or **Run**."
+    if session.released and views.run_finished(session.events) is None:
+        note = (f"This step-by-step run was released ({esc(session.released)}) to free memory; its steps so far "
+                "stay on display. Press **Step-by-step** to start again.")
     return render(session, note=note, index=i)
 
 
@@ -196,7 +225,10 @@ def show_step(form: dict, session: Session | None):
 
 
 def stopped(form: dict, session: Session | None):
-    events = current(session).events
+    session = current(session)
+    if session.live is not None:
+        session.live.set("cancelled")  # the engine ends at its next forward, whichever thread runs it
+    events = session.events
     if views.run_finished(events) is not None:
         return status_only(status_line(events))
     m = views.latest_metrics(events)

@@ -8,6 +8,7 @@ import threading
 from .. import models, trace
 from ..config import RunConfig
 from ..examples import ASSETS
+from ..limits import budgets
 from .texts import CSS
 
 try:  # on a Hugging Face ZeroGPU Space, decoding functions borrow a GPU; elsewhere a no-op
@@ -58,3 +59,46 @@ def _quiet(fn, *args):
         fn(*args)
     except Exception:  # a failed warm-up only means the first run loads the model itself
         pass
+
+
+# ---------------------------------------------------------------- budgets, memory, health
+
+
+def queue_kwargs() -> dict:
+    """demo.queue() arguments: one decode at a time, at most `queue_size` waiting (more are told the
+    queue is full); gradio tells each waiting visitor its place and an estimate of the wait."""
+    return dict(default_concurrency_limit=1, max_size=budgets().queue_size)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def health() -> str:
+    """One status line for the deployment: memory, loaded models, live runs, budgets (the /health API)."""
+    from .session import live_runs
+
+    b = budgets()
+    loaded = ", ".join(models.loaded()) or "none"
+    live, stepping = live_runs()
+    return (f"ok · RSS {rss_bytes() / 2**20:.0f} MB · models loaded: {loaded} "
+            f"({models.loaded_bytes() / 2**30:.2f} of {b.model_memory_gb:g} GB budget) · "
+            f"decoding {live}, step-by-step runs holding an engine {stepping} · "
+            f"budgets: {b.run_seconds:g} s per run, queue {b.queue_size}, {b.tree_nodes} draft nodes per step, "
+            f"step-by-step idle release {b.step_idle_s:g} s, heavy presets {'on' if b.heavy_presets else 'off'}")
+
+
+def start_housekeeping() -> None:
+    """The model cache's memory budget and the idle step-by-step reaper, for a launched app."""
+    from .session import start_reaper
+
+    models.set_memory_budget(int(budgets().model_memory_gb * 2**30), keep=(RunConfig().target,))
+    start_reaper()

@@ -21,7 +21,8 @@ from ..views.race_view import EXPLAINER as RACE_EXPLAINER
 from . import callbacks, menus
 from .render import VIEWS
 from .request import CONTROLS, app_limits, stop_params
-from .session import Session, SESSION_TTL_S
+from .launch import health
+from .session import Session, SESSION_TTL_S, closed
 from .texts import HOW_TO_READ, INTRO
 
 DEFAULT = RunConfig()  # the widgets start at RunConfig's defaults (except for a shorter output)
@@ -75,7 +76,8 @@ def build_demo() -> gr.Blocks:
     limits = app_limits()
     traces = list(example_traces())
     with gr.Blocks(title="specviz · speculative decoding, token by token", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(Session(), time_to_live=SESSION_TTL_S)  # deep-copied for each visitor
+        session = gr.State(Session(), time_to_live=SESSION_TTL_S,  # deep-copied for each visitor
+                           delete_callback=closed)  # a closed tab stops and releases its run
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
@@ -212,4 +214,5 @@ def build_demo() -> gr.Blocks:
                 group: gr.Group(visible=rule == name) for rule, group in groups.items()}
 
         stop.change(show_stop_rule, [stop], [stop_about, *groups.values()], queue=False, api_visibility="private")
+        gr.api(health, api_name="health", queue=False)  # RSS, loaded models, budgets (launch.py)
     return demo

@@ -4,12 +4,15 @@ prompt and settings)."""
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from .. import views
 from ..events import Event
+from ..limits import budgets
 from ..metrics import Metrics
 from ..policy import POLICIES, Choice, Policy, PolicyInput
 from ..views.drafter_view import RunRecord
@@ -20,7 +23,7 @@ AR_CACHE_SIZE = 64
 POLICY = "user"  # the registered drafter policy the page chooses through (specviz/policy.py)
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: the idle reaper keeps a weak set of sessions
 class Session:
     events: list = field(default_factory=list)  # the run on display: live, replayed or imported
     history: list[RunRecord] = field(default_factory=list)
@@ -28,6 +31,21 @@ class Session:
     choice: Choice | None = None  # which drafter the run on display used, and why
     asked: PolicyInput | None = None  # what the policy was given for the run on display
     policy: Policy | None = None  # made on first use, so that a learning policy learns per visitor
+    live: object = None  # the stop signal (streaming.Stop) of the run this session is decoding, if any
+    used: float = field(default_factory=time.monotonic)  # last click, for releasing an idle step-by-step run
+    released: str = ""  # why a step-by-step run's engine was let go ("" while it holds one)
+
+    def touch(self) -> None:
+        self.used = time.monotonic()
+
+    def release(self, why: str) -> None:
+        """Let go of the live run's engine and caches (Stop, tab closed, idle); the events stay on display."""
+        stepper, self.stepper = self.stepper, None
+        if self.live is not None:
+            self.live.set(why)
+        if stepper is not None:
+            self.released = why
+            getattr(stepper, "close", lambda: None)()
 
     def drafter_policy(self) -> Policy:
         if self.policy is None:
@@ -45,8 +63,55 @@ class Session:
 
 
 def current(session) -> Session:
-    """The visitor's session (a fresh one when gradio hands over nothing usable)."""
-    return session if isinstance(session, Session) else Session()
+    """The visitor's session (a fresh one when gradio hands over nothing usable), marked as used."""
+    session = session if isinstance(session, Session) else Session()
+    session.touch()
+    _SESSIONS.add(session)
+    return session
+
+
+# ---------------------------------------------------------------- idle step-by-step runs, per process
+
+_SESSIONS: "weakref.WeakSet[Session]" = weakref.WeakSet()
+_REAPER_LOCK = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def release_idle(now: float | None = None, idle_s: float | None = None) -> int:
+    """Release the engine of every step-by-step run idle longer than the budget; how many were released."""
+    now = time.monotonic() if now is None else now
+    idle_s = budgets().step_idle_s if idle_s is None else idle_s
+    n = 0
+    for session in list(_SESSIONS):
+        if session.stepper is not None and now - session.used > idle_s:
+            session.release(f"idle for more than {idle_s:g} s")
+            n += 1
+    return n
+
+
+def start_reaper(every_s: float = 10.0) -> None:
+    """A daemon thread that runs release_idle every few seconds (once per process)."""
+    global _reaper
+    with _REAPER_LOCK:
+        if _reaper is not None and _reaper.is_alive():
+            return
+
+        def loop():
+            while True:
+                time.sleep(min(every_s, max(1.0, budgets().step_idle_s / 4)))
+                try:
+                    release_idle()
+                except Exception:  # never let the reaper die
+                    pass
+
+        _reaper = threading.Thread(target=loop, daemon=True, name="specviz-idle-reaper")
+        _reaper.start()
+
+
+def closed(session) -> None:
+    """gr.State's delete callback: the tab closed (or the state expired); stop and release its run."""
+    if isinstance(session, Session):
+        session.release("tab closed")
 
 
 # ---------------------------------------------------------------- AR references, per process
@@ -81,3 +146,11 @@ def remember_ar(events: list[Event]) -> None:
         _AR_CACHE.move_to_end(key)
         while len(_AR_CACHE) > AR_CACHE_SIZE:
             _AR_CACHE.popitem(last=False)
+
+
+def live_runs() -> tuple[int, int]:
+    """(sessions decoding right now, step-by-step runs holding an engine), for the health line."""
+    sessions = list(_SESSIONS)
+    live = sum(1 for s in sessions if s.live is not None and not s.live.is_set())
+    return live, sum(1 for s in sessions if s.stepper is not None)
+

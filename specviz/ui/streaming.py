@@ -7,23 +7,74 @@ import time
 from typing import Iterator
 
 from ..api import TextEngine
-from ..events import Event
+from ..events import Drafted, Event
+from ..limits import budgets
 
 TEXT_EVERY_S = 0.1  # streamed text refresh, at most this often
 FIGURES_EVERY_S = 0.5  # figure refresh, at most this often (and always at the end)
 
 
-def start_stream(engine: TextEngine, prompt: str) -> Iterator[Event]:
-    """Start the engine's event stream; input errors (prompt vs context, settings) surface here,
-    before any output."""
-    stream = engine.stream_text(prompt)
+class Stop:
+    """One run's stop signal, asked by the engine before every target forward: set by Stop, a closed
+    tab (the streaming generator is closed), an idle step-by-step run, or a draft tree larger than
+    this deployment's budget. `why` says which, for the status line."""
+
+    def __init__(self):
+        self._flag = threading.Event()
+        self.why = ""
+
+    def set(self, why: str = "cancelled") -> None:
+        if not self._flag.is_set():
+            self.why = why
+        self._flag.set()
+
+    def is_set(self) -> bool:
+        return self._flag.is_set()
+
+    __call__ = is_set
+
+
+def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None) -> Iterator[Event]:
+    """Start the engine's event stream under this deployment's budgets (wall clock per run; draft
+    nodes per step); input errors (prompt vs context, settings) surface here, before any output."""
+    limits = budgets()
+    stop = stop if stop is not None else Stop()
+    stream = engine.stream_text(prompt, cancel=stop, time_limit_s=limits.run_seconds)
     first = next(stream)
 
     def chained():
-        yield first
-        yield from stream
+        try:
+            yield first
+            for ev in stream:
+                if isinstance(ev, Drafted) and len(ev.nodes) > limits.tree_nodes:
+                    stop.set(f"tree size: {len(ev.nodes)} draft nodes in one step, "
+                             f"the limit here is {limits.tree_nodes}")  # ends before the target forward
+                yield ev
+        finally:
+            stop.set()  # a closed stream: the engine, if still mid-step, ends at its next forward
+            stream.close()
 
-    return chained()
+    return Stream(chained(), stop)
+
+
+class Stream:
+    """An event stream with its stop signal (`stop`); closing it stops the run."""
+
+    def __init__(self, events: Iterator[Event], stop: Stop):
+        self.events, self.stop = events, stop
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Event:
+        return next(self.events)
+
+    def close(self) -> None:
+        self.stop.set()
+        try:
+            self.events.close()
+        except ValueError:  # being iterated by the engine thread right now: it ends at its next forward
+            pass
 
 
 _DONE = object()
@@ -36,14 +87,12 @@ def in_background(stream: Iterator[Event]) -> Iterator[list[Event]]:
     Closing this generator (Stop, or the visitor leaving) stops the engine after its current event.
     """
     box: queue.Queue = queue.Queue()
-    stop = threading.Event()
+    stop = getattr(stream, "stop", None) or Stop()
 
     def produce():
         try:
-            for ev in stream:
+            for ev in stream:  # after a stop the engine ends by itself at its next forward (RunFinished)
                 box.put(ev)
-                if stop.is_set():
-                    break
         except BaseException as err:  # handed to the consumer, which raises it
             box.put(err)
         finally:
