@@ -81,6 +81,16 @@ def _model_drafter(r: DraftRequest) -> Drafter:
                         fast_path=r.fast_path)
 
 
+def _distilled(kind: str, online: bool = False) -> Callable[[DraftRequest], Drafter]:
+    def make(r: DraftRequest) -> Drafter:
+        from .distilled import make_distilled_drafter
+
+        return make_distilled_drafter(r.target_model, kind, r.shape, r.draft_len, r.target, online=online,
+                                      fast_path=r.fast_path)
+
+    return make
+
+
 def _model_nodes(draft_len: int, shape: str) -> int:
     from .strategies import STRATEGIES
 
@@ -116,6 +126,19 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
                  "the same counts grown best-first into a tree of draft_len nodes (no model)",
                  lambda r: NgramDrafter(_vocab(r), ngram_corpus(r.target), budget=r.draft_len, width=8,
                                         name="ngram-tree")),
+    # distilled drafter LMs (specviz/drafters/distilled.py; weights in assets/drafters/, SmolLM2-135M only)
+    DrafterEntry("distill-kd", "distilled LM (KD)", "4 of the target's layers + an 8k-token head, fine-tuned by "
+                 "forward KL on the target's outputs, any shape", _distilled("distill-kd"), kind="trained",
+                 takes_shape=True, max_nodes=_model_nodes),
+    DrafterEntry("distill-tvd", "distilled LM (TVD++)", "the same drafter fine-tuned by total variation distance "
+                 "(TVD++ estimator), any shape", _distilled("distill-tvd"), kind="trained", takes_shape=True,
+                 max_nodes=_model_nodes),
+    DrafterEntry("distill-kd-online", "distilled LM (KD), online", "distill-kd that keeps learning from the "
+                 "target where it was rejected (Online Speculative Decoding; its own copy of the weights)",
+                 _distilled("distill-kd", online=True), kind="trained", takes_shape=True, max_nodes=_model_nodes),
+    DrafterEntry("distill-tvd-online", "distilled LM (TVD++), online", "distill-tvd that keeps learning from the "
+                 "target where it was rejected (Online Speculative Decoding)", _distilled("distill-tvd", online=True),
+                 kind="trained", takes_shape=True, max_nodes=_model_nodes),
 )
 
 
