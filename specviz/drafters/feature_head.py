@@ -1,0 +1,368 @@
+"""A trained feature-level drafter (EAGLE, Li et al. 2024): one small decoder layer on the target's features.
+
+The head reads pairs (f_j, x_{j+1}): f_j is the target's final normed hidden state at position j
+(hidden_states[-1], what its LM head reads) and x_{j+1} the next token, embedded with the target's
+own (frozen) embedding table. One Llama decoder layer over fc([emb(x_{j+1}); f_j]) predicts
+f_{j+1}; the target's (frozen) LM head, or a subset of its rows (the most frequent tokens of the
+training data), turns that into logits for x_{j+2}. Drafting k tokens is k autoregressive steps of
+the head on its own predicted features. The engine hands the drafter the target's features of the
+committed positions after each verification forward (TargetView, reads_target = (-1,)), so the
+head never needs a target forward of its own; before the first one (step 0) it drafts nothing.
+
+`HeadLM` gives the head the interface of CachedLM (forward(committed, tokens, parents) -> root
+logits, node logits; tree_tokens; accept), so every tree builder of specviz.drafters works
+unchanged: chains, fixed-width Gumbel-Top-k / SpecInfer trees, stochastic beams and EAGLE-2's
+dynamic best-first trees. Its KV cache keeps only pairs with the target's true features; pairs
+built on predicted features (drafts) are dropped once the target has spoken.
+
+Shipped weights hold only the head's own parameters (and the subset's token ids), never the
+target's embeddings or LM head; they are bound to the target at load time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..sampling import Warp
+from ..stop_rules import StopNote, StopRule
+from ..tree import DraftTree, ancestor_mask, depths
+from ..verify import Verdict
+from . import TargetView
+
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "drafters"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    hidden: int = 576
+    heads: int = 9
+    kv_heads: int = 3
+    intermediate: int = 1536
+    rope_theta: float = 100000.0
+    eps: float = 1e-5
+    vocab: int = 49152  # the target's vocabulary (logits come back this wide)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def for_target(cls, config, intermediate: int | None = None) -> "HeadConfig":
+        rope = getattr(config, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        return cls(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                   intermediate or config.intermediate_size, float(theta), float(config.rms_norm_eps),
+                   config.vocab_size)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return x * cos + rotated * sin
+
+
+class FeatureHead(torch.nn.Module):
+    """fc([emb; feature]) -> one pre-norm Llama decoder layer -> predicted next feature."""
+
+    def __init__(self, config: HeadConfig, vocab_ids: torch.Tensor | None = None):
+        super().__init__()
+        c = self.config = config
+        d, kv = c.hidden, c.kv_heads * c.head_dim
+        self.fc = torch.nn.Linear(2 * d, d, bias=True)
+        self.input_norm = torch.nn.Parameter(torch.ones(d))
+        self.q = torch.nn.Linear(d, d, bias=False)
+        self.k = torch.nn.Linear(d, kv, bias=False)
+        self.v = torch.nn.Linear(d, kv, bias=False)
+        self.o = torch.nn.Linear(d, d, bias=False)
+        self.post_norm = torch.nn.Parameter(torch.ones(d))
+        self.gate = torch.nn.Linear(d, c.intermediate, bias=False)
+        self.up = torch.nn.Linear(d, c.intermediate, bias=False)
+        self.down = torch.nn.Linear(c.intermediate, d, bias=False)
+        # the readout's token ids (a subset of the target's vocabulary), or None for all of it
+        self.register_buffer("vocab_ids", None if vocab_ids is None else vocab_ids.long(), persistent=False)
+        inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+        for lin in (self.fc, self.q, self.k, self.v, self.o, self.gate, self.up, self.down):
+            torch.nn.init.normal_(lin.weight, std=0.02)
+        torch.nn.init.zeros_(self.fc.bias)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions.float()[..., None] * self.inv_freq
+        angles = torch.cat([angles, angles], -1)
+        return angles.cos(), angles.sin()
+
+    def forward(self, emb: torch.Tensor, feat: torch.Tensor, positions: torch.Tensor,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None, mask: torch.Tensor | None = None,
+                causal: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """emb, feat: [B, T, d]; positions: [T] or [B, T]. `past` = (keys, values) [B, kv_heads, S, hd]
+        already rotated; `mask` [T, S + T] bool (True = may attend) or `causal` with no past.
+        Returns (predicted features [B, T, d], keys, values of these T rows)."""
+        c = self.config
+        B, T, _ = emb.shape
+        x = self.fc(torch.cat([emb, feat], -1))
+        h = rms_norm(x, self.input_norm, c.eps)
+        q = self.q(h).view(B, T, c.heads, c.head_dim).transpose(1, 2)
+        k = self.k(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+        cos, sin = self.rope(positions)
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        rep = c.heads // c.kv_heads
+        attn = F.scaled_dot_product_attention(
+            q, keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1),
+            attn_mask=mask, is_causal=causal and mask is None and past is None)
+        x = x + self.o(attn.transpose(1, 2).reshape(B, T, -1))
+        h = rms_norm(x, self.post_norm, c.eps)
+        x = x + self.down(F.silu(self.gate(h)) * self.up(h))
+        return x, k, v
+
+    # --- weights: only the head's own parameters, plus the readout's token ids ----------------
+    def save(self, path: str | Path, meta: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
+        from ..train.data import atomic_save
+
+        tensors = {k: v.detach().to(dtype) for k, v in self.state_dict().items()}
+        if self.vocab_ids is not None:
+            tensors["vocab_ids"] = self.vocab_ids.int()
+        info = {"config": json.dumps(asdict(self.config)), **{k: str(v) for k, v in (meta or {}).items()}}
+        return atomic_save(tensors, Path(path), metadata=info)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureHead":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            config = HeadConfig(**json.loads(f.metadata()["config"]))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        vocab_ids = tensors.pop("vocab_ids", None)
+        head = cls(config, vocab_ids)
+        head.load_state_dict({k: v.float() for k, v in tensors.items()})
+        return head.eval()
+
+
+def readout_weight(target_model: torch.nn.Module, vocab_ids: torch.Tensor | None) -> torch.Tensor:
+    """The target's LM head rows the head reads tokens through (a copy of the subset, or the head itself)."""
+    weight = target_model.get_output_embeddings().weight.detach()
+    return weight if vocab_ids is None else weight.index_select(0, vocab_ids).contiguous()
+
+
+class HeadLM:
+    """The head with a KV cache, behind CachedLM's interface, so the tree builders can drive it.
+
+    Pair j = (f_j, x_{j+1}) sits at position j and outputs the predicted f_{j+1}, whose readout is
+    the distribution of x_{j+2}. For committed text x_0 .. x_{L-1} the root logits come from pair
+    L - 2. f_j is the target's feature where known (`set_features`), else the head's own output
+    of pair j - 1; tree node n's pair is (output of its parent, its token) at position L - 1 + depth.
+    """
+
+    def __init__(self, head: FeatureHead, target_model: torch.nn.Module, vocab: int):
+        self.head = head.eval()
+        self.embed = target_model.get_input_embeddings().weight.detach()
+        self.readout = readout_weight(target_model, head.vocab_ids)
+        self.vocab_ids = head.vocab_ids
+        self.vocab = vocab
+        self.context = 1 << 30
+        self.forward_seconds = 0.0
+        self.forwards = 0
+        self.reset()
+
+    def reset(self) -> None:
+        c = self.head.config
+        self.feats = torch.empty(0, c.hidden)  # the target's features f_0 .. f_{n-1}
+        self.keys = torch.empty(1, c.kv_heads, 0, c.head_dim)
+        self.values = torch.empty(1, c.kv_heads, 0, c.head_dim)
+        self.outs = torch.empty(0, c.hidden)  # output of each cached linear pair
+        self.lin: list[int] = []  # tokens x_0 .. x_m: cached pairs are 0 .. m - 1
+        self.true_pairs = 0  # leading cached pairs that were fed the target's own feature
+        self.tree_tokens: list[int] = []
+        self.tree_parents: list[int] = []
+        self.node_out = torch.empty(0, c.hidden)
+
+    # --- the target's features --------------------------------------------------------------
+    def set_features(self, start: int, hidden: torch.Tensor) -> None:
+        """The target's features of positions start .. start + n - 1; drops pairs built on guesses."""
+        hidden = hidden.detach().float().cpu()
+        if start > len(self.feats):
+            raise RuntimeError(f"target features from position {start}, but only {len(self.feats)} known")
+        self.feats = torch.cat([self.feats[:start], hidden])
+        self._crop(min(self.true_pairs, start))  # pairs fed a guessed feature must be recomputed
+        self.drop_tree()
+
+    def known(self) -> int:
+        return len(self.feats)
+
+    def _crop(self, pairs: int) -> None:
+        """Keep linear pairs 0 .. pairs - 1 (and no tree nodes)."""
+        pairs = min(pairs, self.outs.shape[0])
+        self.keys, self.values = self.keys[:, :, :pairs], self.values[:, :, :pairs]
+        self.outs = self.outs[:pairs]
+        self.lin = self.lin[: pairs + 1] if pairs else []
+        self.true_pairs = min(self.true_pairs, pairs)
+        self.tree_tokens, self.tree_parents = [], []
+        self.node_out = self.node_out[:0]
+
+    def drop_tree(self) -> None:
+        self._crop(self.outs.shape[0])
+
+    def accept(self, path: list[int]) -> None:
+        """Accepted drafts get the target's true features next step: nothing of the tree is kept."""
+        self.drop_tree()
+
+    def cache_length(self) -> int:
+        return self.keys.shape[2]
+
+    # --- logits ------------------------------------------------------------------------------
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Readout rows [n, d] -> fp32 logits over the target's whole vocabulary (-inf off the subset)."""
+        sub = F.linear(out, self.readout)
+        if self.vocab_ids is None:
+            return sub.float()
+        full = torch.full((out.shape[0], self.vocab), float("-inf"))
+        full[:, self.vocab_ids] = sub.float()
+        return full
+
+    def _run(self, tokens: list[int], feats: torch.Tensor, positions: list[int],
+             mask: torch.Tensor | None) -> torch.Tensor:
+        emb = self.embed[torch.tensor(tokens)][None]
+        out, k, v = self.head(emb, feats[None], torch.tensor(positions), (self.keys, self.values), mask)
+        self.keys, self.values = torch.cat([self.keys, k], 2), torch.cat([self.values, v], 2)
+        return out[0]
+
+    @torch.inference_mode()
+    def forward(self, committed: list[int], tokens: list[int] = (), parents: list[int] = (),
+                hidden_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor | None, torch.Tensor]:
+        start = time.perf_counter()
+        tokens, parents = list(tokens), list(parents)
+        root = None
+        if self.tree_tokens:
+            if committed != self.lin:
+                raise RuntimeError("extend a tree only on the text it was started on")
+        else:
+            last = self._linear(list(committed))
+            if not tokens:
+                root = self.logits(last)[0]
+        node_logits = self._nodes(len(committed), tokens, parents) if tokens else torch.empty(0, self.vocab)
+        self.forward_seconds += time.perf_counter() - start
+        return root, node_logits
+
+    def _linear(self, committed: list[int]) -> torch.Tensor:
+        """Bring the cache to pairs 0 .. L - 2 of `committed`; the output row of the last one."""
+        from ..lm import common_prefix
+
+        n = len(committed) - 1  # pairs needed
+        if n < 1:
+            raise RuntimeError("the head needs at least two committed tokens")
+        self._crop(max(0, min(common_prefix(self.lin, committed) - 1, n)))
+        j = self.outs.shape[0]
+        while j < n:
+            if j < len(self.feats):  # a run of pairs with the target's features, one forward
+                end, feats, true = min(n, len(self.feats)), self.feats[j:min(n, len(self.feats))], True
+            else:  # a pair on the head's own guess: the output of pair j - 1
+                if j == 0:
+                    raise RuntimeError("no feature for the first position")
+                end, feats, true = j + 1, self.outs[j - 1:j], False
+            out = self._run(committed[j + 1:end + 1], feats, list(range(j, end)), self._causal(j, end - j))
+            self.forwards += 1
+            self.outs = torch.cat([self.outs, out])
+            if true and self.true_pairs == j:
+                self.true_pairs = end
+            self.lin = list(committed[: end + 1])
+            j = end
+        return self.outs[n - 1:n]
+
+    def _causal(self, cached: int, n: int) -> torch.Tensor | None:
+        if n == 1:
+            return None  # one new row sees everything cached
+        allowed = torch.ones(n, cached + n, dtype=torch.bool)
+        allowed[:, cached:] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+        return allowed
+
+    def _nodes(self, committed_len: int, tokens: list[int], parents: list[int]) -> torch.Tensor:
+        n_old = len(self.tree_tokens)
+        all_parents = self.tree_parents + parents
+        base = self.keys.shape[2] - n_old  # linear pairs in the cache
+        feats = torch.stack([self.outs[-1] if p < 0 else self.node_out[p] for p in parents])
+        positions = [committed_len - 2 + d for d in depths(all_parents)[n_old:]]
+        anc = ancestor_mask(all_parents)[n_old:]
+        allowed = torch.cat([torch.ones(len(tokens), base, dtype=torch.bool), anc], 1)
+        out = self._run(tokens, feats, positions, allowed)
+        self.forwards += 1
+        self.node_out = torch.cat([self.node_out, out])
+        self.tree_tokens += tokens
+        self.tree_parents = all_parents
+        return self.logits(out)
+
+
+class FeatureDrafter:
+    """The EAGLE-style drafter: a trained FeatureHead fed the target's own features (see module doc)."""
+
+    reads_target: tuple[int, ...] = (-1,)
+
+    def __init__(self, head: FeatureHead, target_model: torch.nn.Module, builder, name: str = "eagle",
+                 greedy_only: bool = False):
+        self.lm = HeadLM(head, target_model, int(target_model.config.vocab_size))
+        self.builder = builder
+        self.name = name
+        self.greedy_only = greedy_only
+
+    @property
+    def forward_seconds(self) -> float:
+        return self.lm.forward_seconds
+
+    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+        if len(ids) < 2 or self.lm.known() < len(ids) - 1:  # no target features yet (step 0): nothing
+            tree = DraftTree()
+            if stop is not None:
+                tree.stop = StopNote(stop.name, 0, "no target features yet", stop.state()).as_dict()
+            return tree
+        self.lm.drop_tree()
+        return self.builder(self.lm, ids, warp, gen, stop)
+
+    def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
+        self.lm.drop_tree()
+        if target is not None and -1 in target.hidden:
+            self.lm.set_features(target.start, target.hidden[-1])
+
+    def reset(self) -> None:
+        self.lm.reset()
+
+
+def default_weights(target: str = "smollm2-135m") -> Path:
+    return ASSETS / f"eagle-{Path(target).name}.safetensors"
+
+
+def make_feature_drafter(target_model: torch.nn.Module, weights_path: str | Path | None = None,
+                         shape: str = "chain", draft_len: int = 4, target: str = "smollm2-135m",
+                         head: FeatureHead | None = None) -> FeatureDrafter:
+    """An EAGLE drafter for `target_model` in any registered draft shape (chain, gumbel-top-k, beam,
+    specinfer, dynamic), from shipped weights (assets/drafters/eagle-<target>.safetensors) or a head."""
+    from .strategies import STRATEGIES
+
+    if head is None:
+        path = Path(weights_path) if weights_path else default_weights(target)
+        if not path.exists():
+            raise ValueError(f"no trained head at {path}; train one with `python -m specviz train-drafter eagle`")
+        head = FeatureHead.load(path)
+    if head.config.hidden != target_model.config.hidden_size or head.config.vocab != target_model.config.vocab_size:
+        raise ValueError("the trained head does not fit this target (hidden size or vocabulary differ)")
+    entry = STRATEGIES.get(shape)
+    return FeatureDrafter(head, target_model, entry.build(draft_len), f"eagle ({shape})", greedy_only=entry.greedy_only)
+
+
+def param_count(head: FeatureHead) -> int:
+    return sum(p.numel() for p in head.parameters())
+
+
+__all__ = ["FeatureHead", "HeadConfig", "HeadLM", "FeatureDrafter", "make_feature_drafter", "default_weights",
+           "math"]

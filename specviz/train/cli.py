@@ -1,0 +1,69 @@
+"""`python -m specviz train-drafter eagle`: distillation data, then the EAGLE head, resumable.
+
+    python -m specviz train-drafter eagle --shards 12 --steps 1500
+    python -m specviz train-drafter eagle --data-only          # just (continue to) make the data
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_train_parser(sub) -> None:
+    t = sub.add_parser("train-drafter", help="make distillation data with the target and train a drafter on it")
+    t.add_argument("kind", choices=["eagle", "distill-kd", "distill-tvd"],
+                   help="eagle: a feature head on the target's hidden states; distill-kd / distill-tvd: a small "
+                   "drafter LM fine-tuned by KD or TVD++ (specviz/train/distill.py)")
+    t.add_argument("--target", default="smollm2-135m")
+    t.add_argument("--shards", type=int, default=12, help="generated shards to use (32 responses each; 0 = all)")
+    t.add_argument("--no-corpus", action="store_true", help="skip the stored corpus (teacher-forced, cheap)")
+    t.add_argument("--max-new-tokens", type=int, default=128)
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--batch-tokens", type=int, default=3072)
+    t.add_argument("--vocab", type=int, default=16384, help="readout tokens (most frequent in the data); 0 = all")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--data-only", action="store_true")
+    t.add_argument("--out", help="weights file (default assets/drafters/eagle-<target>.safetensors)")
+    t.add_argument("--work", help="checkpoints and loss curve (default <cache>/distill/<target>/eagle-work)")
+    t.set_defaults(func=cmd_train_drafter)
+
+
+def cmd_train_drafter(a: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..api import load_model
+    from ..drafters.feature_head import default_weights
+    from . import data
+    from .eagle import TrainConfig, train
+
+    torch.set_num_threads(a.threads)
+    bar = lambda desc: (lambda items, **kw: tqdm(items, desc=desc, file=sys.stderr, mininterval=5, **kw))  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    roots = []
+    if not a.no_corpus:
+        roots.append(data.build_from_corpus(a.target, a.seed, progress=bar("corpus data"), log=log))
+    roots.append(data.build(a.target, a.shards, a.seed, a.max_new_tokens, progress=bar("distill data"), log=log))
+    log(f"data ready in {time.perf_counter() - t0:.0f} s")
+    if a.data_only:
+        return 0
+    if a.kind.startswith("distill-"):
+        from .distill import run_from_cli
+
+        return run_from_cli(a, roots)
+    model, _, _ = load_model(a.target)
+    sets = [data.DistillSet(roots[0])] if not a.no_corpus else []
+    sets.append(data.DistillSet(roots[-1], shards=a.shards))
+    out = Path(a.out) if a.out else default_weights(a.target)
+    work = Path(a.work) if a.work else data.data_dir(a.target).parent / "eagle-work"
+    cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, vocab=a.vocab, seed=a.seed)
+    result = train(model, sets, cfg, out, work, progress=bar("train eagle"), log=log)
+    last = [h for h in result["history"] if "valid" in h][-1:]
+    log(f"head written to {out} ({result['seconds']:.0f} s of training in this run); loss curve {work / 'loss.png'}")
+    if last:
+        log("final validation: " + " ".join(f"{k} {v:.3f}" for k, v in last[0].items() if k not in ("step", "valid")))
+    return 0

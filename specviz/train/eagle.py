@@ -1,0 +1,275 @@
+"""Train an EAGLE feature head (specviz.drafters.feature_head) on distillation data (specviz.train.data).
+
+Loss per depth d (EAGLE): smooth L1 between the head's predicted feature and the target's
+feature, plus W_TOKEN x the cross-entropy of the head's readout against the target's top-K
+next-token distribution (renormalized over the readout's tokens). Depth 1 feeds the target's
+features (with a little uniform noise, as EAGLE does); depth 2 feeds the head's own depth-1
+predictions, so that drafting on its own guesses holds up (training-time unrolling, as in HASS /
+EAGLE-3, here over all positions at once).
+
+Everything is seeded; checkpoints are written atomically every CHECKPOINT_EVERY steps and a rerun
+continues from the last one. The loss curve goes to a PNG beside the weights (needs matplotlib).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..drafters.feature_head import FeatureHead, HeadConfig, readout_weight
+from .data import DistillSet, atomic_save
+
+LR = 1e-3
+WARMUP = 50
+WEIGHT_DECAY = 0.01
+W_TOKEN = 0.5  # weight of the token loss against the feature loss
+W_DEPTH2 = 0.7  # weight of the depth-2 (own predictions) loss
+NOISE = 0.1  # uniform noise on input features, in units of their RMS
+CLIP = 1.0
+CHECKPOINT_EVERY = 100
+VALID_EVERY_PROMPT = 20  # every 20th instruction is held out for validation
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_tokens: int = 3072  # pairs per step (sequences packed up to this many rows, padded)
+    vocab: int = 16384  # readout tokens (the most frequent of the data); 0 = the whole vocabulary
+    seed: int = 0
+    depth2: bool = True
+    lr: float = LR
+    history: list = field(default_factory=list)
+
+
+def frequent_tokens(sets: list[DistillSet], size: int, vocab: int) -> torch.Tensor:
+    """The `size` tokens most often in the data or the target's top-1 prediction, sorted by id."""
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for data in sets:
+        for seq in data.sequences(with_hidden=False):
+            counts += torch.bincount(seq.tokens, minlength=vocab)
+            counts += torch.bincount(seq.topk_ids[:, 0], minlength=vocab)
+    return counts.topk(size).indices.sort().values
+
+
+def split(sets: list[DistillSet]) -> tuple[list, list]:
+    """(train, validation) sequences: validation = every VALID_EVERY_PROMPT-th instruction. A greedy
+    response to the same instruction found in an earlier set (e.g. the corpus) is used once."""
+    train, valid, seen = [], [], set()
+    for data in sets:
+        jobs = data.manifest["jobs"]
+        for path in data.paths:
+            t = data.shard(path)
+            off = t["offsets"].tolist()
+            for s in range(len(off) - 1):
+                a, b = off[s], off[s + 1]
+                job = jobs[int(t["job"][s])]
+                key = (job["prompt"], job["temperature"])
+                if job["temperature"] == 0 and key in seen:
+                    continue
+                seen.add(key)
+                row = dict(tokens=t["tokens"][a:b].long(), hidden=t["hidden"][a:b],
+                           ids=t["topk_ids"][a:b].long(), logp=t["topk_logp"][a:b].float())
+                (valid if job["prompt"] % VALID_EVERY_PROMPT == 0 else train).append(row)
+    return train, valid
+
+
+def batches(seqs: list[dict], batch_tokens: int, rng: random.Random):
+    """Endless batches of similar-length sequences, about batch_tokens pairs each."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]["tokens"]))
+    groups, cur, longest = [], [], 0
+    for i in order:
+        n = len(seqs[i]["tokens"]) - 1
+        if cur and max(longest, n) * (len(cur) + 1) > batch_tokens:
+            groups.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        groups.append(cur)
+    while True:
+        rng.shuffle(groups)
+        yield from groups
+
+
+def collate(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor):
+    """Padded tensors for a list of sequences: pair j = (f_j, x_{j+1}) -> f_{j+1}, dist of x_{j+2}."""
+    T = max(len(s["tokens"]) for s in seqs) - 1
+    B, d, K = len(seqs), embed.shape[1], seqs[0]["ids"].shape[1]
+    feat_in = torch.zeros(B, T, d)
+    feat_out = torch.zeros(B, T, d)
+    tok = torch.zeros(B, T, dtype=torch.long)
+    ids = torch.zeros(B, T, K, dtype=torch.long)
+    probs = torch.zeros(B, T, K)
+    valid = torch.zeros(B, T, dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        n = len(s["tokens"]) - 1
+        h = s["hidden"].float()
+        feat_in[b, :n], feat_out[b, :n] = h[:-1], h[1:]
+        tok[b, :n] = s["tokens"][1:]
+        sub = lookup[s["ids"][1:]]
+        p = s["logp"][1:].exp() * (sub >= 0)
+        ids[b, :n], probs[b, :n] = sub.clamp_min(0), p / p.sum(-1, keepdim=True).clamp_min(1e-9)
+        valid[b, :n] = True
+    return embed[tok], feat_in, feat_out, ids, probs, valid
+
+
+def depth_losses(head: FeatureHead, readout: torch.Tensor, emb, feat_in, feat_out, ids, probs, valid):
+    """(feature loss, token loss, top-1 agreement, predicted features) of one pass."""
+    positions = torch.arange(emb.shape[1])
+    out, _, _ = head(emb, feat_in, positions, causal=True)
+    m = valid
+    reg = F.smooth_l1_loss(out[m], feat_out[m])
+    logq = F.linear(out[m], readout).log_softmax(-1)
+    ce = -(logq.gather(-1, ids[m]) * probs[m]).sum(-1).mean()
+    agree = (logq.argmax(-1) == ids[m][:, 0]).float().mean()
+    return reg, ce, agree, out
+
+
+def step_loss(head, readout, batch, noise: float, gen: torch.Generator | None, depth2: bool):
+    emb, feat_in, feat_out, ids, probs, valid = batch
+    if noise and gen is not None:
+        scale = feat_in.pow(2).mean().sqrt() * noise
+        feat_in = feat_in + (torch.rand(feat_in.shape, generator=gen) * 2 - 1) * scale
+    reg1, ce1, acc1, out1 = depth_losses(head, readout, emb, feat_in, feat_out, ids, probs, valid)
+    stats = {"reg1": reg1.item(), "ce1": ce1.item(), "acc1": acc1.item()}
+    loss = reg1 + W_TOKEN * ce1
+    if depth2:  # pair j now gets the head's own guess of f_j (its depth-1 output at pair j - 1)
+        feat2 = torch.cat([feat_in[:, :1], out1[:, :-1]], 1)
+        reg2, ce2, acc2, _ = depth_losses(head, readout, emb, feat2, feat_out, ids, probs, valid)
+        loss = loss + W_DEPTH2 * (reg2 + W_TOKEN * ce2)
+        stats.update(reg2=reg2.item(), ce2=ce2.item(), acc2=acc2.item())
+    stats["loss"] = loss.item()
+    return loss, stats
+
+
+@torch.no_grad()
+def evaluate(head, readout, seqs, lookup, embed, batch_tokens: int) -> dict:
+    head.eval()
+    rng = random.Random(0)
+    it = batches(seqs, batch_tokens, rng)
+    groups = max(1, math.ceil(sum(len(s["tokens"]) for s in seqs) / batch_tokens))
+    total: dict[str, float] = {}
+    for _ in range(min(groups, 12)):
+        _, stats = step_loss(head, readout, collate([seqs[i] for i in next(it)], lookup, embed), 0.0, None, True)
+        for k, v in stats.items():
+            total[k] = total.get(k, 0.0) + v
+    head.train()
+    return {k: v / min(groups, 12) for k, v in total.items()}
+
+
+def plot(history: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    train = [h for h in history if "valid" not in h]
+    valid = [h for h in history if "valid" in h]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, keys, title in ((axes[0], ("reg1", "reg2"), "feature loss (smooth L1)"),
+                            (axes[1], ("ce1", "ce2"), "token loss (CE vs target top-K)"),
+                            (axes[2], ("acc1", "acc2"), "top-1 agreement with the target")):
+        for k in keys:
+            xs = [h["step"] for h in train if k in h]
+            ys = [h[k] for h in train if k in h]
+            if ys:
+                w = max(1, len(ys) // 50)
+                smooth = [sum(ys[max(0, i - w + 1): i + 1]) / len(ys[max(0, i - w + 1): i + 1]) for i in range(len(ys))]
+                ax.plot(xs, smooth, label=f"train {k[-1] == '1' and 'depth 1' or 'depth 2'}")
+            vx = [h["step"] for h in valid if k in h]
+            if vx:
+                ax.plot(vx, [h[k] for h in valid if k in h], "o--", label=f"valid {k[-1] == '1' and 'depth 1' or 'depth 2'}")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def train(target_model, data: DistillSet | list[DistillSet], cfg: TrainConfig, out: Path, work: Path, progress=None,
+          log=print, intermediate: int | None = None) -> dict:
+    """Train (or resume) and write the head to `out` (fp16 safetensors); checkpoints live in `work`."""
+    sets = data if isinstance(data, list) else [data]
+    torch.set_flush_denormal(True)  # Adam moments and exp(top-K log-probs) underflow: denormals are 50x slower
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    vocab = int(target_model.config.vocab_size)
+    vocab_ids = frequent_tokens(sets, cfg.vocab, vocab) if cfg.vocab else None
+    head = FeatureHead(HeadConfig.for_target(target_model.config, intermediate), vocab_ids)
+    embed = target_model.get_input_embeddings().weight.detach()
+    readout = readout_weight(target_model, vocab_ids)
+    lookup = torch.full((vocab,), -1, dtype=torch.long)
+    lookup[vocab_ids if vocab_ids is not None else torch.arange(vocab)] = torch.arange(readout.shape[0])
+    train_seqs, valid_seqs = split(sets)
+    log(f"{len(train_seqs)} training / {len(valid_seqs)} validation sequences, "
+        f"{sum(len(s['tokens']) for s in train_seqs)} training tokens; readout {readout.shape[0]} tokens")
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))))
+    ckpt = work / "checkpoint.pt"
+    history: list[dict] = []
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        history, start = state["history"], state["step"]
+        rng.setstate(state["rng"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resuming from step {start}")
+    it = batches(train_seqs, cfg.batch_tokens, rng)
+    for _ in range(start):  # the same batch order as an uninterrupted run
+        next(it)
+    head.train()
+    steps = range(start, cfg.steps)
+    bar = progress(steps, initial=start, total=cfg.steps) if progress else steps
+    t0 = time.perf_counter()
+    for step in bar:
+        batch = collate([train_seqs[i] for i in next(it)], lookup, embed)
+        loss, stats = step_loss(head, readout, batch, NOISE, gen, cfg.depth2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), CLIP)
+        opt.step()
+        sched.step()
+        history.append({"step": step + 1, **stats})
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc1=f"{stats['acc1']:.2f}",
+                            acc2=f"{stats.get('acc2', 0):.2f}")
+        last = step + 1 == cfg.steps
+        if (step + 1) % CHECKPOINT_EVERY == 0 or last:
+            if valid_seqs:
+                history.append({"step": step + 1, "valid": True,
+                                **evaluate(head, readout, valid_seqs, lookup, embed, cfg.batch_tokens)})
+                log(f"step {step + 1}: valid " + " ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
+                                                          if k not in ("step", "valid")))
+            work.mkdir(parents=True, exist_ok=True)
+            tmp = work / ".checkpoint.pt.tmp"
+            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "history": history, "step": step + 1, "rng": rng.getstate(), "gen": gen.get_state(),
+                        "torch_rng": torch.get_rng_state()}, tmp)
+            os.replace(tmp, ckpt)
+            (work / "history.json").write_text(json.dumps(history))
+            plot(history, work / "loss.png")
+    seconds = time.perf_counter() - t0
+    head.eval()
+    meta = {"steps": cfg.steps, "batch_tokens": cfg.batch_tokens, "vocab": cfg.vocab, "seed": cfg.seed,
+            "shards": "+".join(str(len(d.paths)) for d in sets), "train_seconds_this_run": round(seconds)}
+    head.save(out, meta)
+    return {"head": head, "history": history, "seconds": seconds}
