@@ -13,6 +13,7 @@ logits up to float rounding and the same bookkeeping.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 
 import torch
@@ -32,7 +33,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class CachedLM:
     def __init__(self, model: torch.nn.Module, fast_path: bool | None = None):
-        """fast_path: None = on when the architecture is supported, True = required, False = off."""
+        """fast_path: None = on when the architecture is supported (unless the environment sets
+        SPECVIZ_FAST_PATH=0), True = required (ValueError if unsupported), False = off."""
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -44,7 +46,9 @@ class CachedLM:
         reason = fast.unsupported_reason(model)
         if fast_path and reason:
             raise ValueError(f"the fast path does not support this model: {reason}")
-        self.fast_path = reason is None if fast_path is None else bool(fast_path)
+        if fast_path is None:
+            fast_path = reason is None and os.environ.get("SPECVIZ_FAST_PATH", "1") != "0"
+        self.fast_path = bool(fast_path)
         params = inspect.signature(model.forward).parameters  # transformers >= 5.24 renamed the cache keyword
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._fast: fast.FastModel | None = None

@@ -1,20 +1,20 @@
 """The fast path's view of a Llama/Qwen2 model's weights, prepared once per model per process.
 
-Nothing here changes the transformers model: the fast path reads its embedding and rotary module
-as they are and keeps its own copies of the projection matrices, fused and laid out for speed:
+Nothing here changes the transformers model. The fast path reads its weights in two ways:
 
-- q, k and v as one matrix (one GEMM instead of three), and gate and up as two matrices whose
-  products fuse SiLU and the gate * up product into the GEMMs (oneDNN post-ops);
-- each RMSNorm's weight folded into the columns of the matrix that reads its output
-  (W @ (w * x) = (W * w) @ x), so a norm is one `rms_norm` call without a weight;
-- the rows of q and k permuted within each head from transformers' half-split rotary layout
-  (i, i + d/2) to interleaved pairs (2i, 2i + 1), so rotary is one complex multiply; attention
-  scores are dot products, unchanged by the same permutation of q and k (v is not permuted);
-- on the CPU, every matrix pre-packed for oneDNN (`_reorder_linear_weight`); on CUDA plain.
+- one-row forwards (a one-token step) multiply by the model's own matrices, in place, with
+  MKL's GEMV: streaming each weight once is all a one-token step can do, and these calls have the
+  least per-call overhead;
+- forwards of several rows (prefill, verifying drafts) use copies pre-packed for oneDNN
+  (`_reorder_linear_weight`), with q, k and v fused into one matrix and the SiLU, the gate * up
+  product and the residual adds fused into the GEMMs as post-ops. oneDNN's blocked layout keeps a
+  9-row product much closer to the cost of a 1-row one than plain GEMM does.
 
-The copies cost about one more model's worth of memory, once per model (not per CachedLM):
-`prepare` caches them by model object and re-prepares only if a parameter changed in place or the
-model moved.
+The packed copies cost about one more model's worth of memory, once per model (not per CachedLM:
+`prepare` caches them by model object and rebuilds them only if a parameter changed in place or
+the model moved). They are skipped on CUDA, for dtypes other than float32, and when the machine's
+available memory could not hold them with room to spare; then every forward uses the model's own
+matrices.
 """
 from __future__ import annotations
 
@@ -26,69 +26,100 @@ import torch
 import torch.nn.functional as F
 
 ARCHITECTURES = ("llama", "qwen2")  # model_type values the lean forward implements
-_PACKABLE = (torch.float32,)
+PACKED_FROM_ROWS = 2  # forwards of at least this many rows use the packed copies
+MEMORY_HEADROOM = 2.0  # pack only if available memory is at least this many times the copies' size
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, weight, bias)
 
 
 class Linear:
-    """y = x @ W.T (+ bias), with the post-ops the layer needs fused where the kernel allows."""
+    """y = x @ W.T (+ bias) for one or more of the model's nn.Linear modules side by side (q, k, v),
+    with the post-ops the layer needs; fused into oneDNN when packed and rows >= PACKED_FROM_ROWS."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool):
-        self.bias = None if bias is None else bias.detach().contiguous()
-        self.packed = pack
-        weight = weight.detach().contiguous()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None) if pack else weight
+    def __init__(self, modules: list[torch.nn.Linear], pack: bool):
+        self.parts = [(m.weight.detach(), None if m.bias is None else m.bias.detach()) for m in modules]
+        self.sizes = [m.out_features for m in modules]
+        self.packed = None
+        self.bias = None
+        if pack:
+            with torch.no_grad():
+                weight = torch.cat([w for w, _ in self.parts]) if len(self.parts) > 1 else self.parts[0][0]
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+                if any(b is not None for _, b in self.parts):
+                    self.bias = torch.cat([b if b is not None else torch.zeros(n, dtype=w.dtype, device=w.device)
+                                           for (w, b), n in zip(self.parts, self.sizes)])
+
+    def nbytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w, _ in self.parts)
+
+    def _packed(self, x: torch.Tensor) -> bool:
+        return self.packed is not None and x.shape[0] >= PACKED_FROM_ROWS
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each module's output (views of one product when packed)."""
+        if self._packed(x):
+            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return list(out.split(self.sizes, dim=-1))
+        return [_linear(x, w, b) for w, b in self.parts]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        if self._packed(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        (w, b), = self.parts
+        return _linear(x, w, b)
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "swish", [], "")
-        return F.silu(F.linear(x, self.weight, self.bias))
+        if self._packed(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "swish", [], "")
+        return F.silu(self(x), inplace=True)
 
     def times(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """other * (x @ W.T)"""
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "mul")
-        return F.linear(x, self.weight, self.bias).mul_(other)
+        if self._packed(x):
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "mul")
+        return self(x).mul_(other)
 
     def plus(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """other + x @ W.T (the residual add)"""
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "add")
-        return F.linear(x, self.weight, self.bias).add_(other)
+        if self._packed(x):
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "add")
+        (w, b), = self.parts
+        if b is None:
+            return torch.addmm(other, x, w.t())
+        return _linear(x, w, b).add_(other)
 
 
 @dataclass
 class Layer:
-    qkv: Linear  # input norm folded in; q and k rows in interleaved rotary order
+    qkv: Linear
     o: Linear
-    gate: Linear  # post-attention norm folded in
-    up: Linear  # post-attention norm folded in
+    gate: Linear
+    up: Linear
     down: Linear
+    norm_in: torch.Tensor  # the model's own RMSNorm weights
     eps_in: float
+    norm_post: torch.Tensor
     eps_post: float
 
 
 @dataclass
 class FastModel:
     layers: list[Layer]
-    embed: torch.Tensor  # the model's own embedding matrix (not a copy)
+    embed: torch.Tensor  # the model's own embedding matrix
     rotary: torch.nn.Module  # the model's own rotary module (its scaling type and factors apply)
-    final_norm: torch.Tensor  # the model's own final norm weight (for hidden state -1)
+    final_norm: torch.Tensor
     final_eps: float
-    head: Linear  # final norm folded in
+    head: Linear
     n_heads: int
     n_kv_heads: int
     head_dim: int
     scale: float
-    vocab: int
     device: torch.device
     dtype: torch.dtype
     packed: bool
-    stamp: tuple  # what the copies were made from (see `_stamp`)
+    stamp: tuple  # what it was made from (see `_stamp`)
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -111,65 +142,60 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     param = next(model.parameters())
     if param.device.type not in ("cpu", "cuda"):
         return f"device {param.device.type}"
-    if param.dtype != torch.float32:
-        return f"dtype {param.dtype} (the fast path runs float32 models)"
-    attn = inner.layers[0].self_attn
-    if 2 * inner.rotary_emb.inv_freq.numel() != attn.head_dim:
+    if not param.dtype.is_floating_point:
+        return f"dtype {param.dtype}"
+    if 2 * inner.rotary_emb.inv_freq.numel() != inner.layers[0].self_attn.head_dim:
         return "partial rotary embedding"
     return None
 
 
 def _stamp(model: torch.nn.Module) -> tuple:
-    """Changes when a parameter is modified in place or the model moves (device / dtype)."""
+    """Changes when a parameter is modified in place or replaced, or the model moves."""
     params = list(model.parameters())
-    return (params[0].device, params[0].dtype, sum(p._version for p in params), len(params))
+    return (params[0].device, params[0].dtype, sum(p._version for p in params), tuple(p.data_ptr() for p in params))
 
 
-def _rotary_rows(n_heads: int, head_dim: int) -> torch.Tensor:
-    """Row order that turns each head's half-split (i, i + d/2) pairs into adjacent (2i, 2i + 1)."""
-    half = head_dim // 2
-    within = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
-    return (torch.arange(n_heads)[:, None] * head_dim + within).flatten()
+def available_memory() -> int | None:
+    """Bytes the OS says it can still give (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
-def _cat_bias(*linears) -> torch.Tensor | None:
-    if all(lin.bias is None for lin in linears):
-        return None
-    return torch.cat([lin.bias if lin.bias is not None else torch.zeros(lin.out_features, device=lin.weight.device,
-                                                                        dtype=lin.weight.dtype) for lin in linears])
+def should_pack(model: torch.nn.Module) -> bool:
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return False
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    copies = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    free = available_memory()
+    return free is None or free >= MEMORY_HEADROOM * copies
 
 
 @torch.no_grad()
-def _build(model: torch.nn.Module, pack: bool | None) -> FastModel:
+def _build(model: torch.nn.Module, pack: bool) -> FastModel:
     inner, config = model.model, model.config
     param = next(model.parameters())
-    if pack is None:
-        pack = param.device.type == "cpu" and param.dtype in _PACKABLE and torch.backends.mkldnn.is_available()
     attn0 = inner.layers[0].self_attn
-    n_heads, n_kv, head_dim = config.num_attention_heads, config.num_key_value_heads, attn0.head_dim
-    q_rows, k_rows = _rotary_rows(n_heads, head_dim), _rotary_rows(n_kv, head_dim)
     layers = []
     for layer in inner.layers:
         a, m = layer.self_attn, layer.mlp
-        w_in, w_post = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-        weight = torch.cat([a.q_proj.weight[q_rows], a.k_proj.weight[k_rows], a.v_proj.weight]) * w_in
-        bias = _cat_bias(a.q_proj, a.k_proj, a.v_proj)
-        if bias is not None:
-            q, k = n_heads * head_dim, n_kv * head_dim
-            bias = torch.cat([bias[:q][q_rows], bias[q:q + k][k_rows], bias[q + k:]])
         layers.append(Layer(
-            qkv=Linear(weight, bias, pack),
-            o=Linear(a.o_proj.weight, a.o_proj.bias, pack),
-            gate=Linear(m.gate_proj.weight * w_post, m.gate_proj.bias, pack),
-            up=Linear(m.up_proj.weight * w_post, m.up_proj.bias, pack),
-            down=Linear(m.down_proj.weight, m.down_proj.bias, pack),
-            eps_in=float(layer.input_layernorm.variance_epsilon),
+            qkv=Linear([a.q_proj, a.k_proj, a.v_proj], pack), o=Linear([a.o_proj], pack),
+            gate=Linear([m.gate_proj], pack), up=Linear([m.up_proj], pack), down=Linear([m.down_proj], pack),
+            norm_in=layer.input_layernorm.weight.detach(), eps_in=float(layer.input_layernorm.variance_epsilon),
+            norm_post=layer.post_attention_layernorm.weight.detach(),
             eps_post=float(layer.post_attention_layernorm.variance_epsilon),
         ))
-    head = Linear(model.lm_head.weight * inner.norm.weight, model.lm_head.bias, pack)
-    return FastModel(layers, inner.embed_tokens.weight, inner.rotary_emb, inner.norm.weight,
-                     float(inner.norm.variance_epsilon), head, n_heads, n_kv, head_dim, float(attn0.scaling),
-                     int(config.vocab_size), param.device, param.dtype, pack, _stamp(model))
+    return FastModel(layers, inner.embed_tokens.weight.detach(), inner.rotary_emb, inner.norm.weight.detach(),
+                     float(inner.norm.variance_epsilon), Linear([model.lm_head], pack), config.num_attention_heads,
+                     config.num_key_value_heads, attn0.head_dim, float(attn0.scaling), param.device, param.dtype,
+                     pack, _stamp(model))
 
 
 _PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, FastModel]" = weakref.WeakKeyDictionary()
@@ -177,17 +203,19 @@ _LOCK = threading.Lock()
 
 
 def prepare(model: torch.nn.Module, pack: bool | None = None) -> FastModel:
-    """The fast path's weights for `model`: built on first use, then shared by every CachedLM over it."""
+    """The fast path's weights for `model`: built on first use, then shared by every CachedLM over it.
+    pack: None = where it helps and fits (see `should_pack`)."""
     reason = unsupported_reason(model)
     if reason:
         raise ValueError(f"the fast path does not support this model: {reason}")
     with _LOCK:
         fm = _PREPARED.get(model)
-        if fm is None or fm.stamp != _stamp(model) or (pack is not None and fm.packed != pack):
-            _PREPARED.pop(model, None)  # drop stale copies before building new ones
-            fm = None
-            fm = _build(model, pack)
-            _PREPARED[model] = fm
+        if fm is not None and fm.stamp == _stamp(model) and (pack is None or fm.packed == pack):
+            return fm
+        _PREPARED.pop(model, None)
+        fm = None  # drop stale copies before building new ones
+        fm = _build(model, should_pack(model) if pack is None else pack)
+        _PREPARED[model] = fm
         return fm
 
 

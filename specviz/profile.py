@@ -1,0 +1,231 @@
+"""What a target forward costs: n new tokens after a cached prefix, plain vs fast path, and where a
+one-token step's time goes.
+
+    python -m specviz profile --target smollm2-135m           # both paths side by side
+    python -m specviz profile --target smollm2-135m --no-fast-path
+
+`profile(model)` returns a dict (the bench records it in its JSON); `format_profile` prints it.
+Timings interleave the two paths (plain, fast, plain, fast, ... for every size and repeat) and report
+medians, so a machine shared with other jobs slows both alike; ratios are steadier than times.
+The breakdown runs a few one-token steps under torch.profiler and sums the time of the operators
+the step calls directly, by kind; "Python and dispatch" is the rest of the step's wall time.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Iterable
+
+import torch
+
+from . import fast
+from .lm import CachedLM
+
+SIZES = (1, 2, 4, 8, 16, 32)
+PREFIX = 200  # cached tokens before the timed forward
+REPEATS = 7
+BREAKDOWN_STEPS = 5
+
+# What the step's top-level operators do (torch.profiler names); anything else is "other ops".
+KINDS = {
+    "GEMMs": {"aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm", "mkldnn::_linear_pointwise",
+              "mkl::_mkl_linear"},
+    "attention": {"aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_attention_math", "aten::softmax", "aten::_softmax"},
+    "norms, rotary, elementwise": {"aten::rms_norm", "aten::_fused_rms_norm", "aten::pow", "aten::mean",
+                                   "aten::rsqrt", "aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::neg",
+                                   "aten::silu", "aten::cos", "aten::sin", "aten::complex", "aten::div", "aten::sub",
+                                   "aten::addcmul", "aten::flip", "aten::sum"},
+    "KV cache writes, concatenation, copies": {"aten::cat", "aten::copy_", "aten::index_select", "aten::index_copy_",
+                                               "aten::index_put_", "aten::contiguous", "aten::clone", "aten::to",
+                                               "aten::_to_copy"},
+}
+OTHER_OPS, PYTHON = "other ops (embedding, views, masks, ...)", "Python and dispatch (between ops)"
+
+
+def cpu_busy(seconds: float = 0.3) -> float:
+    """Share of the machine's CPU time used by anything during `seconds` (we sleep): a noise indicator."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]
+
+    try:
+        total0, idle0 = read()
+        time.sleep(seconds)
+        total1, idle1 = read()
+    except OSError:
+        return float("nan")
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+class _Stepper:
+    """Times forwards of n new tokens (the last committed token + n - 1 chain nodes) after a prefix."""
+
+    def __init__(self, lm: CachedLM, prefix: list[int]):
+        self.lm, self.prefix, self.i = lm, prefix, 0
+        lm.reset()
+        lm.reserve(len(prefix) + 2 * max(SIZES) + 8)
+        lm.forward(prefix)  # prefill
+
+    def step(self, n: int) -> float:
+        lm, vocab = self.lm, self.lm.vocab
+        self.i += 1
+        last = (self.i * 7919) % vocab
+        nodes = [(self.i * 104729 + 31 * j) % vocab for j in range(n - 1)]
+        start = time.perf_counter()
+        lm.forward(self.prefix + [last], nodes, list(range(-1, n - 2)))
+        seconds = time.perf_counter() - start
+        lm.accept([])  # the next step crops back to the prefix
+        return seconds
+
+
+def _breakdown(stepper: _Stepper, steps: int) -> dict[str, float]:
+    """ms per one-token step by kind of work, from torch.profiler's top-level operators."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    stepper.step(1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            with record_function("specviz_step"):
+                stepper.step(1)
+    events = prof.events()
+    step_ids = {e.id for e in events if e.name == "specviz_step"}
+    wall = sum(e.cpu_time_total for e in events if e.name == "specviz_step")
+    out = {kind: 0.0 for kind in KINDS} | {OTHER_OPS: 0.0}
+    for e in events:
+        if e.cpu_parent is None or e.cpu_parent.id not in step_ids:
+            continue
+        kind = next((k for k, names in KINDS.items() if e.name in names), OTHER_OPS)
+        out[kind] += e.cpu_time_total
+    out[PYTHON] = max(0.0, wall - sum(out.values()))
+    out["total (under the profiler)"] = wall
+    return {k: v / 1e3 / steps for k, v in out.items()}
+
+
+def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), sizes: Iterable[int] = SIZES,
+            prefix: int = PREFIX, repeats: int = REPEATS, breakdown_steps: int = BREAKDOWN_STEPS,
+            progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, name: str = "") -> dict:
+    """Forward cost of each size in `sizes` after `prefix` cached tokens, per path ("plain": transformers'
+    forward with a DynamicCache, "fast": specviz.fast), medians of `repeats` interleaved runs, plus the
+    one-token step's breakdown. A path the model cannot take is left out (the reason is recorded)."""
+    sizes, paths = [int(n) for n in sizes], list(paths)
+    reason = fast.unsupported_reason(model)
+    if reason and "fast" in paths:
+        paths.remove("fast")
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(model.config.vocab_size)
+    prefix_ids = torch.randint(0, vocab, (prefix,), generator=gen).tolist()
+    busy = cpu_busy()
+    setup_s, steppers = {}, {}
+    for path in paths:
+        start = time.perf_counter()
+        steppers[path] = _Stepper(CachedLM(model, fast_path=path == "fast"), prefix_ids)
+        setup_s[path] = time.perf_counter() - start
+    for stepper in steppers.values():  # warm-up: every size once
+        for n in sizes:
+            stepper.step(n)
+    times = {path: {n: [] for n in sizes} for path in paths}
+    plan = [(r, n, path) for r in range(repeats) for n in sizes for path in paths]
+    for _, n, path in progress(plan, "forwards"):
+        times[path][n].append(steppers[path].step(n))
+    cost = {path: {n: statistics.median(times[path][n]) * 1e3 for n in sizes} for path in paths}
+    base = sizes[0]
+    result = {
+        "model": name or getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        "architecture": model.config.model_type,
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "prefix_tokens": prefix,
+        "repeats": repeats,
+        "paths": paths,
+        "fast_path_unsupported": reason,
+        "cpu_busy_before": busy,
+        "setup_seconds": setup_s,  # CachedLM construction + prefill (the fast path's packing, once per model)
+        "cost_ms": cost,
+        "ratio_to_first_size": {path: {n: cost[path][n] / cost[path][base] for n in sizes} for path in paths},
+        "breakdown_ms": {path: _breakdown(steppers[path], breakdown_steps) for path in progress(paths, "breakdown")},
+    }
+    if "plain" in paths and "fast" in paths:
+        result["fast_speedup"] = {n: cost["plain"][n] / cost["fast"][n] for n in sizes}
+    result["cpu_busy_after"] = cpu_busy()
+    return result
+
+
+def ar_speed(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, paths: Iterable[str] = ("plain", "fast"),
+             progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, chat: bool = True) -> dict:
+    """Greedy autoregressive decoding of each prompt on each path (interleaved per prompt): tokens/s
+    (the engine's own measure: decoding wall time including the prompt's prefill) and whether the
+    paths wrote the same tokens."""
+    from .api import encode_prompt, eos_ids
+    from .engine import Engine, Settings
+
+    paths = list(paths)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    engines = {p: Engine(model, decode, None, eos_ids(model, tokenizer), fast_path=p == "fast") for p in paths}
+    settings = Settings(max_new_tokens=max_new_tokens)
+    for engine in engines.values():  # warm-up
+        engine.run(encode_prompt(tokenizer, prompts[0], chat), Settings(max_new_tokens=4))
+    rows = []
+    for text in progress(prompts, "AR decoding"):
+        ids = encode_prompt(tokenizer, text, chat)
+        runs = {p: engines[p].run(ids, settings) for p in paths}
+        rows.append({"prompt": text[:60], "prompt_tokens": len(ids),
+                     "tokens": {p: r.metrics.tokens for p, r in runs.items()},
+                     "seconds": {p: r.metrics.elapsed_s for p, r in runs.items()},
+                     "identical": len({tuple(r.token_ids) for r in runs.values()}) == 1})
+    total = {p: sum(r["tokens"][p] for r in rows) / sum(r["seconds"][p] for r in rows) for p in paths}
+    return {"max_new_tokens": max_new_tokens, "prompts": rows, "tokens_per_s": total,
+            "identical": sum(r["identical"] for r in rows)}
+
+
+def profile_target(name: str, fast: bool = True, ar_prompts: int = 0, max_new_tokens: int = 64, repeats: int = REPEATS,
+                   progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, load=None) -> dict:
+    """`profile` of a named target (preset, directory or hub id); with ar_prompts, also `ar_speed` on the
+    first ar_prompts prompts of the evaluation set."""
+    from . import models
+    from .prompts import read_prompts
+
+    model, tokenizer, preset = (load or models.load_cached)(name)
+    paths = ("plain", "fast") if fast else ("plain",)
+    result = profile(model, paths, repeats=repeats, progress=progress, name=name)
+    if ar_prompts:
+        prompts = [p["prompt"] for p in read_prompts()[:ar_prompts]]
+        chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
+        result["ar"] = ar_speed(model, tokenizer, prompts, max_new_tokens, result["paths"], progress, chat)
+    return result
+
+
+def format_profile(r: dict) -> str:
+    paths, sizes = r["paths"], list(next(iter(r["cost_ms"].values())))
+    lines = [f"{r['model']} ({r['architecture']}, {r['dtype']}, {r['device']}, {r['threads']} threads): one forward of "
+             f"n new tokens after {r['prefix_tokens']} cached tokens, median of {r['repeats']} interleaved runs"]
+    if r["fast_path_unsupported"]:
+        lines.append(f"fast path: not available ({r['fast_path_unsupported']})")
+    head = f"{'new tokens':>10}" + "".join(f"{p + ' ms':>12}{'x 1 token':>10}" for p in paths)
+    if "fast_speedup" in r:
+        head += f"{'fast speedup':>14}"
+    lines.append(head)
+    for n in sizes:
+        row = f"{n:>10}" + "".join(f"{r['cost_ms'][p][n]:>12.1f}{r['ratio_to_first_size'][p][n]:>9.2f}x" for p in paths)
+        if "fast_speedup" in r:
+            row += f"{r['fast_speedup'][n]:>13.2f}x"
+        lines.append(row)
+    lines.append("")
+    lines.append("one-token step, where the time goes (ms per step, under torch.profiler):")
+    kinds = list(next(iter(r["breakdown_ms"].values())))
+    lines.append(f"{'':42}" + "".join(f"{p:>10}" for p in paths))
+    for kind in kinds:
+        lines.append(f"{kind:42}" + "".join(f"{r['breakdown_ms'][p][kind]:>10.2f}" for p in paths))
+    if "ar" in r:
+        ar = r["ar"]
+        lines.append("")
+        lines.append(f"greedy autoregressive decoding, {len(ar['prompts'])} prompts x {ar['max_new_tokens']} new tokens "
+                     f"(tokens/s incl. prefill; same tokens on every path: {ar['identical']}/{len(ar['prompts'])}):")
+        lines.append("  " + "   ".join(f"{p} {v:.1f} tok/s" for p, v in ar["tokens_per_s"].items()))
+    busy = max(r["cpu_busy_before"], r["cpu_busy_after"])
+    if busy > 0.1:
+        lines.append(f"note: other processes kept the CPU {busy:.0%} busy around this run; times are noisy, "
+                     "ratios less so")
+    return "\n".join(lines)
