@@ -25,8 +25,10 @@ def drafters(target, drafter):
             ModelDrafter(drafter, chain_builder(1), "k1"), PromptLookupDrafter(target.config.vocab_size, k=5)]
 
 
+@pytest.mark.parametrize("fast_path", ["1", "0"], ids=["fast", "plain"])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_speculative_equals_reference_greedy(tiny_target, tiny_drafter, prompt):
+def test_greedy_speculative_equals_reference_greedy(tiny_target, tiny_drafter, prompt, fast_path, monkeypatch):
+    monkeypatch.setenv("SPECVIZ_FAST_PATH", fast_path)  # target and model drafters (CachedLM's automatic choice)
     want = reference_greedy(tiny_target, prompt, 40)
     assert Engine(tiny_target, decode).run(prompt, Settings(max_new_tokens=40)).token_ids == want
     for drafter in drafters(tiny_target, tiny_drafter):
@@ -55,8 +57,9 @@ def full_logits(model, ids):
         return model(torch.tensor([ids])).logits[0].float()
 
 
-def test_kv_rollback_matches_a_fresh_forward(tiny_target):
-    lm = CachedLM(tiny_target)
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
+def test_kv_rollback_matches_a_fresh_forward(tiny_target, fast_path):
+    lm = CachedLM(tiny_target, fast_path)
     committed = [1, 5, 7, 3]
     root, nodes = lm.forward(committed, [9, 2, 6], [-1, 0, 1])
     ref = full_logits(tiny_target, committed + [9, 2, 6])
@@ -72,8 +75,9 @@ def test_kv_rollback_matches_a_fresh_forward(tiny_target):
     torch.testing.assert_close(root, full_logits(tiny_target, [1, 5, 8])[-1], atol=1e-5, rtol=1e-5)
 
 
-def test_tree_forward_matches_sequential_forwards_and_compacts(tiny_target):
-    lm = CachedLM(tiny_target)
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
+def test_tree_forward_matches_sequential_forwards_and_compacts(tiny_target, fast_path):
+    lm = CachedLM(tiny_target, fast_path)
     committed = [1, 5, 7, 3]
     # root -> a(9) -> c(4); root -> b(2) -> d(6), b -> e(8)
     tokens, parents = [9, 2, 4, 6, 8], [-1, -1, 0, 1, 1]
@@ -87,8 +91,9 @@ def test_tree_forward_matches_sequential_forwards_and_compacts(tiny_target):
     torch.testing.assert_close(root, full_logits(tiny_target, committed + [2, 8, 3])[-1], atol=1e-5, rtol=1e-5)
 
 
-def test_incremental_tree_extension(tiny_target):
-    lm = CachedLM(tiny_target)
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
+def test_incremental_tree_extension(tiny_target, fast_path):
+    lm = CachedLM(tiny_target, fast_path)
     committed = [1, 5, 7, 3]
     lm.forward(committed, [9, 2], [-1, -1])
     _, nodes = lm.forward(committed, [4, 6], [1, 1])  # two children of node 1 (token 2)

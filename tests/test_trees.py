@@ -66,13 +66,14 @@ def non_prefix_path(tree) -> list[int]:
     return max(paths, key=len)
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
 @pytest.mark.parametrize("strategy", TREES)
-def test_built_tree_logits_match_sequential_forwards_and_compaction(tiny_target, tiny_drafter, strategy):
+def test_built_tree_logits_match_sequential_forwards_and_compaction(tiny_target, tiny_drafter, strategy, fast_path):
     committed = [1, 5, 7, 3, 9]
     build = STRATEGIES[strategy].build(3)
     tree = build(CachedLM(tiny_drafter), committed, warp_for(strategy), torch.Generator().manual_seed(3))
     assert len(tree) > 3 and not tree.is_chain()
-    lm = CachedLM(tiny_target)
+    lm = CachedLM(tiny_target, fast_path)
     root, nodes = lm.forward(committed, tree.tokens, tree.parents)
     torch.testing.assert_close(root, full_logits(tiny_target, committed)[-1], atol=1e-5, rtol=1e-5)
     for node in range(len(tree)):
