@@ -1,0 +1,195 @@
+"""Load test: start `python app.py` on 127.0.0.1 and drive concurrent gradio_client sessions.
+
+    .venv/bin/python tests/load_test.py                 # 8 sessions (what CI runs, via tests/test_load.py)
+    .venv/bin/python tests/load_test.py --sessions 30 --seconds 600   # the classroom case
+
+Each session, until the time is up: a run with the default target (its text must equal the engine's own
+output for that request), a run cancelled midway, a step-by-step run abandoned midway; one session sends
+a long request that the per-run time limit (SPECVIZ_RUN_SECONDS) must end. Reports completed runs,
+errors (must be 0), mismatched texts (must be 0), p50/p95 of time to first update and of queue wait,
+the limited request's stop reason, and RSS before/after (must return within RSS_BOUND_MB of the start
+after the sessions end, step-by-step engines released by SPECVIZ_STEP_IDLE_S). Asserts correctness and
+bounds, never speed (absolute times depend on the machine's load).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+TARGET = "smollm2-135m"
+PROMPTS = ["Summarize in one sentence: The quick brown fox jumps over the lazy dog.",
+           "Write a haiku about the sea.", "List three prime numbers.", "def fibonacci(n):"]
+NAMES = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metrics", "metrics_plot", "drafter",
+         "download")
+RSS_BOUND_MB = 400  # after the sessions end, RSS stays within this of the RSS after warm-up
+RUN_SECONDS = 15  # the deployment's per-run limit for this test
+N_TOKENS = 16
+
+
+def args(prompt, max_new_tokens=N_TOKENS, seed=0):
+    return (prompt, TARGET, "pld", "chain", 4, 0.0, 1.0, seed, max_new_tokens, "auto")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs, q):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def expected_texts() -> dict:
+    from specviz.api import build_engine
+    from specviz.engine import Settings
+
+    engine = build_engine(TARGET, "pld", 4)
+    return {p: engine.generate(p, Settings(max_new_tokens=N_TOKENS)).text for p in PROMPTS}
+
+
+def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable) -> dict:
+    from gradio_client import Client
+
+    port = free_port()
+    env = {**os.environ, "SPECVIZ_HOST": "127.0.0.1", "SPECVIZ_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
+           "SPECVIZ_RUN_SECONDS": str(RUN_SECONDS), "SPECVIZ_STEP_IDLE_S": "5", "SPECVIZ_QUEUE_SIZE": "64"}
+    env.pop("SPACE_ID", None)
+    server = subprocess.Popen([python, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    stats = dict(completed=0, cancelled=0, abandoned=0, errors=0, mismatches=0, first=[], waits=[], error_text=[])
+    lock = threading.Lock()
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/health")
+                break
+            except Exception:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("the app did not start: " + (server.stderr.read()[-2000:] if server.poll()
+                                                                      is not None else "timeout"))
+                time.sleep(1)
+        expected = expected_texts()
+        url = f"http://127.0.0.1:{port}/"
+        warm = Client(url, verbose=False)
+        warm.predict(*args(PROMPTS[0]), False, api_name="/run")  # loads the default target
+        rss_start = rss_mb(server.pid)
+
+        def session(k: int):
+            client = Client(url, verbose=False)
+            end = time.time() + seconds
+            i = 0
+            while time.time() < end:
+                kind = i % 3
+                prompt = PROMPTS[(k + i) % len(PROMPTS)]
+                i += 1
+                try:
+                    if kind == 0:  # a full run: its text must be the engine's
+                        t0 = time.perf_counter()
+                        job = client.submit(*args(prompt), False, api_name="/run")
+                        first = None
+                        for _ in job:
+                            if first is None:
+                                first = time.perf_counter() - t0
+                        out = dict(zip(NAMES, job.result()))
+                        with lock:
+                            stats["completed"] += 1
+                            stats["first"].append(first or 0.0)
+                            stats["waits"].append(first or 0.0)
+                            if out["text"] != expected[prompt]:
+                                stats["mismatches"] += 1
+                    elif kind == 1:  # cancelled midway
+                        job = client.submit(*args(prompt, max_new_tokens=200), False, api_name="/run")
+                        t = time.time()
+                        while len(job.outputs()) < 3 and time.time() - t < 60 and not job.done():
+                            time.sleep(0.05)
+                        job.cancel()
+                        client.predict(api_name="/stop")
+                        with lock:
+                            stats["cancelled"] += 1
+                    else:  # step-by-step, abandoned midway
+                        client.predict(*args(prompt, max_new_tokens=64), api_name="/step_start")
+                        client.predict(0, api_name="/step_next")
+                        with lock:
+                            stats["abandoned"] += 1
+                except Exception as err:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        stats["errors"] += 1
+                        stats["error_text"].append(f"{type(err).__name__}: {str(err)[:200]}")
+
+        limited = {}
+
+        def heavy():
+            client = Client(url, verbose=False)
+            out = dict(zip(NAMES, client.predict(PROMPTS[1], TARGET, "none", "chain", 4, 0.0, 1.0, 0, 512, "auto",
+                                                 False, api_name="/run")))
+            limited["status"] = out["status"]
+
+        threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
+        threads.append(threading.Thread(target=heavy))
+        t0 = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.time() - t0
+        time.sleep(12)  # idle step-by-step runs are released (SPECVIZ_STEP_IDLE_S=5, reaper every ~1.25 s)
+        health = warm.predict(api_name="/health")
+        rss_end = rss_mb(server.pid)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    report = dict(sessions=sessions, seconds=seconds, wall_s=round(wall, 1), completed=stats["completed"],
+                  cancelled=stats["cancelled"], abandoned=stats["abandoned"], errors=stats["errors"],
+                  mismatches=stats["mismatches"], first_update_p50_s=round(pct(stats["first"], .5), 2),
+                  first_update_p95_s=round(pct(stats["first"], .95), 2),
+                  limited_status=limited.get("status", ""), rss_start_mb=round(rss_start), rss_end_mb=round(rss_end),
+                  rss_bound_mb=RSS_BOUND_MB, health=health, error_text=stats["error_text"][:5],
+                  uptime=os.popen("uptime").read().strip())
+    return report
+
+
+def check(report: dict) -> None:
+    assert report["errors"] == 0, report["error_text"]
+    assert report["mismatches"] == 0
+    assert report["completed"] > 0
+    assert "time limit" in report["limited_status"], report["limited_status"]
+    assert report["rss_end_mb"] - report["rss_start_mb"] <= RSS_BOUND_MB, report
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=60)
+    a = ap.parse_args()
+    rep = main(a.sessions, a.seconds)
+    for key, value in rep.items():
+        print(f"{key}: {value}")
+    check(rep)
+    print("OK")
