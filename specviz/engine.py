@@ -200,6 +200,7 @@ class Engine:
         if self.drafter is not None and self.drafter.greedy_only and not settings.warp.greedy:
             raise ValueError(f"drafter '{self.drafter.name}' drafts for greedy decoding only: set temperature 0")
         self.target.reset()
+        self.target.reserve(len(prompt_ids) + settings.max_new_tokens + self.max_draft)  # fast path: one KV allocation
         if self.drafter:
             self.drafter.reset()
         if self.stop is not None:
