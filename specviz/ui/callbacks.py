@@ -156,7 +156,8 @@ def race(form: dict, session: Session | None):
 
     def scoreboard() -> dict:
         return dict(race_spec=views.tokens_html(spec, show_prompt=False),
-                    race_ar=views.tokens_html(ar, show_prompt=False), race_score=race_markdown(spec, ar))
+                    race_ar=views.tokens_html(ar, show_prompt=False), race_score=race_markdown(spec, ar),
+                    race_timeline=views.timeline_figure(spec, ar))
 
     while sides:
         name = min(sides, key=clock.get)  # whoever has used less of its own decoding time goes next

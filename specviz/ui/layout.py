@@ -19,6 +19,9 @@ from ..registry import Param
 from ..stop_rules import STOP_RULES
 from ..views.race_view import EXPLAINER as RACE_EXPLAINER
 from . import callbacks, menus
+from ..views.entropy_figure import CAPTION as CAPTION_ENTROPY, CAPTION_BOUND
+from ..views.lengths_figure import CAPTION as CAPTION_LENGTHS
+from ..views.timeline import CAPTION as CAPTION_TIMELINE
 from .render import VIEWS
 from .request import CONTROLS, app_limits, stop_params
 from .launch import health
@@ -149,6 +152,11 @@ def build_demo() -> gr.Blocks:
                                 explain = gr.Markdown(views.explain_step([]), elem_classes=["specviz-explain"],
                                                       elem_id="specviz-explain")
                         entropy = gr.Plot(views.entropy_figure([]), show_label=False, elem_id="specviz-entropy")
+                        gr.Markdown(CAPTION_ENTROPY + CAPTION_BOUND, elem_classes=["specviz-caption"])
+                        timeline = gr.Plot(views.timeline_figure([]), show_label=False, elem_id="specviz-timeline")
+                        gr.Markdown(CAPTION_TIMELINE, elem_classes=["specviz-caption"])
+                        lengths = gr.Plot(views.lengths_figure([]), show_label=False, elem_id="specviz-lengths")
+                        gr.Markdown(CAPTION_LENGTHS, elem_classes=["specviz-caption"])
                         gr.Markdown("### Why it is fast, or not")
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=1, min_width=320):
@@ -169,6 +177,10 @@ def build_demo() -> gr.Blocks:
                             with gr.Column():
                                 gr.Markdown("**Autoregressive** (target alone)")
                                 race_ar = gr.HTML(views.tokens_html([], show_prompt=False), elem_id="specviz-race-ar")
+                        race_timeline = gr.Plot(views.timeline_figure([], []), show_label=False,
+                                                elem_id="specviz-race-timeline")
+                        gr.Markdown(CAPTION_TIMELINE + " The autoregressive run has verification rows only.",
+                                    elem_classes=["specviz-caption"])
                     with gr.Tab("How to read it", id="help"):
                         gr.Markdown(HOW_TO_READ)
 
@@ -176,6 +188,8 @@ def build_demo() -> gr.Blocks:
         view = dict(status=status, tokens=tokens, text=text, step=step, tree=tree, explain=explain, entropy=entropy,
                     metrics=metrics, metrics_plot=metrics_plot, drafter_panel=drafter_md, download=download)
         assert tuple(view) == VIEWS
+        more = dict(timeline=timeline, lengths=lengths)  # newer figures: after every documented output of the API
+        core, view = view, merged(view, more)
         controls = dict(zip(CONTROLS, (prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new,
                                        rule)))
         extras = dict(stop=stop, fast_path=fast_path, **params)  # after the first controls, for API clients
@@ -190,7 +204,8 @@ def build_demo() -> gr.Blocks:
         run_event = wire(run_btn.click, callbacks.run, merged(controls, dict(measure_ar=measure_ar), extras), view,
                          session, api_name="run", **decode)
         race_btn.click(lambda: gr.Tabs(selected="race"), outputs=[tabs], queue=False, api_visibility="private")
-        race_event = wire(race_btn.click, callbacks.race, merged(controls, extras), merged(scoreboard, view),
+        race_event = wire(race_btn.click, callbacks.race, merged(controls, extras),
+                          merged(scoreboard, view, dict(race_timeline=race_timeline)),  # new outputs go last
                           session, api_name="race", **decode)
         step_btn.click(**to_watch)
         step_event = wire(step_btn.click, callbacks.step_start, merged(controls, extras), view, session,
@@ -203,7 +218,7 @@ def build_demo() -> gr.Blocks:
         wire(step.input, callbacks.show_step, at_step, dict(tree=tree, explain=explain, tokens=tokens), session,
              api_name="show_step", trigger_mode="always_last", show_progress="hidden")
         # a recorded run also sets the controls to what it used (at least its prompt)
-        replayed = merged(view, controls, extras)
+        replayed = merged(core, controls, extras, more)
         wire(upload.upload, callbacks.import_trace, dict(upload=upload), replayed, session, api_name="import_trace")
         wire(example.input, callbacks.load_example, dict(example=example), replayed, session,
              api_name="example_trace")

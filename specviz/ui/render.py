@@ -103,6 +103,7 @@ def render(session: Session, note: str = "", index: int | None = None, figures: 
     drafter, reason = (session.choice.drafter, session.choice.reason) if session.choice else (None, None)
     out.update(tree=views.step_tree_figure(events, i), explain=views.explain_run_step(events, i),
                entropy=views.entropy_figure(events), metrics_plot=views.metrics_figure(events),
+               timeline=views.timeline_figure(events), lengths=views.lengths_figure(events),
                drafter_panel=views.drafter_markdown(session.history, drafter, reason))
     if download is not False:
         out["download"] = gr.DownloadButton(value=download, interactive=download is not None)
