@@ -21,7 +21,7 @@ import torch
 from . import fast
 from .lm import CachedLM
 
-SIZES = (1, 2, 4, 8, 16, 32)
+SIZES = (1, 2, 4, 8, 9, 16, 32)  # 9 = verifying 8 drafted tokens
 PREFIX = 200  # cached tokens before the timed forward
 REPEATS = 7
 BREAKDOWN_STEPS = 5
@@ -103,6 +103,39 @@ def _breakdown(stepper: _Stepper, steps: int) -> dict[str, float]:
     return {k: v / 1e3 / steps for k, v in out.items()}
 
 
+def gemm_floor(model: torch.nn.Module, rows: Iterable[int] = (1, 9), repeats: int = REPEATS) -> dict:
+    """The fast path's matrix products alone (every layer's and the LM head's, with the kernels the fast
+    path picks for that many rows, on random inputs): what a forward cannot go below. At one row it is
+    the time to stream the weights once, so weight bytes / time is the memory bandwidth achieved."""
+    fm = fast.prepare(model)
+    linears = [lin for layer in fm.layers for lin in (layer.qkv, layer.o, layer.gate, layer.up, layer.down)]
+    linears.append(fm.head)
+    nbytes = sum(lin.nbytes() for lin in linears)
+    gen = torch.Generator().manual_seed(0)
+    inputs = {}
+    for lin in linears:
+        width = lin.parts[0][0].shape[1]
+        inputs.setdefault(width, torch.randn(max(rows), width, generator=gen).to(fm.device, fm.dtype))
+
+    def run(m: int) -> float:
+        start = time.perf_counter()
+        for lin in linears:
+            x = inputs[lin.parts[0][0].shape[1]][:m]
+            lin.split(x) if len(lin.parts) > 1 else lin(x)
+        return time.perf_counter() - start
+
+    rows = list(rows)
+    for m in rows:
+        run(m)
+    times = {m: [] for m in rows}
+    for _ in range(repeats):
+        for m in rows:
+            times[m].append(run(m))
+    ms = {m: statistics.median(t) * 1e3 for m, t in times.items()}
+    return {"weights_mb": nbytes / 1e6, "ms": ms, "packed": fm.packed,
+            "gb_per_s_at_one_row": nbytes / ms[rows[0]] / 1e6 if rows[0] == 1 else None}
+
+
 def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), sizes: Iterable[int] = SIZES,
             prefix: int = PREFIX, repeats: int = REPEATS, breakdown_steps: int = BREAKDOWN_STEPS,
             progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, name: str = "") -> dict:
@@ -149,6 +182,8 @@ def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), si
     }
     if "plain" in paths and "fast" in paths:
         result["fast_speedup"] = {n: cost["plain"][n] / cost["fast"][n] for n in sizes}
+    if "fast" in paths:
+        result["gemm_floor"] = gemm_floor(model, (1, 9) if 9 in sizes else (1,), repeats)
     result["cpu_busy_after"] = cpu_busy()
     return result
 
@@ -218,6 +253,13 @@ def format_profile(r: dict) -> str:
     lines.append(f"{'':42}" + "".join(f"{p:>10}" for p in paths))
     for kind in kinds:
         lines.append(f"{kind:42}" + "".join(f"{r['breakdown_ms'][p][kind]:>10.2f}" for p in paths))
+    if "gemm_floor" in r:
+        g = r["gemm_floor"]
+        lines.append("")
+        lines.append(f"the fast path's matrix products alone ({g['weights_mb']:.0f} MB of weights, "
+                     f"{'packed for several rows' if g['packed'] else 'not packed'}): "
+                     + ", ".join(f"{m} row{'s' if m > 1 else ''} {ms:.1f} ms" for m, ms in g["ms"].items())
+                     + (f"; one row streams {g['gb_per_s_at_one_row']:.1f} GB/s" if g["gb_per_s_at_one_row"] else ""))
     if "ar" in r:
         ar = r["ar"]
         lines.append("")

@@ -278,3 +278,28 @@ def test_smollm2_fast_speculative_equals_fast_ar(smollm2, drafter):
         got = spec.engine.run(ids, Settings(max_new_tokens=48)).token_ids
         diverged += assert_same_or_near_tie(model, ids, want, got, f"fast {drafter} / {prompt[:30]}")
     print(f"{drafter}: {diverged} of 4 prompts diverged at a near-tie")
+
+
+def test_profile_reports_both_paths_and_the_breakdown(one_thread):
+    """The profile's shape (no timing assertions: speed is measured by `python -m specviz profile`)."""
+    import json
+
+    from specviz.profile import format_profile, profile
+
+    model = tiny_qwen2(2)
+    result = profile(model, sizes=(1, 2, 9), prefix=16, repeats=2, breakdown_steps=2)
+    assert result["paths"] == ["plain", "fast"] and set(result["cost_ms"]["fast"]) == {1, 2, 9}
+    assert result["ratio_to_first_size"]["plain"][1] == 1.0
+    for path in ("plain", "fast"):
+        breakdown = result["breakdown_ms"][path]
+        assert breakdown["GEMMs"] > 0 and breakdown["attention"] > 0
+        parts = sum(v for k, v in breakdown.items() if not k.startswith("total"))
+        assert abs(parts - breakdown["total (under the profiler)"]) < 1e-6 * max(1.0, parts) + 1e-9
+    assert set(result["gemm_floor"]["ms"]) == {1, 9}
+    json.loads(json.dumps(result))  # the bench stores it as JSON
+    assert "fast speedup" in format_profile(result)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=64)).eval()
+    only_plain = profile(gpt2, sizes=(1, 2), prefix=8, repeats=1, breakdown_steps=1)
+    assert only_plain["paths"] == ["plain"] and "gpt2" in only_plain["fast_path_unsupported"]

@@ -60,14 +60,14 @@ def forward(fm: FastModel, kv: StaticKV, ids: torch.Tensor, positions: torch.Ten
     if 0 in wanted:
         hidden[0] = x
     for i, layer in enumerate(fm.layers):
-        keys, values = kv.layer(i)  # [kv_heads, capacity, head_dim]
+        (keys, values), (keys_in, values_in) = kv.read[i], kv.write[i]
         q, k, v = layer.qkv.split(rms_norm(x, width, layer.norm_in, layer.eps_in))
-        rotate(k.view(n, hkv, d), cos, signed_sin, half, out=keys[:, start:total].transpose(0, 1))
-        values[:, start:total].copy_(v.view(n, hkv, d).transpose(0, 1))
-        q = rotate(q.view(n, hq, d), cos, signed_sin, half).transpose(0, 1)  # [heads, n, head_dim]
-        a = sdpa(q[None], keys[None, :, :total], values[None, :, :total], attn_mask=allowed, scale=fm.scale,
-                 enable_gqa=True)
-        x = layer.o.plus(a[0].transpose(0, 1).reshape(n, hq * d), x)
+        rotate(k.view(n, hkv, d), cos, signed_sin, half, out=keys_in[start:total])
+        values_in[start:total] = v.view(n, hkv, d)
+        q = rotate(q.view(n, hq, d), cos, signed_sin, half)
+        a = sdpa(q.unsqueeze(0).transpose(1, 2), keys[:, :, :total], values[:, :, :total], attn_mask=allowed,
+                 scale=fm.scale, enable_gqa=True)  # [1, heads, n, head_dim]
+        x = layer.o.plus(a.transpose(1, 2).reshape(n, hq * d), x)
         h = rms_norm(x, width, layer.norm_post, layer.eps_post)
         x = layer.down.plus(layer.up.times(h, layer.gate.silu(h)), x)
         if i + 1 in wanted and i + 1 < n_layers:

@@ -21,11 +21,18 @@ class StaticKV:
         self.device, self.dtype = device, dtype
         self.limit = limit  # the model's context: never allocate beyond it
         self.length = 0
-        self.data = self._alloc(min(max(capacity, MIN_CAPACITY), limit))
+        self._set(self._alloc(min(max(capacity, MIN_CAPACITY), limit)))
 
     def _alloc(self, capacity: int) -> torch.Tensor:
         layers, two, heads, dim = self.shape
         return torch.empty(layers, two, heads, capacity, dim, device=self.device, dtype=self.dtype)
+
+    def _set(self, data: torch.Tensor) -> None:
+        self.data = data
+        # per layer, made once per allocation: keys and values as attention reads them
+        # [1, kv_heads, capacity, head_dim], and as a forward writes them [capacity, kv_heads, head_dim]
+        self.read = [(data[i, 0][None], data[i, 1][None]) for i in range(data.shape[0])]
+        self.write = [(data[i, 0].transpose(0, 1), data[i, 1].transpose(0, 1)) for i in range(data.shape[0])]
 
     @property
     def capacity(self) -> int:
@@ -40,11 +47,7 @@ class StaticKV:
         capacity = min(max(total, 2 * self.capacity), self.limit)
         data = self._alloc(capacity)
         data[:, :, :, : self.length] = self.data[:, :, :, : self.length]
-        self.data = data
-
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's keys and values, each [kv_heads, capacity, head_dim] (views, written in place)."""
-        return self.data[i, 0], self.data[i, 1]
+        self._set(data)
 
     def crop(self, length: int) -> None:
         self.length = min(self.length, length)

@@ -3,8 +3,8 @@
 Nothing here changes the transformers model. The fast path reads its weights in two ways:
 
 - one-row forwards (a one-token step) multiply by the model's own matrices, in place, with
-  MKL's GEMV: streaming each weight once is all a one-token step can do, and these calls have the
-  least per-call overhead;
+  MKL's GEMV (q, k and v from one plain fused copy, one call instead of three): streaming each
+  weight once is all a one-token step can do, and these calls have the least per-call overhead;
 - forwards of several rows (prefill, verifying drafts) use copies pre-packed for oneDNN
   (`_reorder_linear_weight`), with q, k and v fused into one matrix and the SiLU, the gate * up
   product and the residual adds fused into the GEMMs as post-ops. oneDNN's blocked layout keeps a
@@ -30,23 +30,23 @@ PACKED_FROM_ROWS = 2  # forwards of at least this many rows use the packed copie
 MEMORY_HEADROOM = 2.0  # pack only if available memory is at least this many times the copies' size
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return F.linear(x, weight, bias)
-
-
 class Linear:
     """y = x @ W.T (+ bias) for one or more of the model's nn.Linear modules side by side (q, k, v),
     with the post-ops the layer needs; fused into oneDNN when packed and rows >= PACKED_FROM_ROWS."""
 
     def __init__(self, modules: list[torch.nn.Linear], pack: bool):
         self.parts = [(m.weight.detach(), None if m.bias is None else m.bias.detach()) for m in modules]
+        self.weight_t = self.parts[0][0].t()  # for addmm (x @ W.T + residual in one call)
         self.sizes = [m.out_features for m in modules]
-        self.packed = None
+        self.packed = None  # oneDNN copy, for rows >= PACKED_FROM_ROWS
+        self.fused = None  # plain copy of side-by-side modules (q, k, v), for fewer rows
         self.bias = None
         if pack:
             with torch.no_grad():
                 weight = torch.cat([w for w, _ in self.parts]) if len(self.parts) > 1 else self.parts[0][0]
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+                if len(self.parts) > 1:
+                    self.fused = weight
                 if any(b is not None for _, b in self.parts):
                     self.bias = torch.cat([b if b is not None else torch.zeros(n, dtype=w.dtype, device=w.device)
                                            for (w, b), n in zip(self.parts, self.sizes)])
@@ -61,14 +61,17 @@ class Linear:
         """Each module's output (views of one product when packed)."""
         if self._packed(x):
             out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-            return list(out.split(self.sizes, dim=-1))
-        return [_linear(x, w, b) for w, b in self.parts]
+        elif self.fused is not None:
+            out = F.linear(x, self.fused, self.bias)
+        else:
+            return [F.linear(x, w, b) for w, b in self.parts]
+        return out.split(self.sizes, dim=-1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed(x):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         (w, b), = self.parts
-        return _linear(x, w, b)
+        return F.linear(x, w, b)
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed(x):
@@ -87,8 +90,8 @@ class Linear:
             return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "add")
         (w, b), = self.parts
         if b is None:
-            return torch.addmm(other, x, w.t())
-        return _linear(x, w, b).add_(other)
+            return torch.addmm(other, x, self.weight_t)
+        return F.linear(x, w, b).add_(other)
 
 
 @dataclass
