@@ -26,6 +26,9 @@ tokens, a step always waits for the tokens it verifies, and the drafter draws ea
 its own generator (seeded by the run's seed and the position; the verifier keeps the run's
 generator), so a cancelled round leaves no trace in later draws. A seed therefore gives the same
 tokens whatever the threads' timing. Each position is tested at most once: a test commits it.
+
+The drafter must draft chains one token per call, without reading the target's states and without
+learning from verdicts (its `learn` is never called: it drafts ahead of them).
 """
 from __future__ import annotations
 
@@ -199,6 +202,9 @@ class ParallelEngine(Engine):
         if tuple(drafter.reads_target):
             raise ValueError(f"drafter '{drafter.name}' reads the target's states of verified tokens, so it cannot "
                              "draft ahead of verification: parallel decoding needs a drafter with its own model")
+        if getattr(drafter, "online", None) is not None:  # e.g. DistilledDrafter(online=...)
+            raise ValueError(f"drafter '{drafter.name}' learns from each verdict as it serves, so it cannot draft "
+                             "ahead of them: parallel decoding needs a drafter that does not learn online")
         if stop is not None and stop.name not in ("static", "schedule"):
             raise ValueError(f"parallel decoding adapts the draft length itself; stopping rule '{stop.name}' "
                              "is not supported there (use static or schedule)")

@@ -175,6 +175,10 @@ def test_drafters_without_a_model_of_their_own_are_refused(tiny_target):
 
     with pytest.raises(ValueError, match="cannot draft ahead"):
         ParallelEngine(tiny_target, str, ReadsTarget(tiny_target, chain_builder(2)))
+    online = ModelDrafter(tiny_target, chain_builder(2))
+    online.online = object()  # as DistilledDrafter(online=...): it learns from every verdict
+    with pytest.raises(ValueError, match="learns from each verdict"):
+        ParallelEngine(tiny_target, str, online)
     with pytest.raises(ValueError, match="not supported"):
         ParallelEngine(tiny_target, str, ModelDrafter(tiny_target, chain_builder(2)),
                        stop=make_stop_rule("adaedl", 3))
