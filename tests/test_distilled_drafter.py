@@ -199,7 +199,7 @@ def test_sampling_matches_a_context_dependent_target(context_target, online):
     before = {k: v.clone() for k, v in distilled.own_state(model).items()}
     drafter = make_distilled_drafter(context_target, "distill-kd", "chain", 3, model=model, online=online)
     if online:
-        drafter.online.every = 1  # an update after every rejection: the drafter changes all the time
+        drafter.online.every, drafter.online.steps = 40, 1  # dozens of updates: q changes many times during the test
     engine = Engine(context_target, str, drafter, rule="sampling")
     pvalue = chi_square(engine)
     print(f"distilled chain (online={online}) on a context-dependent target: p={pvalue:.3g}")
