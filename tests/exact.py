@@ -28,3 +28,17 @@ def exact_joint_lm(model, prompt: list[int], n: int, warp: Warp) -> dict[tuple, 
                 break
         out[seq] = prob
     return out
+
+
+def context_llama(vocab: int = 6, seed: int = 3):
+    """A tiny Llama whose next token depends strongly on the whole context (sharp attention, large
+    values): a stale cache entry or a wrong tree mask changes its output measurably."""
+    from conftest import tiny_llama
+
+    target = tiny_llama(seed, vocab=vocab)
+    with torch.no_grad():
+        target.model.embed_tokens.weight.mul_(2.0)
+        for layer in target.model.layers:
+            for proj, scale in (("q_proj", 6), ("k_proj", 6), ("v_proj", 3), ("o_proj", 3)):
+                getattr(layer.self_attn, proj).weight.mul_(scale)
+    return target

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 from conftest import tiny_llama
-from exact import exact_joint_lm
+from exact import context_llama, exact_joint_lm
 from scipy.stats import chisquare
 
 from specviz import models
@@ -170,12 +170,7 @@ VOCAB, N, SAMPLES = 6, 3, 3_000
 
 @pytest.fixture(scope="module")
 def context_target():
-    target = tiny_llama(3, vocab=VOCAB)
-    with torch.no_grad():  # sharp attention: the next token depends strongly on the earlier ones
-        target.model.embed_tokens.weight.mul_(2.0)
-        for layer in target.model.layers:
-            for proj, scale in (("q_proj", 6), ("k_proj", 6), ("v_proj", 3), ("o_proj", 3)):
-                getattr(layer.self_attn, proj).weight.mul_(scale)
+    target = context_llama(VOCAB)  # the next token depends strongly on the earlier ones
     return target
 
 

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 from conftest import perturbed, tiny_llama
-from exact import exact_joint_lm
+from exact import context_llama, exact_joint_lm
 from scipy.stats import chisquare
 
 from specviz import trace
@@ -213,12 +213,7 @@ VOCAB, N, SAMPLES = 6, 3, 8_000
 
 @pytest.fixture(scope="module")
 def context_pair():
-    target = tiny_llama(3, vocab=VOCAB)
-    with torch.no_grad():  # sharp attention: the next token depends strongly on the earlier ones
-        target.model.embed_tokens.weight.mul_(2.0)
-        for layer in target.model.layers:
-            for proj, scale in (("q_proj", 6), ("k_proj", 6), ("v_proj", 3), ("o_proj", 3)):
-                getattr(layer.self_attn, proj).weight.mul_(scale)
+    target = context_llama(VOCAB)  # the next token depends strongly on the earlier ones
     return target, perturbed(target, 0.5, seed=4)
 
 
