@@ -180,7 +180,8 @@ def cmd_profile(a) -> int:
 
     bar = lambda items, desc: tqdm(items, desc=desc, file=sys.stderr, leave=False)  # noqa: E731
     result = profile_target(a.target, fast=not a.no_fast_path, ar_prompts=a.ar_prompts,
-                            max_new_tokens=a.max_new_tokens, repeats=a.repeats, progress=bar, load=load_model)
+                            max_new_tokens=a.max_new_tokens, repeats=a.repeats, progress=bar, load=load_model,
+                            quiet=a.quiet)
     print(format_profile(result))
     if a.json:
         from .trace import atomic_write_text
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ar-prompts", type=int, default=0, help="also decode the first N prompts of "
                     "assets/prompts.jsonl autoregressively (greedy) on each path and report tokens/s")
     pr.add_argument("--max-new-tokens", type=int, default=64, help="with --ar-prompts")
+    pr.add_argument("--quiet", type=float, metavar="SHARE", help="on a shared machine: time only while other "
+                    "jobs keep the CPU less than SHARE busy (e.g. 0.1; waits as long as it takes)")
     pr.add_argument("--json", help="write the results here")
     pr.set_defaults(func=cmd_profile)
     r = sub.add_parser("replay", help="print a saved trace without any model")

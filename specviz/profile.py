@@ -43,6 +43,16 @@ KINDS = {
 OTHER_OPS, PYTHON = "other ops (embedding, views, masks, ...)", "Python and dispatch (between ops)"
 
 
+def wait_for_quiet(limit: float, timeout: float = 1800.0) -> float:
+    """Sleep until the machine's CPU is less than `limit` busy (other jobs); returns the busy share seen."""
+    start = time.monotonic()
+    busy = cpu_busy()
+    while busy >= limit and time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        busy = cpu_busy()
+    return busy
+
+
 def cpu_busy(seconds: float = 0.3) -> float:
     """Share of the machine's CPU time used by anything during `seconds` (we sleep): a noise indicator."""
     def read() -> tuple[int, int]:
@@ -80,11 +90,13 @@ class _Stepper:
         return seconds
 
 
-def _breakdown(stepper: _Stepper, steps: int) -> dict[str, float]:
+def _breakdown(stepper: _Stepper, steps: int, quiet: float | None = None) -> dict[str, float]:
     """ms per one-token step by kind of work, from torch.profiler's top-level operators."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     stepper.step(1)
+    if quiet is not None:
+        wait_for_quiet(quiet)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             with record_function("specviz_step"):
@@ -138,10 +150,13 @@ def gemm_floor(model: torch.nn.Module, rows: Iterable[int] = (1, 9), repeats: in
 
 def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), sizes: Iterable[int] = SIZES,
             prefix: int = PREFIX, repeats: int = REPEATS, breakdown_steps: int = BREAKDOWN_STEPS,
-            progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, name: str = "") -> dict:
+            progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, name: str = "",
+            quiet: float | None = None) -> dict:
     """Forward cost of each size in `sizes` after `prefix` cached tokens, per path ("plain": transformers'
     forward with a DynamicCache, "fast": specviz.fast), medians of `repeats` interleaved runs, plus the
-    one-token step's breakdown. A path the model cannot take is left out (the reason is recorded)."""
+    one-token step's breakdown. A path the model cannot take is left out (the reason is recorded).
+    quiet: on a shared machine, time a (repeat, size) group only while other jobs keep the CPU less than
+    this busy, and time it again if they got busier meanwhile (waits as long as it takes)."""
     sizes, paths = [int(n) for n in sizes], list(paths)
     reason = fast.unsupported_reason(model)
     if reason and "fast" in paths:
@@ -159,9 +174,17 @@ def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), si
         for n in sizes:
             stepper.step(n)
     times = {path: {n: [] for n in sizes} for path in paths}
-    plan = [(r, n, path) for r in range(repeats) for n in sizes for path in paths]
-    for _, n, path in progress(plan, "forwards"):
-        times[path][n].append(steppers[path].step(n))
+    retimed = 0
+    for _, n in progress([(r, n) for r in range(repeats) for n in sizes], "forwards"):
+        while True:
+            if quiet is not None:
+                wait_for_quiet(quiet)
+            group = {path: steppers[path].step(n) for path in paths}
+            if quiet is None or cpu_busy(0.1) < 2 * quiet:
+                break
+            retimed += 1
+        for path, seconds in group.items():
+            times[path][n].append(seconds)
     cost = {path: {n: statistics.median(times[path][n]) * 1e3 for n in sizes} for path in paths}
     base = sizes[0]
     result = {
@@ -175,21 +198,26 @@ def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), si
         "paths": paths,
         "fast_path_unsupported": reason,
         "cpu_busy_before": busy,
+        "quiet_limit": quiet,
+        "groups_retimed": retimed,
         "setup_seconds": setup_s,  # CachedLM construction + prefill (the fast path's packing, once per model)
         "cost_ms": cost,
         "ratio_to_first_size": {path: {n: cost[path][n] / cost[path][base] for n in sizes} for path in paths},
-        "breakdown_ms": {path: _breakdown(steppers[path], breakdown_steps) for path in progress(paths, "breakdown")},
+        "breakdown_ms": {path: _breakdown(steppers[path], breakdown_steps, quiet) for path in progress(paths, "breakdown")},
     }
     if "plain" in paths and "fast" in paths:
         result["fast_speedup"] = {n: cost["plain"][n] / cost["fast"][n] for n in sizes}
     if "fast" in paths:
+        if quiet is not None:
+            wait_for_quiet(quiet)
         result["gemm_floor"] = gemm_floor(model, (1, 9) if 9 in sizes else (1,), repeats)
     result["cpu_busy_after"] = cpu_busy()
     return result
 
 
 def ar_speed(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, paths: Iterable[str] = ("plain", "fast"),
-             progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, chat: bool = True) -> dict:
+             progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, chat: bool = True,
+             quiet: float | None = None) -> dict:
     """Greedy autoregressive decoding of each prompt on each path (interleaved per prompt): tokens/s
     (the engine's own measure: decoding wall time including the prompt's prefill) and whether the
     paths wrote the same tokens."""
@@ -205,7 +233,12 @@ def ar_speed(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, pat
     rows = []
     for text in progress(prompts, "AR decoding"):
         ids = encode_prompt(tokenizer, text, chat)
-        runs = {p: engines[p].run(ids, settings) for p in paths}
+        while True:
+            if quiet is not None:
+                wait_for_quiet(quiet)
+            runs = {p: engines[p].run(ids, settings) for p in paths}
+            if quiet is None or cpu_busy(0.1) < 2 * quiet:
+                break
         rows.append({"prompt": text[:60], "prompt_tokens": len(ids),
                      "tokens": {p: r.metrics.tokens for p, r in runs.items()},
                      "seconds": {p: r.metrics.elapsed_s for p, r in runs.items()},
@@ -216,7 +249,8 @@ def ar_speed(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, pat
 
 
 def profile_target(name: str, fast: bool = True, ar_prompts: int = 0, max_new_tokens: int = 64, repeats: int = REPEATS,
-                   progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, load=None) -> dict:
+                   progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, load=None,
+                   quiet: float | None = None) -> dict:
     """`profile` of a named target (preset, directory or hub id); with ar_prompts, also `ar_speed` on the
     first ar_prompts prompts of the evaluation set."""
     from . import models
@@ -224,11 +258,11 @@ def profile_target(name: str, fast: bool = True, ar_prompts: int = 0, max_new_to
 
     model, tokenizer, preset = (load or models.load_cached)(name)
     paths = ("plain", "fast") if fast else ("plain",)
-    result = profile(model, paths, repeats=repeats, progress=progress, name=name)
+    result = profile(model, paths, repeats=repeats, progress=progress, name=name, quiet=quiet)
     if ar_prompts:
         prompts = [p["prompt"] for p in read_prompts()[:ar_prompts]]
         chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
-        result["ar"] = ar_speed(model, tokenizer, prompts, max_new_tokens, result["paths"], progress, chat)
+        result["ar"] = ar_speed(model, tokenizer, prompts, max_new_tokens, result["paths"], progress, chat, quiet)
     return result
 
 
@@ -267,7 +301,10 @@ def format_profile(r: dict) -> str:
                      f"(tokens/s incl. prefill; same tokens on every path: {ar['identical']}/{len(ar['prompts'])}):")
         lines.append("  " + "   ".join(f"{p} {v:.1f} tok/s" for p, v in ar["tokens_per_s"].items()))
     busy = max(r["cpu_busy_before"], r["cpu_busy_after"])
-    if busy > 0.1:
+    if r.get("quiet_limit") is not None:
+        lines.append(f"timed only while other jobs kept the CPU under {r['quiet_limit']:.0%} busy "
+                     f"({r['groups_retimed']} groups timed again)")
+    elif busy > 0.1:
         lines.append(f"note: other processes kept the CPU {busy:.0%} busy around this run; times are noisy, "
                      "ratios less so")
     return "\n".join(lines)
