@@ -204,8 +204,9 @@ def evaluate(model, seqs: list[dict], lookup: torch.Tensor, batch_tokens: int, l
     return {k: v / groups for k, v in total.items()}
 
 
-def plot(history: list[dict], path: Path, title: str) -> Path:
-    """The loss curve as a PNG (PIL only): training loss (smoothed) and validation KL / TV / top-1."""
+def plot(history: list[dict], path: Path, title: str, objective: str = "kl") -> Path:
+    """The loss curve as a PNG (PIL only): the training objective (smoothed; KD: KL, TVD++: TV, not the
+    surrogate) and validation KL / TV / top-1."""
     from PIL import Image, ImageDraw
 
     W, H, pad = 1100, 360, 46
@@ -213,7 +214,7 @@ def plot(history: list[dict], path: Path, title: str) -> Path:
     d = ImageDraw.Draw(img)
     train = [h for h in history if "valid" not in h]
     valid = [h for h in history if "valid" in h]
-    panels = [("training loss (smoothed)", [("loss", train, (31, 119, 180))]),
+    panels = [(f"training {objective.upper()} (smoothed)", [(objective, train, (31, 119, 180))]),
               ("validation KL (nats)", [("kl", valid, (214, 39, 40)), ("kl", train, (255, 170, 170))]),
               ("validation TV and top-1 agreement", [("tv", valid, (44, 160, 44)), ("top1", valid, (148, 103, 189))])]
     pw = (W - pad) // len(panels)
@@ -254,6 +255,7 @@ def train(target_model, data: DistillSet, cfg: TrainConfig, out: Path, work: Pat
           progress=None, log=print) -> dict:
     """Train (or resume) one kind; write fp16 weights to `out` and a card beside them. Returns a summary."""
     kind = loss_name(cfg.kind)
+    objective = "kl" if kind == "kd" else "tv"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     sets = as_sets(data)
@@ -328,7 +330,7 @@ def train(target_model, data: DistillSet, cfg: TrainConfig, out: Path, work: Pat
                         "seconds": seconds_before + time.perf_counter() - t0}, tmp)
             os.replace(tmp, ckpt)
             (work / "history.json").write_text(json.dumps(history))
-            plot(history, work / "loss.png", f"{cfg.kind}: {len(train_seqs)} sequences, {cfg.steps} steps")
+            plot(history, work / "loss.png", f"{cfg.kind}: {len(train_seqs)} sequences, {cfg.steps} steps", objective)
     model.eval()
     seconds = seconds_before + time.perf_counter() - t0
     valid = [h for h in history if "valid" in h]
@@ -346,9 +348,9 @@ def train(target_model, data: DistillSet, cfg: TrainConfig, out: Path, work: Pat
     }
     distilled.save(model, out, {k: summary[k] for k in ("kind", "loss", "train_seconds", "head_tokens")})
     png = out.with_suffix(".loss.png")
-    plot(history, png, f"{cfg.kind}: {len(train_seqs)} sequences, {cfg.steps} steps")
+    plot(history, png, f"{cfg.kind}: {len(train_seqs)} sequences, {cfg.steps} steps", objective)
     if work != out.parent:
-        plot(history, work / "loss.png", f"{cfg.kind}: {len(train_seqs)} sequences, {cfg.steps} steps")
+        plot(history, work / "loss.png", f"{cfg.kind}: {len(train_seqs)} sequences, {cfg.steps} steps", objective)
     return {"model": model, "summary": summary, "history": history, "png": png}
 
 
