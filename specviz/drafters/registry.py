@@ -91,6 +91,12 @@ def _distilled(kind: str, online: bool = False) -> Callable[[DraftRequest], Draf
     return make
 
 
+def _eagle(r: DraftRequest) -> Drafter:
+    from .feature_head import make_feature_drafter
+
+    return make_feature_drafter(r.target_model, shape=r.shape, draft_len=r.draft_len, target=r.target)
+
+
 def _model_nodes(draft_len: int, shape: str) -> int:
     from .strategies import STRATEGIES
 
@@ -139,6 +145,10 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
     DrafterEntry("distill-tvd-online", "distilled LM (TVD++), online", "distill-tvd that keeps learning from the "
                  "target where it was rejected (Online Speculative Decoding)", _distilled("distill-tvd", online=True),
                  kind="trained", takes_shape=True, max_nodes=_model_nodes),
+    # EAGLE feature head (specviz/drafters/feature_head.py; weights in assets/drafters/, SmolLM2-135M only)
+    DrafterEntry("eagle", "EAGLE feature head", "one trained decoder layer on the target's own hidden states "
+                 "(EAGLE), 8k-token readout through the target's LM head, any shape", _eagle, kind="trained",
+                 takes_shape=True, max_nodes=_model_nodes),
 )
 
 
