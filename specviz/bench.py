@@ -5,6 +5,7 @@ Every figure comes from a run in this process; nothing is remembered between run
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -230,7 +231,6 @@ def format_table(results: dict, with_hf: bool) -> str:
 def sweep_drafter(name: str, strategy: str, nodes: int, target_model, target: str | None = None):
     """A drafter of `strategy` that drafts at most `nodes` nodes per step (equal target budgets).
     `strategy` is a registered drafter (pld vs pld-tree, ...) or a shape of the model drafter `name`."""
-    from .drafters.model import ModelDrafter
     from .drafters.strategies import STRATEGIES, budget_builder
 
     if strategy in DRAFTERS:  # e.g. pld (a chain) vs pld-tree at the same node budget
@@ -239,8 +239,13 @@ def sweep_drafter(name: str, strategy: str, nodes: int, target_model, target: st
         raise ValueError(f"drafter '{name}' has no strategy '{strategy}'; list registered drafters in "
                          f"--strategies ({', '.join(DRAFTERS)}) or shapes of a model drafter ({', '.join(STRATEGIES)})")
     base = make_drafter(DraftRequest(name, target_model, target, 1, "chain"))  # the usual checks (vocabulary)
-    return ModelDrafter(base.lm.model, budget_builder(strategy, nodes), f"{name} ({strategy}, {nodes} nodes)",
-                        greedy_only=STRATEGIES.get(strategy).greedy_only)
+    # The same drafter (its weights, readout and caches: a small LM, a feature head, a distilled LM) with
+    # another shape; a shallow copy is enough because sweep runs are sequential.
+    shaped = copy.copy(base)
+    shaped.builder = budget_builder(strategy, nodes)
+    shaped.name = f"{name} ({strategy}, {nodes} nodes)"
+    shaped.greedy_only = STRATEGIES.get(strategy).greedy_only
+    return shaped
 
 
 def runs_in(cat: str, prompts: list[dict], repeats: int) -> int:

@@ -202,13 +202,27 @@ def plot(history: list[dict], path: Path) -> Path | None:
 def train(target_model, data: DistillSet | list[DistillSet], cfg: TrainConfig, out: Path, work: Path, progress=None,
           log=print, intermediate: int | None = None) -> dict:
     """Train (or resume) and write the head to `out` (fp16 safetensors); checkpoints live in `work`."""
+    # Adam moments and exp(top-K log-probs) underflow, and denormals are ~50x slower; the switch is
+    # process-wide (it would break float code elsewhere, e.g. hypothesis), so it is undone afterwards.
+    torch.set_flush_denormal(True)
+    try:
+        return _train(target_model, data, cfg, out, work, progress, log, intermediate)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress, log, intermediate) -> dict:
     sets = data if isinstance(data, list) else [data]
-    torch.set_flush_denormal(True)  # Adam moments and exp(top-K log-probs) underflow: denormals are 50x slower
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     vocab = int(target_model.config.vocab_size)
-    vocab_ids = frequent_tokens(sets, cfg.vocab, vocab) if cfg.vocab else None
+    ckpt = work / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    if state is not None and "vocab_ids" in state:  # a resumed run keeps its readout tokens
+        vocab_ids = state["vocab_ids"]
+    else:
+        vocab_ids = frequent_tokens(sets, cfg.vocab, vocab) if cfg.vocab else None
     head = FeatureHead(HeadConfig.for_target(target_model.config, intermediate), vocab_ids)
     embed = target_model.get_input_embeddings().weight.detach()
     readout = readout_weight(target_model, vocab_ids)
@@ -220,11 +234,9 @@ def train(target_model, data: DistillSet | list[DistillSet], cfg: TrainConfig, o
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))))
-    ckpt = work / "checkpoint.pt"
     history: list[dict] = []
     start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    if state is not None:
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -261,8 +273,8 @@ def train(target_model, data: DistillSet | list[DistillSet], cfg: TrainConfig, o
                                                           if k not in ("step", "valid")))
             work.mkdir(parents=True, exist_ok=True)
             tmp = work / ".checkpoint.pt.tmp"
-            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "history": history, "step": step + 1, "rng": rng.getstate(), "gen": gen.get_state(),
+            torch.save({"head": head.state_dict(), "vocab_ids": vocab_ids, "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "history": history, "step": step + 1, "rng": rng.getstate(), "gen": gen.get_state(),
                         "torch_rng": torch.get_rng_state()}, tmp)
             os.replace(tmp, ckpt)
             (work / "history.json").write_text(json.dumps(history))

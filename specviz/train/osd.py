@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draft-len", type=int, default=3)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--prompts", default=str(DEFAULT_PROMPTS))
+    ap.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     ap.add_argument("--adapt", help="serve this prompt file first (online only), then evaluate")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--temperature", type=float, default=0.0)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig(a.target, a.drafter, "chain", a.draft_len, settings=settings)
     static = build(config)
     online = build(replace(config, drafter=f"{a.drafter}-online"))
-    prompts = [p["prompt"] for p in read_prompts(a.prompts)]
+    prompts = [p["prompt"] for p in read_prompts(a.prompts)][: a.limit or None]
     encoded = [static.encode(p) for p in prompts]
     static.engine.run(encoded[0], Settings(8))  # warm-up
     ref, ref_out = run_set(static, encoded, settings)
