@@ -65,8 +65,17 @@ def _quiet(fn, *args):
 
 
 def queue_kwargs() -> dict:
-    """demo.queue() arguments: one decode at a time, at most `queue_size` waiting (more are told the
-    queue is full); gradio tells each waiting visitor its place and an estimate of the wait."""
+    """demo.queue() arguments: one decode at a time, at most `queue_size` requests waiting.
+
+    What a visitor sees (gradio 6.31's own queue, checked against `python app.py`; tests/test_http_api.py):
+    - waiting behind other runs: every output of the request shows `queue: k/n | t/ETA s` in its corner
+      (place k among n waiting, seconds waited / expected wait from past run times); API clients get the
+      same in `job.status()` (`rank` = requests ahead in the queue, 0 = next; `queue_size`; `eta` seconds);
+    - queue full (`queue_size` waiting): refused at once, one line. The page shows a toast "This application
+      is currently busy. Please try again."; gradio_client raises QueueError("Queue is full! Please try
+      again."); plain HTTP (POST /gradio_api/queue/join) gets 503 {"detail": "Queue is full. Max size is N and
+      size is N."}. Nothing is queued, so the visitor simply tries again later.
+    The landing view (a recorded example) is served outside the queue, so a full queue never blanks the page."""
     return dict(default_concurrency_limit=1, max_size=budgets().queue_size)
 
 

@@ -222,7 +222,9 @@ def build_demo() -> gr.Blocks:
         wire(upload.upload, callbacks.import_trace, dict(upload=upload), replayed, session, api_name="import_trace")
         wire(example.input, callbacks.load_example, dict(example=example), replayed, session,
              api_name="example_trace")
-        wire(demo.load, callbacks.first_view, dict(example=example), replayed, session, api_visibility="private")
+        # outside the queue: a visitor arriving while the queue is full still gets the landing view
+        wire(demo.load, callbacks.first_view, dict(example=example), replayed, session, api_visibility="private",
+             queue=False)
 
         def show_stop_rule(name):
             return {stop_about: menus.stop_rule_about(name)} | {

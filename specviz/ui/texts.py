@@ -26,6 +26,9 @@ HOW_TO_READ = """**How to read this page**
   distribution for longer accepted runs); the *stopping rule* decides when a drafting round ends (its parameters
   appear under it); the *fast path* uses pre-packed CPU kernels where the model supports them (same results).
 * **Step-by-step** runs live, one step per click of *Next step ▶*, explaining each step in words.
+* **Waiting**: one run decodes at a time. While others' runs go first, the views show `queue: k/n | t/ETA s` (your
+  place in the queue and the expected wait); when the queue is full, the page says *This application is currently
+  busy. Please try again.* and nothing is queued.
 """
 
 CSS = """
