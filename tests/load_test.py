@@ -2,14 +2,19 @@
 
     .venv/bin/python tests/load_test.py                 # 8 sessions (what CI runs, via tests/test_load.py)
     .venv/bin/python tests/load_test.py --sessions 30 --seconds 600   # the classroom case
+    .venv/bin/python tests/load_test.py --heavy          # + the heaviest request the app accepts (Qwen 1.5B)
 
 Each session, until the time is up: a run with the default target (its text must equal the engine's own
-output for that request), a run cancelled midway, a step-by-step run abandoned midway; one session sends
-a long request that the per-run time limit (SPECVIZ_RUN_SECONDS) must end. Reports completed runs,
-errors (must be 0), mismatched texts (must be 0), p50/p95 of time to first update and of queue wait,
-the limited request's stop reason, and RSS before/after (must return within RSS_BOUND_MB of the start
-after the sessions end, step-by-step engines released by SPECVIZ_STEP_IDLE_S). Asserts correctness and
-bounds, never speed (absolute times depend on the machine's load).
+output for that request), a run cancelled midway, a step-by-step run abandoned midway; one session also
+imports a trace at every trace limit (tests/test_trace.py's maximal_trace, ~16 MB: the upload size limit)
+`--imports` times, each of which must be shown; another request is long and the per-run time limit
+(SPECVIZ_RUN_SECONDS) must end it. With --heavy (both Qwen presets installed and heavy presets allowed), the
+heaviest request as well: Qwen2.5-Coder 1.5B verifying a 0.5B beam of draft length 32, 512 new tokens, which
+the time limit must end too. Reports completed runs, errors (must be 0), mismatched texts (must be 0),
+p50/p95 of time to first update, p50/max of a trace import (upload to views shown), the limited requests'
+stop reasons, and RSS before/after (must return within RSS_BOUND_MB of the start after the sessions end,
+step-by-step engines released by SPECVIZ_STEP_IDLE_S). Asserts correctness and bounds, never speed
+(absolute times depend on the machine's load).
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ LONG_PROMPT = "Write the numbers from 1 to 500 separated by commas."
 RSS_BOUND_MB = 400  # after the sessions end, RSS stays within this of the RSS after warm-up
 RUN_SECONDS = 15  # the deployment's per-run limit for this test
 N_TOKENS = 16
+IMPORTS = 3  # trace imports at the size limit, by session 0
+HEAVY = dict(target="qwen2.5-coder-1.5b", drafter="qwen2.5-coder-0.5b", strategy="beam", draft_len=32)
+HEAVY_SLACK_S = 90  # the time limit is checked between forwards: one beam-32 step may run past it
 
 
 def args(prompt, max_new_tokens=N_TOKENS, seed=0):
@@ -63,6 +71,29 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
+def heavy_args(max_new_tokens=512):
+    return (LONG_PROMPT, HEAVY["target"], HEAVY["drafter"], HEAVY["strategy"], HEAVY["draft_len"], 0.0, 1.0, 0,
+            max_new_tokens, "auto", False)
+
+
+def heavy_available() -> str:
+    """'' when the heavy request's models are installed here, else why not (whether the app offers them,
+    SPECVIZ_HEAVY_PRESETS, is read from its /health once it runs)."""
+    from specviz import models
+
+    missing = [p for p in (HEAVY["target"], HEAVY["drafter"]) if models.status(p) != "ready"]
+    return f"not installed: {', '.join(missing)} (python -m specviz fetch NAME)" if missing else ""
+
+
+def limit_trace(directory: str) -> str:
+    """A trace at every trace limit at once (tests/test_trace.py), as a file to upload."""
+    from test_trace import maximal_trace
+
+    path = Path(directory) / "at-every-limit.json"
+    path.write_text(maximal_trace())
+    return str(path)
+
+
 def expected_texts() -> dict:
     from specviz.api import build_engine
     from specviz.engine import Settings
@@ -71,8 +102,16 @@ def expected_texts() -> dict:
     return {p: engine.generate(p, Settings(max_new_tokens=N_TOKENS)).text for p in PROMPTS}
 
 
-def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable) -> dict:
-    from gradio_client import Client
+def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable, imports: int = IMPORTS,
+         heavy: bool = False) -> dict:
+    import tempfile
+
+    from gradio_client import Client, handle_file
+
+    if heavy and (why := heavy_available()):
+        raise RuntimeError(f"--heavy: {why}")
+    tmp = tempfile.TemporaryDirectory(prefix="specviz-load-")
+    big = limit_trace(tmp.name) if imports else None
 
     port = free_port()
     env = {**os.environ, "SPECVIZ_HOST": "127.0.0.1", "SPECVIZ_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
@@ -80,7 +119,8 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable)
     env.pop("SPACE_ID", None)
     server = subprocess.Popen([python, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
-    stats = dict(completed=0, cancelled=0, abandoned=0, errors=0, mismatches=0, first=[], waits=[], error_text=[])
+    stats = dict(completed=0, cancelled=0, abandoned=0, errors=0, mismatches=0, first=[], waits=[], error_text=[],
+                 imports=[])
     lock = threading.Lock()
     try:
         deadline = time.time() + 180
@@ -96,14 +136,34 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable)
         expected = expected_texts()
         url = f"http://127.0.0.1:{port}/"
         warm = Client(url, verbose=False)
+        if heavy and "heavy presets on" not in warm.predict(api_name="/health"):
+            raise RuntimeError("--heavy: the app does not offer the heavy presets (SPECVIZ_HEAVY_PRESETS=1)")
         warm.predict(*args(PROMPTS[0]), False, api_name="/run")  # loads the default target
+        if heavy:  # loads both Qwen models before RSS is taken (they stay, within the memory budget)
+            warm.predict(*heavy_args(max_new_tokens=1), api_name="/run")
         rss_start = rss_mb(server.pid)
+
+        def import_trace(client):
+            t0 = time.perf_counter()
+            out = dict(zip(NAMES, client.predict(handle_file(big), api_name="/import_trace")))
+            took = time.perf_counter() - t0
+            if "Imported trace" not in out["status"]:
+                raise AssertionError(f"import not shown: {out['status'][:200]}")
+            with lock:
+                stats["imports"].append(took)
 
         def session(k: int):
             client = Client(url, verbose=False)
             end = time.time() + seconds
             i = 0
             while time.time() < end:
+                if k == 0 and len(stats["imports"]) < imports:  # session 0: an import before each request
+                    try:
+                        import_trace(client)
+                    except Exception as err:  # noqa: BLE001 - counted and reported
+                        with lock:
+                            stats["errors"] += 1
+                            stats["error_text"].append(f"import {type(err).__name__}: {str(err)[:200]}")
                 kind = i % 3
                 prompt = PROMPTS[(k + i) % len(PROMPTS)]
                 i += 1
@@ -143,15 +203,30 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable)
 
         limited = {}
 
-        def heavy():
+        def long_request():
             client = Client(url, verbose=False)
             # greedy SmolLM2 counts on to the 512-token cap (no early EOS): >= 17 s of decoding even alone
             out = dict(zip(NAMES, client.predict(LONG_PROMPT, TARGET, "none", "chain", 4, 0.0, 1.0, 0, 512, "auto",
                                                  False, api_name="/run")))
             limited["status"] = out["status"]
 
+        def heaviest():
+            client = Client(url, verbose=False)
+            job = client.submit(*heavy_args(), api_name="/run")
+            started = None
+            try:
+                for _ in job:
+                    if started is None:
+                        started = time.perf_counter()  # dequeued: its first update ("preparing")
+                limited["heavy_status"] = dict(zip(NAMES, job.result()))["status"]
+            except Exception as err:  # noqa: BLE001 - reported; check() fails on it
+                limited["heavy_status"] = f"{type(err).__name__}: {str(err)[:300]}"
+            limited["heavy_run_s"] = round(time.perf_counter() - (started or time.perf_counter()), 1)
+
         threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
-        threads.append(threading.Thread(target=heavy))
+        threads.append(threading.Thread(target=long_request))
+        if heavy:
+            threads.append(threading.Thread(target=heaviest))
         t0 = time.time()
         for t in threads:
             t.start()
@@ -162,6 +237,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable)
         health = warm.predict(api_name="/health")
         rss_end = rss_mb(server.pid)
     finally:
+        tmp.cleanup()
         server.terminate()
         try:
             server.wait(timeout=20)
@@ -171,9 +247,14 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable)
                   cancelled=stats["cancelled"], abandoned=stats["abandoned"], errors=stats["errors"],
                   mismatches=stats["mismatches"], first_update_p50_s=round(pct(stats["first"], .5), 2),
                   first_update_p95_s=round(pct(stats["first"], .95), 2),
+                  imports_asked=imports, imports=len(stats["imports"]),
+                  import_p50_s=round(pct(stats["imports"], .5), 2),
+                  import_max_s=round(max(stats["imports"], default=float("nan")), 2),
                   limited_status=limited.get("status", ""), rss_start_mb=round(rss_start), rss_end_mb=round(rss_end),
                   rss_bound_mb=RSS_BOUND_MB, health=health, error_text=stats["error_text"][:5],
                   uptime=os.popen("uptime").read().strip())
+    if heavy:
+        report.update(heavy_status=limited.get("heavy_status", ""), heavy_run_s=limited.get("heavy_run_s"))
     return report
 
 
@@ -182,6 +263,10 @@ def check(report: dict) -> None:
     assert report["mismatches"] == 0
     assert report["completed"] > 0
     assert "time limit" in report["limited_status"], report["limited_status"]
+    assert report["imports"] > 0 or not report["imports_asked"], "no trace was imported"
+    if "heavy_status" in report:
+        assert "time limit" in report["heavy_status"], report["heavy_status"]
+        assert report["heavy_run_s"] <= RUN_SECONDS + HEAVY_SLACK_S, report
     assert report["rss_end_mb"] - report["rss_start_mb"] <= RSS_BOUND_MB, report
 
 
@@ -189,8 +274,13 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--imports", type=int, default=IMPORTS, help="trace imports at the size limit (session 0)")
+    ap.add_argument("--heavy", action="store_true",
+                    help="also send the heaviest request (Qwen 1.5B + 0.5B beam, draft length 32, 512 tokens)")
     a = ap.parse_args()
-    rep = main(a.sessions, a.seconds)
+    if a.heavy and (why := heavy_available()):
+        ap.error(f"--heavy: {why}")
+    rep = main(a.sessions, a.seconds, imports=a.imports, heavy=a.heavy)
     for key, value in rep.items():
         print(f"{key}: {value}")
     check(rep)
