@@ -11,20 +11,26 @@ import time
 from pathlib import Path
 
 
+DEFAULTS = {"steps": 1500, "batch_tokens": 3072, "vocab": 16384, "threads": 2}
+KIND_DEFAULTS = {"del": {"steps": 300, "batch_tokens": 512, "vocab": 8192, "threads": 1}}
+
+
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train-drafter", help="make distillation data with the target and train a drafter on it")
-    t.add_argument("kind", choices=["eagle", "distill-kd", "distill-tvd"],
+    t.add_argument("kind", choices=["eagle", "distill-kd", "distill-tvd", "del"],
                    help="eagle: a feature head on the target's hidden states; distill-kd / distill-tvd: a small "
-                   "drafter LM fine-tuned by KD or TVD++ (specviz/train/distill.py)")
+                   "drafter LM fine-tuned by KD or TVD++ (specviz/train/distill.py); del: exit adapters for "
+                   "DEL self-speculation (specviz/train/early_exit.py)")
     t.add_argument("--target", default="smollm2-135m")
     t.add_argument("--shards", type=int, default=12, help="generated shards to use (32 responses each; 0 = all)")
     t.add_argument("--no-corpus", action="store_true", help="skip the stored corpus (teacher-forced, cheap)")
     t.add_argument("--max-new-tokens", type=int, default=128)
-    t.add_argument("--steps", type=int, default=1500)
-    t.add_argument("--batch-tokens", type=int, default=3072)
-    t.add_argument("--vocab", type=int, default=16384, help="readout tokens (most frequent in the data); 0 = all")
+    t.add_argument("--steps", type=int, help="default 1500 (del: 300)")
+    t.add_argument("--batch-tokens", type=int, help="default 3072 (del: 512)")
+    t.add_argument("--vocab", type=int, help="readout tokens (most frequent in the data); 0 = all; "
+                   "default 16384 (del: 8192)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--threads", type=int, help="default 2 (del: 1)")
     t.add_argument("--data-only", action="store_true")
     t.add_argument("--out", help="weights file (default assets/drafters/eagle-<target>.safetensors)")
     t.add_argument("--work", help="checkpoints and loss curve (default <cache>/distill/<target>/eagle-work)")
@@ -40,6 +46,9 @@ def cmd_train_drafter(a: argparse.Namespace) -> int:
     from . import data
     from .eagle import TrainConfig, train
 
+    for key, value in (DEFAULTS | KIND_DEFAULTS.get(a.kind, {})).items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     torch.set_num_threads(a.threads)
     bar = lambda desc: (lambda items, **kw: tqdm(items, desc=desc, file=sys.stderr, mininterval=5, **kw))  # noqa: E731
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -51,6 +60,10 @@ def cmd_train_drafter(a: argparse.Namespace) -> int:
     log(f"data ready in {time.perf_counter() - t0:.0f} s")
     if a.data_only:
         return 0
+    if a.kind == "del":
+        from .early_exit import run_from_cli as run_del
+
+        return run_del(a, roots)
     if a.kind.startswith("distill-"):
         from .distill import run_from_cli
 
