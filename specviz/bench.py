@@ -74,6 +74,8 @@ class Row:
             "predicted_speedup": sum(self.predicted) / len(self.predicted) if self.predicted else 0.0,
             "outside_forward_share": m.outside_forward_share,
             "c": m.c,  # drafter seconds per drafted token / target seconds per verification forward
+            "verify_cost_ratio": m.verify_cost_ratio,  # a forward that verified drafts / a one-token forward
+            "mean_verified_positions": m.mean_verified_positions,
             "wasted_forwards": m.wasted_forwards,
             "outputs_identical": (self.identical == self.prompts) if greedy else None,
             "divergences": self.divergences,
@@ -195,7 +197,11 @@ def run_bench(a, config) -> int:
     recorded = spec.config.as_dict() | {"threads": torch.get_num_threads(), "device": str(spec.engine.target.device),
                                         "parallel_threads": getattr(spec.engine, "threads", None)}
     print(format_table(results, a.compare_hf))
-    if a.json:
+    if a.json:  # the machine's cost curve next to the results it explains (a few seconds)
+        from .profile import profile
+
+        recorded["profile"] = profile(target_model, paths=("fast" if spec.config.fast_path is not False else "plain",),
+                                      sizes=(1, 2, 4, 8, 9, 16), repeats=3, breakdown_steps=0)
         from .trace import atomic_write_text
 
         atomic_write_text(a.json, json.dumps({"config": recorded, "results": results, "per_prompt": per_prompt},
@@ -205,7 +211,8 @@ def run_bench(a, config) -> int:
 
 
 def format_table(results: dict, with_hf: bool) -> str:
-    head = ["category", "n", "AR tok/s", "spec tok/s", "speedup", "accept", "τ", "c", "predicted", "identical"]
+    head = ["category", "n", "AR tok/s", "spec tok/s", "speedup", "accept", "τ", "c", "verify cost", "predicted",
+            "identical"]
     with_seq = "sequential_tokens_per_s" in results.get("overall", {})
     if with_hf:
         head[5:5] = ["HF AR tok/s", "HF tok/s", "vs HF"]
@@ -218,7 +225,8 @@ def format_table(results: dict, with_hf: bool) -> str:
         ident = {True: "yes", False: f"no ({len(r['divergences'])})", None: "n/a (sampling)"}[r["outputs_identical"]]
         cells = [cat, str(r["prompts"]), f"{r['ar_tokens_per_s']:.1f}", f"{r['spec_tokens_per_s']:.1f}",
                  f"{r['speedup']:.2f}×", f"{r['acceptance_rate']:.2f}", f"{r['tau']:.2f}", f"{r['c']:.3f}",
-                 f"{r['predicted_speedup']:.2f}×", ident]
+                 f"{r['verify_cost_ratio']:.2f}×" if r["verify_cost_ratio"] else "–", f"{r['predicted_speedup']:.2f}×",
+                 ident]
         if with_hf:
             cells[5:5] = [f"{r['hf_ar_tokens_per_s']:.1f}", f"{r['hf_tokens_per_s']:.1f}", f"{r['speedup_vs_hf']:.2f}×"]
         if with_seq:

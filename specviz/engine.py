@@ -181,7 +181,7 @@ class Engine:
             elapsed = (pause - t0) + (time.perf_counter() - t1)
             metrics.elapsed_s += elapsed
             metrics.draft_s += t_draft
-            metrics.verify_s += t_verify
+            metrics.record_verify(t_verify, len(tree))
             metrics.forward_s += self._forward_seconds() - fwd0
             yield Verified(step, nodes, verdict.path, verdict.kind)
             yield Emitted(step, tokens)

@@ -7,6 +7,8 @@ beta_by_depth         mean over verified nodes at each depth of sum_x min(p(x), 
                       probability that a draft from q is accepted under p there
 alpha                 mean beta over all verified nodes (Leviathan et al.'s alpha)
 c                     drafter seconds per drafted token / target seconds per verification forward
+verify_cost_ratio     seconds of a target forward that verified drafts / of one that verified none
+                      (one new token): what verifying several positions costs on this machine
 predicted_speedup     (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), g = mean draft length (chain formula)
 """
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Metrics:
     beta_count: list[int] = field(default_factory=list)
     accepted_hist: list[int] = field(default_factory=list)  # steps by accepted draft tokens
     wasted_forwards: int = 0  # drafter forwards spent on a position a stop rule then refused
+    single_steps: int = 0  # target forwards with nothing drafted (one new position, as in AR)
+    single_verify_s: float = 0.0
 
     def record_step(self, emitted: int, drafted: int, accepted: int, betas: list[tuple[int, float]]) -> None:
         self.tokens += emitted
@@ -44,10 +48,17 @@ class Metrics:
             self.accepted_hist.append(0)
         self.accepted_hist[accepted] += 1
 
+    def record_verify(self, seconds: float, nodes: int) -> None:
+        """A target forward's seconds; those that verified no draft (one new position) also apart."""
+        self.verify_s += seconds
+        if not nodes:
+            self.single_steps += 1
+            self.single_verify_s += seconds
+
     def add(self, other: "Metrics") -> "Metrics":
         """Accumulate another run's counters (bench totals per category are sums of runs)."""
         for f in ("tokens", "steps", "drafted", "accepted", "elapsed_s", "draft_s", "verify_s", "forward_s",
-                  "wasted_forwards"):
+                  "wasted_forwards", "single_steps", "single_verify_s"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
         for mine, theirs in ((self.beta_sum, other.beta_sum), (self.beta_count, other.beta_count),
                              (self.accepted_hist, other.accepted_hist)):
@@ -96,6 +107,21 @@ class Metrics:
         return (self.draft_s / self.drafted) / (self.verify_s / self.steps)
 
     @property
+    def mean_verified_positions(self) -> float:
+        """New positions per target forward that verified drafts (the draft nodes plus the root)."""
+        wide = self.steps - self.single_steps
+        return 1.0 + self.drafted / wide if wide else 1.0
+
+    @property
+    def verify_cost_ratio(self) -> float:
+        """Mean seconds of a forward that verified drafts over those of a one-position forward in the
+        same run; 0 where the run had only one kind."""
+        wide = self.steps - self.single_steps
+        if not wide or not self.single_steps or self.single_verify_s <= 0:
+            return 0.0
+        return ((self.verify_s - self.single_verify_s) / wide) / (self.single_verify_s / self.single_steps)
+
+    @property
     def predicted_speedup(self) -> float:
         return predicted_speedup(self.alpha, self.mean_draft_length, self.c)
 
@@ -111,7 +137,7 @@ class Metrics:
     def summary(self) -> dict:
         out = asdict(self)
         for name in ("tau", "acceptance_rate", "mean_accepted_length", "mean_draft_length", "beta_by_depth",
-                     "alpha", "c", "predicted_speedup", "tokens_per_s", "overhead_s", "outside_forward_share"):
+                     "alpha", "c", "mean_verified_positions", "verify_cost_ratio", "predicted_speedup", "tokens_per_s", "overhead_s", "outside_forward_share"):
             out[name] = getattr(self, name)
         return out
 

@@ -331,7 +331,7 @@ class ParallelEngine(Engine):
                 t_draft = sum(d.end - d.start for d in drafts)
                 metrics.elapsed_s += elapsed
                 metrics.draft_s += t_draft
-                metrics.verify_s += t_verify
+                metrics.record_verify(t_verify, len(tree))
                 metrics.forward_s += t_verify  # the target's only: outside_forward_share = the target's idle share
                 yield Verified(step, nodes, verdict.path, verdict.kind)
                 yield Emitted(step, tokens)

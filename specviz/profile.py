@@ -203,11 +203,12 @@ def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), si
         "setup_seconds": setup_s,  # CachedLM construction + prefill (the fast path's packing, once per model)
         "cost_ms": cost,
         "ratio_to_first_size": {path: {n: cost[path][n] / cost[path][base] for n in sizes} for path in paths},
-        "breakdown_ms": {path: _breakdown(steppers[path], breakdown_steps, quiet) for path in progress(paths, "breakdown")},
+        "breakdown_ms": {path: _breakdown(steppers[path], breakdown_steps, quiet)
+                         for path in progress(paths, "breakdown")} if breakdown_steps else {},
     }
     if "plain" in paths and "fast" in paths:
         result["fast_speedup"] = {n: cost["plain"][n] / cost["fast"][n] for n in sizes}
-    if "fast" in paths:
+    if "fast" in paths and breakdown_steps:  # the detail of a full profile, not of the bench's short one
         if quiet is not None:
             wait_for_quiet(quiet)
         result["gemm_floor"] = gemm_floor(model, (1, 9) if 9 in sizes else (1,), repeats)

@@ -583,6 +583,8 @@ def _check_metrics(m: Metrics, where: str) -> None:
         if total > count * (1 + P_SLACK):
             raise ValueError(f"{where}: 'metrics.beta_sum' at depth {depth} is {_show(total)} over {count} nodes: "
                              "β is at most 1")
+    if m.single_steps > m.steps or m.single_verify_s > m.verify_s * (1 + P_SLACK) + 1e-9:
+        raise ValueError(f"{where}: 'metrics.single_steps' / 'single_verify_s' exceed 'steps' / 'verify_s'")
     if m.accepted > m.drafted:
         raise ValueError(f"{where}: 'metrics.accepted' {m.accepted} exceeds 'metrics.drafted' {m.drafted}")
 

@@ -83,9 +83,11 @@ def test_bench_smoke_writes_json(tmp_path):
     data = json.loads((tmp_path / "b.json").read_text())
     overall = data["results"]["overall"]
     for key in ("ar_tokens_per_s", "spec_tokens_per_s", "speedup", "acceptance_rate", "mean_accepted_length",
-                "predicted_speedup", "outputs_identical", "hf_tokens_per_s", "speedup_vs_hf"):
+                "predicted_speedup", "outputs_identical", "hf_tokens_per_s", "speedup_vs_hf", "verify_cost_ratio"):
         assert key in overall
     assert overall["outputs_identical"] is True
+    curve = data["config"]["profile"]["cost_ms"]  # the machine's forward cost next to the results
+    assert set(next(iter(curve.values()))) == {"1", "2", "4", "8", "9", "16"}
     assert "| overall |" in out.stdout
 
 

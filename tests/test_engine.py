@@ -123,3 +123,21 @@ def test_greedy_prompt_lookup_tree_equals_reference(tiny_target):
     want = reference_greedy(tiny_target, prompt, 30)
     drafter = PromptLookupDrafter(tiny_target.config.vocab_size, k=6, min_ngram=1, branches=4)
     assert Engine(tiny_target, decode, drafter).run(prompt, Settings(max_new_tokens=30)).token_ids == want
+
+
+def test_verification_cost_is_split_by_whether_drafts_were_verified(tiny_target):
+    """Prompt lookup drafts only where the text repeats: the run has both kinds of forward, and the
+    one-position forwards are counted apart (the app's "verification cost" row)."""
+    from specviz.events import StepFinished, Verified
+
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6] * 3
+    result = Engine(tiny_target, decode, PromptLookupDrafter(tiny_target.config.vocab_size, k=5)).run(
+        prompt, Settings(max_new_tokens=30))
+    verified = [ev for ev in result.events if isinstance(ev, Verified)]
+    seconds = [ev.verify_s for ev in result.events if isinstance(ev, StepFinished)]
+    m = result.metrics
+    assert m.single_steps == sum(not ev.nodes for ev in verified)
+    assert m.single_verify_s == pytest.approx(sum(s for s, ev in zip(seconds, verified) if not ev.nodes))
+    assert 0 < m.single_steps < m.steps  # both kinds happened
+    assert m.verify_cost_ratio > 0
+    assert m.mean_verified_positions == pytest.approx(1 + m.drafted / (m.steps - m.single_steps))

@@ -46,6 +46,7 @@ def metrics_markdown(events: list[Event], reference: Metrics | None = None) -> s
         ("acceptance rate", f"{m.acceptance_rate:.2f} ({m.accepted} of {m.drafted} drafts)"),
         ("β by draft depth", beta),
         ("α (mean β) · c (draft/verify cost)", f"{m.alpha:.2f} · {m.c:.3f}"),
+        ("verification cost", verify_cost_text(m)),
         ("predicted speedup", f"{m.predicted_speedup:.2f}× (γ = {m.mean_draft_length:.1f} drafts per step)"),
         ("measured speedup", measured_text),
         ("time split", f"draft {share(m.draft_s)} · verify {share(m.verify_s)} · overhead {share(m.overhead_s)}"),
@@ -53,6 +54,14 @@ def metrics_markdown(events: list[Event], reference: Metrics | None = None) -> s
     table = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     return table + ("\n\n<small>Decoding time only (the page's own work is excluded). Predicted: "
                     "(1 − α^(γ+1)) / ((1 − α)(γc + 1)), Leviathan et al.</small>")
+
+
+def verify_cost_text(m: Metrics) -> str:
+    """This run's measured cost of a forward that verified drafts, in one-token forwards."""
+    if not m.verify_cost_ratio:
+        return "– (needs steps with and without drafts)"
+    return (f"{m.verify_cost_ratio:.2f}× a one-token forward for {m.mean_verified_positions:.1f} positions "
+            f"({m.single_steps} one-token forwards in this run)")
 
 
 def metrics_figure(events: list[Event]) -> go.Figure:
