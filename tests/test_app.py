@@ -270,6 +270,18 @@ def test_a_run_with_a_stopping_rule_equals_the_engine_and_says_so(client):
     assert "your pick in the drafter menu" in out["drafter"]  # the registered policy's reason
 
 
+def test_a_parallel_run_equals_the_engine_and_step_by_step_refuses_it(client):
+    """The PEARL mode from the page: greedy text equal to the sequential engine's (a trained model
+    drafter, chains); step-by-step says why it cannot step through overlapping rounds."""
+    out = named(client.predict(*args(drafter="distill-kd"), False, parallel=True, api_name="/run"))
+    assert out["text"] == build_engine(TARGET, "distill-kd", 4).generate(PROMPT, Settings(max_new_tokens=N)).text
+    assert "✔ done" in out["status"]
+    with pytest.raises(Exception, match="untick \\*parallel\\*"):
+        client.predict(*args(drafter="distill-kd"), parallel=True, api_name="/step_start")
+    with pytest.raises(Exception, match="parallel decoding needs a drafter with its own model"):
+        client.predict(*args(), False, parallel=True, api_name="/run")  # pld has no model to run alongside
+
+
 @pytest.fixture
 def page_with_a_new_stop_rule(monkeypatch):
     """The app built after one more stopping rule was registered (and nothing else changed)."""

@@ -75,7 +75,7 @@ def step_index(form: dict) -> int:
 
 def reference_config(config: RunConfig) -> RunConfig:
     """The same run without a drafter: the autoregressive reference."""
-    return replace(config, drafter="none", stop="static", stop_params={}).checked(app_limits(), presets_only=True)
+    return replace(config, drafter="none", stop="static", stop_params={}, parallel=False).checked(app_limits(), presets_only=True)
 
 
 def prepare(req: Request, session: Session) -> tuple[TextEngine, Iterator[Event]]:
@@ -181,6 +181,9 @@ def race(form: dict, session: Session | None):
 def step_start(form: dict, session: Session | None):
     """Start a run that advances one speculative step per click (the generator waits in the session)."""
     session, req = current(session), read(form)
+    if req.config.parallel:  # its drafter runs ahead of the target: there is no single step to stop at
+        raise fail(ValueError("step-by-step shows one step at a time; untick *parallel* (which overlaps steps) "
+                              "to step through this run"))
     _, session.stepper = prepare(req, session)
     session.events = []
     return advance(session)
@@ -268,7 +271,7 @@ def recorded_controls(events: list[Event]) -> dict:
     s = config.settings
     out.update(target=config.target, drafter=config.drafter, strategy=config.shape, draft_len=config.draft_len,
                temperature=s.temperature, top_p=s.top_p, seed=s.seed, max_new_tokens=s.max_new_tokens,
-               rule=config.rule, stop=config.stop, fast_path=config.fast_path)
+               rule=config.rule, stop=config.stop, fast_path=config.fast_path, parallel=config.parallel)
     for p in STOP_RULES.get(config.stop).params:
         out[param_key(config.stop, p)] = config.stop_params[p.name]
     return out

@@ -75,6 +75,27 @@ def param_input(param: Param) -> gr.Number:
                      info=f"{param.help} · range [{param.lo:g}, {param.hi:g}]", min_width=140)
 
 
+def plain_numbers(demo: gr.Blocks) -> None:
+    """Every slider and number box of the page answers an API client's non-number (None, text, a list) with
+    one line naming the knob, instead of gradio's multi-line preprocessing error with a raw TypeError;
+    numbers go on to gradio's own bound check ("Value 9.0 is greater than maximum value 2.")."""
+    for block in demo.blocks.values():
+        if isinstance(block, (gr.Slider, gr.Number)):
+            block.preprocess = _number_checked(block, block.preprocess)
+
+
+def _number_checked(block, preprocess):
+    def checked(payload):
+        if payload is None and not isinstance(block, gr.Slider):
+            return preprocess(payload)  # an empty number box: the request reader names it
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+            raise gr.Error(f"{block.label or 'value'} must be a number, got {repr(payload)[:40]}",
+                           print_exception=False)
+        return preprocess(payload)
+
+    return checked
+
+
 def build_demo() -> gr.Blocks:
     limits = app_limits()
     traces = list(example_traces())
@@ -118,6 +139,9 @@ def build_demo() -> gr.Blocks:
                                         params[key] = param_input(param)
                 fast_path = gr.Checkbox(DEFAULT.fast_path, label="fast path (pre-packed CPU kernels where the model "
                                         "supports them; the same results up to float rounding)")
+                parallel = gr.Checkbox(DEFAULT.parallel, label="parallel (PEARL): the drafter drafts while the target "
+                                       "verifies, each on its share of the cores (model drafters, chains)",
+                                       elem_id="specviz-parallel")
                 measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
                 with gr.Row():
                     run_btn = gr.Button("Run ▶", variant="primary", elem_id="specviz-run")
@@ -192,7 +216,7 @@ def build_demo() -> gr.Blocks:
         core, view = view, merged(view, more)
         controls = dict(zip(CONTROLS, (prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new,
                                        rule)))
-        extras = dict(stop=stop, fast_path=fast_path, **params)  # after the first controls, for API clients
+        extras = dict(stop=stop, fast_path=fast_path, **params, parallel=parallel)  # after the controls, for API clients
         scoreboard = dict(race_spec=race_spec, race_ar=race_ar, race_score=race_score)
         at_step = dict(step=step)
 
@@ -232,4 +256,5 @@ def build_demo() -> gr.Blocks:
 
         stop.change(show_stop_rule, [stop], [stop_about, *groups.values()], queue=False, api_visibility="private")
         gr.api(health, api_name="health", queue=False)  # RSS, loaded models, budgets (launch.py)
+    plain_numbers(demo)
     return demo

@@ -20,7 +20,8 @@ from ..stop_rules import STOP_RULES
 # first version of the page; later additions go after, each with a default).
 CONTROLS = ("prompt", "target", "drafter", "strategy", "draft_len", "temperature", "top_p", "seed",
             "max_new_tokens", "rule")
-EXTRAS = ("stop", "fast_path")  # followed by every stopping rule's parameters (stop_params())
+EXTRAS = ("stop", "fast_path")  # followed by every stopping rule's parameters (stop_params()), then LATER
+LATER = ("parallel",)
 
 # RunConfig / Settings field -> the label on the page
 LABELS = {"max_new_tokens": "max new tokens", "top_p": "top-p", "top_k": "top-k", "shape": "draft shape",
@@ -66,7 +67,8 @@ def in_page_words(message: str) -> str:
 
 
 def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new_tokens,
-                 rule="auto", stop="static", fast_path=True, stop_params=None, limits: Limits | None = None) -> Request:
+                 rule="auto", stop="static", fast_path=True, stop_params=None, parallel=False,
+                 limits: Limits | None = None) -> Request:
     """Everything a visitor (or an API client) sends, checked; ValueError with one clear line otherwise."""
     limits = limits or app_limits()
     if not isinstance(prompt, str):
@@ -77,7 +79,8 @@ def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_
         raise ValueError(f"the prompt has {len(prompt):,} characters; the limit here is {limits.max_prompt_chars:,}")
     settings = Settings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     config = RunConfig(target=target, drafter=drafter, shape=strategy, draft_len=draft_len, rule=rule, stop=stop,
-                       stop_params=dict(stop_params or {}), settings=settings, fast_path=fast_path)
+                       stop_params=dict(stop_params or {}), settings=settings, fast_path=fast_path,
+                       parallel=parallel)
     try:
         return Request(prompt, config.checked(limits=limits, presets_only=True))
     except ValueError as err:
@@ -87,7 +90,7 @@ def read_request(prompt, target, drafter, strategy, draft_len, temperature, top_
 def read_form(form: dict) -> Request:
     """read_request from the widgets by name: the chosen stopping rule's parameters are picked out
     of every rule's parameter widgets; absent widgets (an older API client) take their defaults."""
-    given = {name: form[name] for name in CONTROLS + EXTRAS if name in form}
+    given = {name: form[name] for name in CONTROLS + EXTRAS + LATER if name in form}
     stop = given.get("stop", "static")
     given["stop_params"] = {p.name: form[key] for key, rule, p in stop_params() if rule == stop and key in form}
     return read_request(**given)
