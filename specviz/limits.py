@@ -21,15 +21,27 @@ class Limits:
         """These limits, each narrowed (never widened) by SPECVIZ_<NAME> when set."""
         changes = {}
         for f in fields(self):
-            raw = os.environ.get(prefix + f.name.upper())
-            if raw is None:
-                continue
-            try:
-                value = type(getattr(self, f.name))(float(raw))
-            except ValueError:
-                raise ValueError(f"{prefix}{f.name.upper()} must be a number, got {raw!r}") from None
-            changes[f.name] = min(value, getattr(self, f.name))
+            value = env_value(prefix + f.name.upper(), type(getattr(self, f.name)))
+            if value is not None:
+                changes[f.name] = min(value, getattr(self, f.name))
         return replace(self, **changes)
+
+
+def env_value(name: str, kind: type, positive: bool = False):
+    """The environment variable `name` read as `kind` (bool: 1/true/yes/on), None when unset or
+    blank; ValueError with the variable's name when it is not a number (or not positive)."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    try:
+        value = kind(float(raw))
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
 
 
 ENGINE = Limits()  # what the engine itself accepts
@@ -81,18 +93,7 @@ def budgets(prefix: str = "SPECVIZ_") -> Budgets:
         base = replace(base, heavy_presets=True)
     changes = {}
     for f in fields(base):
-        raw = os.environ.get(prefix + f.name.upper())
-        if raw is None or not raw.strip():
-            continue
-        kind = type(getattr(base, f.name))
-        try:
-            if kind is bool:
-                value = raw.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                value = kind(float(raw))
-        except ValueError:
-            raise ValueError(f"{prefix}{f.name.upper()} must be a number, got {raw!r}") from None
-        if kind is not bool and not value > 0:
-            raise ValueError(f"{prefix}{f.name.upper()} must be positive, got {raw!r}")
-        changes[f.name] = value
+        value = env_value(prefix + f.name.upper(), type(getattr(base, f.name)), positive=True)
+        if value is not None:
+            changes[f.name] = value
     return replace(base, **changes)
