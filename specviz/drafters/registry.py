@@ -97,6 +97,12 @@ def _eagle(r: DraftRequest) -> Drafter:
     return make_feature_drafter(r.target_model, shape=r.shape, draft_len=r.draft_len, target=r.target)
 
 
+def _del(r: DraftRequest) -> Drafter:
+    from .early_exit import make_del_drafter
+
+    return make_del_drafter(r.target_model, r.draft_len, r.target)
+
+
 def _model_nodes(draft_len: int, shape: str) -> int:
     from .strategies import STRATEGIES
 
@@ -149,6 +155,10 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
     DrafterEntry("eagle", "EAGLE feature head", "one trained decoder layer on the target's own hidden states "
                  "(EAGLE), 8k-token readout through the target's LM head, any shape", _eagle, kind="trained",
                  takes_shape=True, max_nodes=_model_nodes),
+    # DEL self-speculation (specviz/drafters/early_exit.py; exit adapters in assets/drafters/, SmolLM2-135M only)
+    DrafterEntry("del", "DEL self-speculation", "the target's own first L layers + a trained exit adapter; the exit "
+                 "layer and the draft length chosen per context from the target's states (DEL), chains", _del,
+                 kind="trained"),
 )
 
 

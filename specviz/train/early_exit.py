@@ -201,7 +201,7 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, eos, pro
         sched.step()
         for k in ("kl", "tv", "top1"):
             stats[k] = sum(stats[f"{k}@{c}"] for c in layers) / len(layers)
-        stats["loss"] = float(loss)
+        stats["loss"] = float(loss.detach())
         history.append({"step": step + 1, **stats})
         if hasattr(it, "set_postfix"):
             it.set_postfix(kl=f"{stats['kl']:.3f}", top1=f"{stats['top1']:.2f}")
