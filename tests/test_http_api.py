@@ -3,7 +3,8 @@ through gradio_client get the app's (or gradio's) one-line message or a correct 
 exception's text; and the queue tells a waiting client its place and wait, and refuses a full queue in one
 line (what the page shows: specviz/ui/launch.py, queue_kwargs).
 
-One server per module: `python app.py` on 127.0.0.1 (a free port) with a queue of 2, stopped at the end.
+One server per module: `python app.py` on 127.0.0.1 (a free port) with a queue of 2 and the heavy presets
+off (as on a CPU Space: a fuzzed name never loads a 1.5B model), stopped at the end.
 tests/test_fuzz_inputs.py fuzzes the same inputs through the Python API, without HTTP.
 """
 import os
@@ -50,7 +51,7 @@ def server(tmp_path_factory):
     """`python app.py` as users start it; yields its URL; stopped at the end of the module."""
     port = free_port()
     env = {**os.environ, "SPECVIZ_HOST": "127.0.0.1", "SPECVIZ_PORT": str(port), "SPECVIZ_QUEUE_SIZE": str(QUEUE),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "SPECVIZ_HEAVY_PRESETS": "0"}  # as on a CPU Space
     env.pop("SPACE_ID", None)
     log = tmp_path_factory.mktemp("app") / "app.log"
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=open(log, "w"),
