@@ -94,3 +94,39 @@ def test_stored_corpus_is_the_targets_own_greedy_output():
     for i in (0, len(data["prompts"]) // 2):  # a code prompt and a summary: regenerate with plain AR
         got = engine.generate(data["prompts"][i]["prompt"], Settings(max_new_tokens=data["max_new_tokens"]))
         assert got.token_ids == data["outputs"][i]
+
+
+def test_gate_tuning_runs_on_a_tiny_corpus_and_reads_only_it(tmp_path, monkeypatch):
+    import io
+    import json
+    import math
+
+    from specviz.drafters import ngram_gate
+
+    outputs = [[1, 2, 3, 4, 1, 2, 3, 5, 6], [7, 1, 2, 3, 4, 8, 1, 2, 3, 4], [2, 3, 4, 1, 2, 9], [5, 6, 1, 2, 3, 4, 5, 6]]
+    path = tmp_path / "corpus-tiny.json"
+    path.write_text(json.dumps({"version": 1, "target": "tiny", "max_new_tokens": 10, "outputs": outputs,
+                                "prompts": [{"category": "qa", "prompt": p} for p in ("ab", "ba", "abc", "cab")],
+                                "digest": corpus.digest(outputs)}))
+    opened = []
+    real_open = io.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", spy)
+    monkeypatch.setattr("builtins.open", spy)
+    curve = {1: 1.0, 2: 1.3, 4: 1.4, 8: 1.7, 16: 2.0}
+    assert ngram_gate.interpolate(curve, 3) == pytest.approx(1.35)
+    assert ngram_gate.interpolate(curve, 9) == pytest.approx(1.7 + 0.3 / 8)
+    result = ngram_gate.tune(path, curve, encode=lambda text: [ord(c) - ord("a") + 1 for c in text],
+                             min_expected=(0.0, 1.0, 2.0), priors=(0.5, 1.0))
+    assert len(result["grid"]) == 2 * 3 * 2  # drafter x min_expected x prior
+    assert all(math.isfinite(r["tokens_per_cost"]) and r["tokens_per_cost"] > 0 for r in result["grid"])
+    assert (result["chosen"]["min_expected"], result["chosen"]["prior"]) in {(m, p) for m in (0, 1, 2) for p in (.5, 1)}
+    assert not any("prompts" in name and name.endswith(".jsonl") for name in opened)
+    assert opened == [str(path)]  # the corpus is the only file it reads
+    # a gate no tree reaches drafts nothing: every step is one token for one forward
+    never = ngram_gate.tune(path, curve, encode=lambda text: [1], min_expected=(1e9,), priors=(1.0,))
+    assert all(r["tokens_per_cost"] == 1.0 and r["drafting_share"] == 0 for r in never["grid"])

@@ -113,9 +113,13 @@ class NgramDrafter(FreeDrafter):
         self.local.add(ids, start=len(self.seen))
         self.seen = list(ids)
 
-    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+    def draft(self, ids: list[int], budget: int | None = None) -> tuple[DraftTree, float]:
+        """The ungated tree for the text `ids` and its expected accepted drafts (ngram_gate replays this)."""
         self._update(ids)
-        budget = stop.limit() if stop is not None else self.budget  # a stop rule sets the node budget
         tables = [(self.local, self.local_weight)] + ([(self.corpus, 1.0)] if self.corpus else [])
-        tree, expected = best_first_tree(tables, ids, budget, self.width, self.vocab, self.prior)
+        return best_first_tree(tables, ids, self.budget if budget is None else budget, self.width, self.vocab,
+                               self.prior)
+
+    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+        tree, expected = self.draft(ids, stop.limit() if stop is not None else None)  # a stop rule sets the budget
         return tree if expected >= self.min_expected else DraftTree()
