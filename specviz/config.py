@@ -38,8 +38,10 @@ class RunConfig:
         """This config with defaults filled in, or ValueError naming the first bad field.
         presets_only: models must be installed presets (the app), not directories or hub ids."""
         for name in ("target", "drafter", "shape", "rule", "stop"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a name, got {type(getattr(self, name)).__name__}")
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                got = "nothing" if value is None else f"a {type(value).__name__}"
+                raise ValueError(f"{name} must be a name, got {got}")
         if presets_only:
             check_preset(self.target, "target")
         entry = drafter_entry(self.drafter)

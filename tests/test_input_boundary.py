@@ -47,5 +47,5 @@ def test_a_list_where_a_name_belongs_is_refused_by_the_app(field):
     given = dict(prompt="hello", target="smollm2-135m", drafter="pld", strategy="chain", draft_len=4,
                  temperature=0.0, top_p=1.0, seed=0, max_new_tokens=8, rule="auto")
     given[field] = ["smollm2-135m"]
-    with pytest.raises(ValueError, match="must be a name, got list"):
+    with pytest.raises(ValueError, match="must be a name, got a list"):
         read_request(**given)
