@@ -465,11 +465,17 @@ _BUDGET = {"bytes": None, "keep": ()}  # set_memory_budget: the app's memory bud
 
 
 def model_bytes(model) -> int:
-    """Bytes held by a model's parameters and buffers."""
+    """Bytes held by a model's parameters and buffers, plus the CPU fast path's weight copies."""
+    from . import fast
+
     try:
-        return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        own = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     except Exception:
         return 0
+    try:
+        return own + fast.copy_bytes(model)
+    except Exception:  # not a model the fast path knows
+        return own
 
 
 def set_memory_budget(max_bytes: int | None, keep: tuple[str, ...] = ()) -> None:

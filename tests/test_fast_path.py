@@ -200,6 +200,28 @@ def test_switches_and_unsupported_architectures(monkeypatch):
     assert not CachedLM(llama).fast_path and CachedLM(llama, fast_path=True).fast_path
 
 
+def test_memory_accounting_counts_the_fast_paths_copies(one_thread):
+    """Memory budgets see the packed copies (they about double a float32 model): the estimate before
+    preparation equals the count after it, and a model the fast path does not pack adds nothing."""
+    from specviz import models
+
+    model = tiny_llama(3)
+    own = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers())
+    before = fast.copy_bytes(model)
+    fm = fast.prepare(model)
+    linears = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    qkv = sum(m.weight.numel() * m.weight.element_size() for layer in model.model.layers
+              for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj))
+    expected = linears + qkv if fm.packed else 0
+    assert before == fast.copy_bytes(model) == expected
+    assert models.model_bytes(model) == own + expected
+    fast.forget(model)
+    unpacked = tiny_llama(4)
+    fast.prepare(unpacked, pack=False)
+    assert fast.copy_bytes(unpacked) == 0
+
+
 def test_engine_runs_equal_on_both_paths(tiny_target, tiny_drafter, one_thread):
     from specviz.drafters.model import ModelDrafter, chain_builder
     from specviz.drafters.strategies import STRATEGIES

@@ -263,3 +263,22 @@ def test_resolve():
         models._resolve("./no/such/dir")
     with pytest.raises(ModelError, match="unknown model"):
         models._resolve("a/b/c")
+
+
+def test_memory_budget_evicts_least_recently_used_but_never_the_kept_model(monkeypatch):
+    """The app's model memory budget: over it, the least recently used model goes first, never the
+    default target; model_bytes counts what a model holds (parameters and buffers, plus the fast
+    path's weight copies where it packs)."""
+    import torch
+
+    cache = models._CACHE.__class__()
+    monkeypatch.setattr(models, "_CACHE", cache)
+    monkeypatch.setattr(models, "_BUDGET", {"bytes": None, "keep": ()})
+    for name in ("default", "a", "b"):
+        cache[name] = (torch.nn.Linear(256, 256), None, None)  # 257 KiB each, not a fast-path model
+    one = models.model_bytes(cache["a"][0])
+    assert one == (256 * 256 + 256) * 4
+    models.set_memory_budget(2 * one, keep=("default",))
+    assert models.loaded() == ["default", "b"]  # "a" was the least recently used besides the kept one
+    models.set_memory_budget(one // 2, keep=("default",))
+    assert models.loaded() == ["default"]  # over budget alone, but the kept model stays

@@ -6,6 +6,6 @@
 """
 from .forward import forward
 from .kv import StaticKV
-from .weights import FastModel, forget, prepare, unsupported_reason
+from .weights import FastModel, copy_bytes, forget, prepare, unsupported_reason
 
-__all__ = ["FastModel", "StaticKV", "forget", "forward", "prepare", "unsupported_reason"]
+__all__ = ["FastModel", "StaticKV", "copy_bytes", "forget", "forward", "prepare", "unsupported_reason"]

@@ -222,6 +222,27 @@ def prepare(model: torch.nn.Module, pack: bool | None = None) -> FastModel:
         return fm
 
 
+def copy_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the fast path's weight copies for `model` (made, or to be made on first use): a packed
+    copy of every Linear plus a plain fused q/k/v copy; 0 where the fast path does not pack. Memory
+    budgets count them, since they about double a float32 model on the CPU."""
+    fm = _PREPARED.get(model)
+    if fm is not None:
+        packs = fm.packed
+    else:
+        packs = unsupported_reason(model) is None and should_pack(model)
+    if not packs:
+        return 0
+    total = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+    for layer in getattr(getattr(model, "model", None), "layers", ()):
+        attn = layer.self_attn
+        total += sum(p.weight.numel() * p.weight.element_size() for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    return total
+
+
 def forget(model: torch.nn.Module) -> None:
     """Free the prepared copies of `model` now (they also go when the model is collected)."""
     with _LOCK:
