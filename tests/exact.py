@@ -42,3 +42,22 @@ def context_llama(vocab: int = 6, seed: int = 3):
             for proj, scale in (("q_proj", 6), ("k_proj", 6), ("v_proj", 3), ("o_proj", 3)):
                 getattr(layer.self_attn, proj).weight.mul_(scale)
     return target
+
+
+def pvalue_against_exact(engine, prompt: list[int], n: int, settings, samples: int) -> float:
+    """Chi-square p-value of the engine's first n tokens over `samples` seeded runs (seeds 0..samples-1)
+    against the exact joint of its target (cells expecting < 5 pooled). Deterministic."""
+    from collections import Counter
+    from dataclasses import replace
+
+    from scipy.stats import chisquare
+
+    counts = Counter(tuple(engine.run(prompt, replace(settings, seed=s)).token_ids) for s in range(samples))
+    truth = exact_joint_lm(engine.target.model, prompt, n, settings.warp)
+    rare = [s for s, p in truth.items() if p * samples < 5]
+    cells = [s for s in truth if s not in rare]
+    obs = [counts[s] for s in cells] + [sum(counts[s] for s in rare)]
+    exp = [truth[s] * samples for s in cells] + [sum(truth[s] for s in rare) * samples]
+    obs, exp = (obs[:-1], exp[:-1]) if exp[-1] == 0 else (obs, exp)
+    exp = [e * sum(obs) / sum(exp) for e in exp]
+    return float(chisquare(obs, exp).pvalue)

@@ -9,13 +9,11 @@ online adaptation.
   change the drafter's weights (and only its own copy).
 """
 import json
-from collections import Counter
 
 import pytest
 import torch
 from conftest import tiny_llama
-from exact import context_llama, exact_joint_lm
-from scipy.stats import chisquare
+from exact import context_llama, pvalue_against_exact
 
 from specviz import models
 from specviz.drafters import distilled
@@ -175,16 +173,7 @@ def context_target():
 
 
 def chi_square(engine: Engine, temperature: float = 1.0) -> float:
-    counts = Counter(tuple(engine.run(PROMPT[:4], Settings(N, temperature=temperature, seed=s)).token_ids)
-                     for s in range(SAMPLES))
-    truth = exact_joint_lm(engine.target.model, PROMPT[:4], N, Settings(temperature=temperature).warp)
-    rare = [s for s, p in truth.items() if p * SAMPLES < 5]
-    cells = [s for s in truth if s not in rare]
-    obs = [counts[s] for s in cells] + [sum(counts[s] for s in rare)]
-    exp = [truth[s] * SAMPLES for s in cells] + [sum(truth[s] for s in rare) * SAMPLES]
-    obs, exp = (obs[:-1], exp[:-1]) if exp[-1] == 0 else (obs, exp)
-    exp = [e * sum(obs) / sum(exp) for e in exp]
-    return float(chisquare(obs, exp).pvalue)
+    return pvalue_against_exact(engine, PROMPT[:4], N, Settings(N, temperature=temperature), SAMPLES)
 
 
 @pytest.mark.parametrize("online", [False, True])

@@ -1,13 +1,11 @@
 """Stopping rules: the +2/-1 schedule, AdaEDL and the confidence threshold end drafting rounds;
 the output stays exactly the target's (greedy token for token; sampling by a chi-square test on a
 context-dependent model, which a stale cache entry fails)."""
-from collections import Counter
 
 import pytest
 import torch
 from conftest import perturbed, tiny_llama
-from exact import context_llama, exact_joint_lm
-from scipy.stats import chisquare
+from exact import context_llama, pvalue_against_exact
 
 from specviz.drafters.model import ModelDrafter, chain_builder
 from specviz.drafters.strategies import STRATEGIES
@@ -102,16 +100,7 @@ VOCAB, N, SAMPLES = 6, 3, 8_000
 
 
 def context_chi_square(engine: Engine, settings: Settings) -> float:
-    counts = Counter(tuple(engine.run(PROMPT[:4], Settings(**{**settings.__dict__, "seed": s})).token_ids)
-                     for s in range(SAMPLES))
-    truth = exact_joint_lm(engine.target.model, PROMPT[:4], N, settings.warp)
-    rare = [s for s, p in truth.items() if p * SAMPLES < 5]
-    cells = [s for s in truth if s not in rare]
-    obs = [counts[s] for s in cells] + [sum(counts[s] for s in rare)]
-    exp = [truth[s] * SAMPLES for s in cells] + [sum(truth[s] for s in rare) * SAMPLES]
-    obs, exp = (obs[:-1], exp[:-1]) if exp[-1] == 0 else (obs, exp)
-    exp = [e * sum(obs) / sum(exp) for e in exp]
-    return float(chisquare(obs, exp).pvalue)
+    return pvalue_against_exact(engine, PROMPT[:4], N, settings, SAMPLES)
 
 
 @pytest.fixture(scope="module")
