@@ -181,7 +181,7 @@ def cmd_profile(a) -> int:
     bar = lambda items, desc: tqdm(items, desc=desc, file=sys.stderr, leave=False)  # noqa: E731
     result = profile_target(a.target, fast=not a.no_fast_path, ar_prompts=a.ar_prompts,
                             max_new_tokens=a.max_new_tokens, repeats=a.repeats, progress=bar, load=load_model,
-                            quiet=a.quiet)
+                            quiet=a.quiet, kernels=a.kernels or a.compile, compile=a.compile)
     print(format_profile(result))
     if a.json:
         from .trace import atomic_write_text
@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-new-tokens", type=int, default=64, help="with --ar-prompts")
     pr.add_argument("--quiet", type=float, metavar="SHARE", help="on a shared machine: time only while other "
                     "jobs keep the CPU less than SHARE busy (e.g. 0.1; waits as long as it takes)")
+    pr.add_argument("--kernels", action="store_true", help="also time every GEMM route this CPU build offers "
+                    "(oneDNN packed, MKL, MKL packed) on the model's matrices at 1-16 rows")
+    pr.add_argument("--compile", action="store_true", help="with --kernels: also torch.compile (freezing, "
+                    "max-autotune), compiled once per row count (minutes on 2 cores)")
     pr.add_argument("--json", help="write the results here")
     pr.set_defaults(func=cmd_profile)
     r = sub.add_parser("replay", help="print a saved trace without any model")

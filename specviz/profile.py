@@ -251,9 +251,10 @@ def ar_speed(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, pat
 
 def profile_target(name: str, fast: bool = True, ar_prompts: int = 0, max_new_tokens: int = 64, repeats: int = REPEATS,
                    progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items, load=None,
-                   quiet: float | None = None) -> dict:
+                   quiet: float | None = None, kernels: bool = False, compile: bool = False) -> dict:
     """`profile` of a named target (preset, directory or hub id); with ar_prompts, also `ar_speed` on the
-    first ar_prompts prompts of the evaluation set."""
+    first ar_prompts prompts of the evaluation set; with kernels, also the GEMM routes compared
+    (`gemm_routes.compare_routes`, torch.compile among them when compile)."""
     from . import models
     from .prompts import read_prompts
 
@@ -264,6 +265,13 @@ def profile_target(name: str, fast: bool = True, ar_prompts: int = 0, max_new_to
         prompts = [p["prompt"] for p in read_prompts()[:ar_prompts]]
         chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
         result["ar"] = ar_speed(model, tokenizer, prompts, max_new_tokens, result["paths"], progress, chat, quiet)
+    if kernels:
+        from .gemm_routes import compare_routes
+
+        fast.forget(model)  # the fast path's packed copies; the onednn route makes its own
+        if quiet is not None:
+            wait_for_quiet(quiet)
+        result["gemm_routes"] = compare_routes(model, repeats=repeats, compile=compile, progress=progress)
     return result
 
 
@@ -301,6 +309,10 @@ def format_profile(r: dict) -> str:
         lines.append(f"greedy autoregressive decoding, {len(ar['prompts'])} prompts x {ar['max_new_tokens']} new tokens "
                      f"(tokens/s incl. prefill; same tokens on every path: {ar['identical']}/{len(ar['prompts'])}):")
         lines.append("  " + "   ".join(f"{p} {v:.1f} tok/s" for p, v in ar["tokens_per_s"].items()))
+    if "gemm_routes" in r:
+        from .gemm_routes import format_routes
+
+        lines += ["", format_routes(r["gemm_routes"])]
     busy = max(r["cpu_busy_before"], r["cpu_busy_after"])
     if r.get("quiet_limit") is not None:
         lines.append(f"timed only while other jobs kept the CPU under {r['quiet_limit']:.0%} busy "

@@ -325,3 +325,27 @@ def test_profile_reports_both_paths_and_the_breakdown(one_thread):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=64)).eval()
     only_plain = profile(gpt2, sizes=(1, 2), prefix=8, repeats=1, breakdown_steps=1)
     assert only_plain["paths"] == ["plain"] and "gpt2" in only_plain["fast_path_unsupported"]
+
+
+def test_gemm_routes_agree_and_report_every_route(one_thread):
+    """Every GEMM route computes the same products (within fp32 rounding), and the table names the
+    fastest route per row count; the compile route is covered by `profile --kernels --compile`."""
+    import json
+
+    import pytest
+
+    from specviz.gemm_routes import _route, compare_routes, format_routes
+
+    model = tiny_qwen2(3)
+    g = compare_routes(model, rows=(1, 3, 9), repeats=2)
+    assert g["routes"][:2] == ["onednn", "mkl"] and g["rows"] == [1, 3, 9]
+    for route in g["routes"]:
+        assert g["max_abs_diff_vs_mkl"][route] < 1e-4, route
+        assert set(g["ms"][route]) == {1, 3, 9} and g["ratio_to_own_first"][route][1] == 1.0
+    assert min(g["ratio_to_best_first"][r][1] for r in g["routes"]) == 1.0
+    assert set(g["best"].values()) <= set(g["routes"])
+    json.loads(json.dumps(g))
+    table = format_routes(g)
+    assert "onednn" in table and "fastest" in table
+    with pytest.raises(ValueError, match="unknown GEMM route"):
+        _route("cublas", [], 1, {}, {})
