@@ -110,3 +110,24 @@ def test_bench_rejects_a_bad_prompt_file(tmp_path):
     bad.write_text("{not json\n")
     out = cli("bench", "--prompts", str(bad))
     assert out.returncode == 2 and "not valid JSON" in out.stderr
+
+
+def test_trained_drafter_card_names_command_weights_and_curve(tmp_path):
+    """Every trainer's CLI ends with one card writer: the JSON card sits next to the weights and holds the
+    command that reproduces them."""
+    import argparse
+    import json
+
+    from specviz.train.cli import write_card
+
+    out = tmp_path / "del-x.safetensors"
+    out.write_bytes(b"0" * 1000)
+    a = argparse.Namespace(kind="del", shards=3, steps=5, batch_tokens=64, seed=1, threads=1)
+    logged = []
+    card = write_card(a, 128, {"summary": {"train_seconds": 2}, "png": tmp_path / "loss.png"}, out, logged.append)
+    stored = json.loads(out.with_suffix(".json").read_text())
+    assert stored == card and stored["weights"] == out.name and stored["weights_bytes"] == 1000
+    assert stored["command"] == ("python -m specviz train-drafter del --shards 3 --steps 5 --batch-tokens 64 "
+                                 "--vocab 128 --seed 1 --threads 1")
+    assert stored["loss_curve"] == "loss.png" and stored["train_seconds"] == 2
+    assert len(logged) == 1 and str(out) in logged[0]

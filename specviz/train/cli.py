@@ -37,6 +37,23 @@ def add_train_parser(sub) -> None:
     t.set_defaults(func=cmd_train_drafter)
 
 
+def write_card(a: argparse.Namespace, vocab: int, result: dict, out: Path, log) -> dict:
+    """The trained drafter's JSON card next to its weights (atomically): the trainer's summary, the command
+    that reproduces it, the weights' and loss curve's file names; logs where everything went."""
+    import json
+
+    from ..trace import atomic_write_text
+
+    command = (f"python -m specviz train-drafter {a.kind} --shards {a.shards} --steps {a.steps} "
+               f"--batch-tokens {a.batch_tokens} --vocab {vocab} --seed {a.seed} --threads {a.threads}")
+    card = result["summary"] | {"command": command, "weights": out.name, "loss_curve": result["png"].name,
+                                "weights_bytes": out.stat().st_size}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=2))
+    log(f"{a.kind}: weights {out} ({out.stat().st_size / 1e6:.1f} MB), card {out.with_suffix('.json')}, "
+        f"loss curve {result['png']}, {card['train_seconds']} s of training")
+    return card
+
+
 def cmd_train_drafter(a: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm

@@ -249,7 +249,7 @@ def run_from_cli(a, roots: list[Path]) -> int:
     from ..api import eos_ids, load_model
     from ..drafters.early_exit import default_weights
     from ..models import cache_root
-    from ..trace import atomic_write_text
+    from .cli import write_card
 
     sets = [DistillSet(r, shards=a.shards if r == roots[-1] else 0) for r in roots]
     model, tokenizer, _ = load_model(a.target)
@@ -260,13 +260,7 @@ def run_from_cli(a, roots: list[Path]) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = train(model, sets, cfg, out, work, eos_ids(model, tokenizer),
                    progress=lambda r, **kw: tqdm(r, file=sys.stderr, mininterval=10, **kw), log=log)
-    command = (f"python -m specviz train-drafter del --shards {a.shards} --steps {a.steps} "
-               f"--batch-tokens {a.batch_tokens} --vocab {cfg.vocab} --seed {a.seed} --threads {a.threads}")
-    card = result["summary"] | {"command": command, "weights": out.name, "loss_curve": result["png"].name,
-                                "weights_bytes": out.stat().st_size}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=2))
-    log(f"del: weights {out} ({out.stat().st_size / 1e6:.1f} MB), card {out.with_suffix('.json')}, "
-        f"loss curve {result['png']}, {card['train_seconds']} s of training")
+    card = write_card(a, cfg.vocab, result, out, log)
     for c, row in card["per_layer"].items():
         log(f"  exit layer {c}: held-out top-1 {row['raw_top1']:.3f} raw -> {row['top1']:.3f} with its adapter")
     return 0
