@@ -266,9 +266,10 @@ def profile_target(name: str, fast: bool = True, ar_prompts: int = 0, max_new_to
         chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
         result["ar"] = ar_speed(model, tokenizer, prompts, max_new_tokens, result["paths"], progress, chat, quiet)
     if kernels:
+        from .fast import forget
         from .gemm_routes import compare_routes
 
-        fast.forget(model)  # the fast path's packed copies; the onednn route makes its own
+        forget(model)  # the fast path's packed copies; the onednn route makes its own
         if quiet is not None:
             wait_for_quiet(quiet)
         result["gemm_routes"] = compare_routes(model, repeats=repeats, compile=compile, progress=progress)

@@ -349,3 +349,7 @@ def test_gemm_routes_agree_and_report_every_route(one_thread):
     assert "onednn" in table and "fastest" in table
     with pytest.raises(ValueError, match="unknown GEMM route"):
         _route("cublas", [], 1, {}, {})
+    from specviz.profile import format_profile, profile_target
+
+    full = profile_target("tiny", load=lambda name: (model, None, None), repeats=1, kernels=True)
+    assert full["gemm_routes"]["routes"] == g["routes"] and "fastest" in format_profile(full)
