@@ -32,10 +32,11 @@ def weight_matrices(model: torch.nn.Module) -> list[torch.Tensor]:
     return [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
-def available_routes(model: torch.nn.Module, compile: bool = False) -> tuple[list[str], dict[str, str]]:
-    """(the routes to time, {route left out: why}). Each packing route holds one more copy of the
-    weights while it is timed, so routes are added only while the machine has room for their copies
-    with one copy to spare."""
+def available_routes(model: torch.nn.Module, compile: bool = False, row_counts: int = len(ROWS)
+                     ) -> tuple[list[str], dict[str, str]]:
+    """(the routes to time, {route left out: why}). All are prepared before timing: oneDNN holds one more
+    copy of the weights, MKL-packed and compile one per row count, so routes are added only while the
+    machine has room for their copies with one copy to spare."""
     from .fast.weights import available_memory
 
     param = next(model.parameters())
@@ -52,11 +53,13 @@ def available_routes(model: torch.nn.Module, compile: bool = False) -> tuple[lis
         if not ok:
             if route != "compile":
                 skipped[route] = "not in this torch build / device"
-        elif route != "mkl" and room < copies:
-            skipped[route] = f"not enough free memory for another {copies / 1e9:.1f} GB copy of the weights"
         else:
+            need = {"mkl": 0, "onednn": copies}.get(route, copies * row_counts)
+            if need > room:
+                skipped[route] = f"not enough free memory for {need / 1e9:.1f} GB of weight copies"
+                continue
             routes.append(route)
-            room -= copies if route != "mkl" else 0
+            room -= need
     return routes, skipped
 
 
@@ -73,10 +76,14 @@ class _AllLinears(torch.nn.Module):
 
 def _compiled(weights: list[torch.Tensor], example: dict[int, torch.Tensor]) -> tuple[Callable, float]:
     """torch.compile(freezing, max-autotune) of all the products at one row count; (function, compile seconds)."""
+    import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
     module = _AllLinears(weights).eval()
-    with inductor.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends="CPP,ATEN"):
+    # one graph per row count, all from the same forward: raise dynamo's per-function recompile limit (8),
+    # past which it would silently run the rest eagerly
+    with inductor.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends="CPP,ATEN"), \
+            dynamo.patch(recompile_limit=1024):
         fn = torch.compile(module, dynamic=False)
         start = time.perf_counter()
         with torch.no_grad():
@@ -112,13 +119,13 @@ def _route(name: str, weights: list[torch.Tensor], m: int, inputs: dict[int, tor
 @torch.no_grad()
 def compare_routes(model: torch.nn.Module, rows: Iterable[int] = ROWS, repeats: int = 7, compile: bool = False,
                    progress: Callable[[Iterable, str], Iterable] = lambda items, desc: items) -> dict:
-    """ms for all of the model's products at each row count, per route (medians of `repeats` runs, the
-    routes interleaved within each row count), with each route's cost relative to its own 1 row and
+    """ms for all of the model's products at each row count, per route (medians of `repeats` runs, all
+    row counts and routes interleaved), with each route's cost relative to its own 1 row and
     to the fastest route at 1 row, and the largest output difference from plain F.linear."""
     weights = weight_matrices(model)
     nbytes = sum(w.numel() * w.element_size() for w in weights)
     rows = sorted({int(m) for m in rows})
-    routes, skipped = available_routes(model, compile)
+    routes, skipped = available_routes(model, compile, len(rows))
     gen = torch.Generator().manual_seed(0)
     param = weights[0]
     inputs = {w.shape[1]: torch.randn(max(rows), w.shape[1], generator=gen).to(param.device, param.dtype)
@@ -127,24 +134,24 @@ def compare_routes(model: torch.nn.Module, rows: Iterable[int] = ROWS, repeats: 
     prepare_s: dict[str, dict[int, float]] = {r: {} for r in routes}
     max_diff: dict[str, float] = {r: 0.0 for r in routes}
     packed: dict = {}
-    for m in progress(rows, "GEMM routes"):
-        fns = {}
+    fns = {}  # every (route, rows) prepared first, so all of them are timed side by side
+    for m in progress(rows, "GEMM routes: preparing"):
         for r in routes:
-            fns[r], prepare_s[r][m] = _route(r, weights, m, inputs, packed)
-        reference = fns["mkl"]()
-        for r, fn in fns.items():
-            out = fn()
+            fns[r, m], prepare_s[r][m] = _route(r, weights, m, inputs, packed)
+        reference = fns["mkl", m]()
+        for r in routes:
+            out = fns[r, m]()
             max_diff[r] = max(max_diff[r], max(float((a - b).abs().max()) for a, b in zip(out, reference)))
-            fn()  # a second warm-up: first calls allocate and pick kernels
-        times = {r: [] for r in routes}
-        for _ in range(repeats):
-            for r, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                times[r].append(time.perf_counter() - start)
-        for r in routes:
-            ms[r][m] = statistics.median(times[r]) * 1e3
-        del fns  # the per-row-count packed copies and compiled graphs go before the next row count
+            fns[r, m]()  # a second warm-up: first calls allocate and pick kernels
+    times = {key: [] for key in fns}
+    for _ in progress(range(repeats), "GEMM routes: timing"):
+        for key, fn in fns.items():  # interleaved over row counts and routes: a slower spell hits all alike
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    for (r, m), t in times.items():
+        ms[r][m] = statistics.median(t) * 1e3
+    del fns
     first = rows[0]
     best_first = min(ms[r][first] for r in routes)
     return {
