@@ -5,13 +5,11 @@ phases overlap, and a rejection cancels drafting under way."""
 import random
 import threading
 import time
-from collections import Counter
 
 import pytest
 import torch
 from conftest import perturbed, tiny_llama
-from exact import context_llama, exact_joint_lm
-from scipy.stats import chisquare
+from exact import context_llama, pvalue_against_exact
 
 from specviz import trace
 from specviz.cli import build_parser, run_config
@@ -218,17 +216,7 @@ def context_pair():
 
 
 def context_chi_square(engine, settings: Settings, samples: int = SAMPLES) -> float:
-    prompt = PROMPT[:4]
-    counts = Counter(tuple(engine.run(prompt, Settings(**{**settings.__dict__, "seed": s})).token_ids)
-                     for s in range(samples))
-    truth = exact_joint_lm(engine.target.model, prompt, N, settings.warp)
-    rare = [s for s, p in truth.items() if p * samples < 5]
-    cells = [s for s in truth if s not in rare]
-    obs = [counts[s] for s in cells] + [sum(counts[s] for s in rare)]
-    exp = [truth[s] * samples for s in cells] + [sum(truth[s] for s in rare) * samples]
-    obs, exp = (obs[:-1], exp[:-1]) if exp[-1] == 0 else (obs, exp)
-    exp = [e * sum(obs) / sum(exp) for e in exp]
-    return float(chisquare(obs, exp).pvalue)
+    return pvalue_against_exact(engine, PROMPT[:4], N, settings, samples)
 
 
 @pytest.mark.parametrize("draft_len, settings", [(2, Settings(N, temperature=1.0)),
