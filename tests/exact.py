@@ -44,20 +44,30 @@ def context_llama(vocab: int = 6, seed: int = 3):
     return target
 
 
-def pvalue_against_exact(engine, prompt: list[int], n: int, settings, samples: int) -> float:
-    """Chi-square p-value of the engine's first n tokens over `samples` seeded runs (seeds 0..samples-1)
-    against the exact joint of its target (cells expecting < 5 pooled). Deterministic."""
+def sampled(engine, prompt: list[int], settings, samples: int):
+    """Counter of the engine's token sequences over `samples` seeded runs (seeds 0..samples-1)."""
     from collections import Counter
     from dataclasses import replace
 
+    return Counter(tuple(engine.run(prompt, replace(settings, seed=s)).token_ids) for s in range(samples))
+
+
+def pooled_pvalue(counts, truth: dict[tuple, float], samples: int) -> float:
+    """Chi-square p-value of observed counts against exact probabilities, with the cells expecting fewer
+    than 5 pooled into one (dropped when the pool expects nothing)."""
     from scipy.stats import chisquare
 
-    counts = Counter(tuple(engine.run(prompt, replace(settings, seed=s)).token_ids) for s in range(samples))
-    truth = exact_joint_lm(engine.target.model, prompt, n, settings.warp)
     rare = [s for s, p in truth.items() if p * samples < 5]
     cells = [s for s in truth if s not in rare]
     obs = [counts[s] for s in cells] + [sum(counts[s] for s in rare)]
     exp = [truth[s] * samples for s in cells] + [sum(truth[s] for s in rare) * samples]
     obs, exp = (obs[:-1], exp[:-1]) if exp[-1] == 0 else (obs, exp)
-    exp = [e * sum(obs) / sum(exp) for e in exp]
+    exp = [e * sum(obs) / sum(exp) for e in exp]  # float rounding only
     return float(chisquare(obs, exp).pvalue)
+
+
+def pvalue_against_exact(engine, prompt: list[int], n: int, settings, samples: int) -> float:
+    """Chi-square p-value of the engine's first n tokens over `samples` seeded runs (seeds 0..samples-1)
+    against the exact joint of its target (cells expecting < 5 pooled). Deterministic."""
+    counts = sampled(engine, prompt, settings, samples)
+    return pooled_pvalue(counts, exact_joint_lm(engine.target.model, prompt, n, settings.warp), samples)

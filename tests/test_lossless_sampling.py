@@ -4,12 +4,11 @@
 three tokens is compared with the exact one by Pearson's chi-square test. Seeds are fixed, so the
 verdict is deterministic. A deliberately broken verifier must fail the same test.
 """
-from collections import Counter
 from functools import partial
 
 import pytest
 from bigram import BigramLM, exact_joint
-from scipy.stats import chisquare
+from exact import pooled_pvalue, sampled
 
 from specviz.drafters.model import ModelDrafter, chain_builder
 from specviz.drafters.prompt_lookup import PromptLookupDrafter
@@ -24,20 +23,10 @@ PROMPT = [1, 2, 3, 1, 2]
 
 def chi_square(engine: Engine, settings: Settings, prompt: list[int] = PROMPT) -> tuple[float, float]:
     """(p-value, total variation distance) of sampled first tokens against the exact joint."""
-    counts = Counter(
-        tuple(engine.run(prompt, Settings(**{**settings.__dict__, "seed": seed})).token_ids)
-        for seed in range(SAMPLES)
-    )
+    counts = sampled(engine, prompt, settings, SAMPLES)
     truth = exact_joint(engine.target.model, prompt, N_TOKENS, settings.warp)
-    # pool rare outcomes so every expected count is at least 5
-    rare = [s for s, p in truth.items() if p * SAMPLES < 5]
-    cells = [s for s in truth if s not in rare]
-    obs = [counts[s] for s in cells] + [sum(counts[s] for s in rare)]
-    exp = [truth[s] * SAMPLES for s in cells] + [sum(truth[s] for s in rare) * SAMPLES]
-    obs, exp = (obs[:-1], exp[:-1]) if exp[-1] == 0 else (obs, exp)
-    exp = [e * sum(obs) / sum(exp) for e in exp]  # float rounding only
     tvd = 0.5 * sum(abs(counts[s] / SAMPLES - p) for s, p in truth.items())
-    return float(chisquare(obs, exp).pvalue), tvd
+    return pooled_pvalue(counts, truth, SAMPLES), tvd
 
 
 
