@@ -24,10 +24,11 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import types
 import typing
 from pathlib import Path
+
+from .atomic import atomic_write_text  # noqa: F401  (re-exported: callers use trace.atomic_write_text)
 
 import numpy as np
 
@@ -67,22 +68,6 @@ DRAWS = ("iid", "without_replacement")
 
 def dumps(events: list[Event]) -> str:
     return json.dumps({"format": FORMAT, "version": VERSION, "events": [to_dict(e) for e in events]})
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write to a temp file beside the target, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; traces and results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 def save(events: list[Event], path: str | os.PathLike) -> Path:

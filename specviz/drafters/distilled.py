@@ -112,7 +112,7 @@ def own_parameters(model: LlamaForCausalLM) -> list[torch.nn.Parameter]:
 def save(model: LlamaForCausalLM, path: str | Path, meta: dict | None = None,
          dtype: torch.dtype = torch.float16) -> Path:
     """Write the drafter's own parameters (fp16 by default) + kept ids + config, atomically."""
-    from ..train.data import atomic_save
+    from ..atomic import atomic_save
 
     config = model.config.to_dict()
     config["vocab_size"] = len(model.vocab_ids)

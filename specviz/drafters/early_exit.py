@@ -109,7 +109,7 @@ class ExitAdapters(torch.nn.Module):
 
     # --- weights: only the adapters' own parameters and the kept ids -------------------------
     def save(self, path: str | Path, meta: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
-        from ..train.data import atomic_save
+        from ..atomic import atomic_save
 
         tensors = {k: v.detach().to(dtype) for k, v in self.state_dict().items()}
         tensors["vocab_ids"] = self.vocab_ids.int()

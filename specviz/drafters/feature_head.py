@@ -130,7 +130,7 @@ class FeatureHead(torch.nn.Module):
 
     # --- weights: only the head's own parameters, plus the readout's token ids ----------------
     def save(self, path: str | Path, meta: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
-        from ..train.data import atomic_save
+        from ..atomic import atomic_save
 
         tensors = {k: v.detach().to(dtype) for k, v in self.state_dict().items()}
         if self.vocab_ids is not None:

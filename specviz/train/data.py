@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +39,12 @@ from typing import Iterator
 
 import torch
 
-VERSION = 1
+from ..atomic import atomic_save  # noqa: F401  (re-exported)
+
+VERSION = 2  # 2: wide instructions (train/sources.py), low and middle layer states, rows leave when done
 TOP_K = 32
-BATCH = 32
+BATCH = 64
+MAX_NEW = 192
 
 
 def data_dir(target: str) -> Path:
@@ -51,41 +53,43 @@ def data_dir(target: str) -> Path:
     return cache_root() / "distill" / Path(target).name / f"v{VERSION}"
 
 
-def make_jobs(n_prompts: int, seed: int, batch: int = BATCH, sampled_every: int = 3) -> list[dict]:
+def make_jobs(prompts: int | list[int], seed: int, batch: int = BATCH, sampled_every: int = 1) -> list[dict]:
     """Greedy responses for every prompt, plus a sampled one (T = 0.7 or 1.0, alternating) for every
-    `sampled_every`-th prompt. Shuffled (seeded), then sorted by prompt index within blocks of 8
-    batches (similar lengths share a batch only by chance; the order stays a random sample, so any
-    prefix of the shards is a fair subset)."""
+    `sampled_every`-th prompt. Shuffled (seeded); given prompt lengths (a list), each block of 8
+    batches is then sorted by length so a batch pads little, and the order stays a random sample of
+    blocks, so any prefix of the shards is a fair subset."""
+    lengths = list(range(prompts)) if isinstance(prompts, int) else list(prompts)
+    n_prompts = len(lengths)
     rng = random.Random(seed)
     jobs = [{"prompt": i, "temperature": 0.0} for i in range(n_prompts)]
     jobs += [{"prompt": i, "temperature": (0.7, 1.0)[(i // sampled_every) % 2]}
              for i in range(0, n_prompts, sampled_every)]
     rng.shuffle(jobs)
+    block = 8 * batch
+    jobs = [j for k in range(0, len(jobs), block)
+            for j in sorted(jobs[k:k + block], key=lambda j: (lengths[j["prompt"]], j["prompt"]))]
     for j, job in enumerate(jobs):
         job["shard"] = j // batch
     return jobs
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+def feature_layers(n_layers: int) -> tuple[int, int]:
+    """The low and middle layers whose states data v2 records beside the final one (EAGLE-3's fused
+    features: low, middle, last), as transformers' hidden_states indices."""
+    return 2, n_layers // 2
 
 
 @torch.inference_mode()
 def generate_batch(model, prompts: list[list[int]], temperatures: list[float], eos: set[int], pad: int,
-                   max_new_tokens: int, gen: torch.Generator, top_k: int = TOP_K) -> list[dict]:
-    """Left-padded batched generation; returns per row tokens, hidden, topk_ids, topk_logp, prompt_len."""
+                   max_new_tokens: int, gen: torch.Generator, top_k: int = TOP_K,
+                   layers: tuple[int, ...] = ()) -> list[dict]:
+    """Left-padded batched generation; returns per row tokens, hidden, topk_ids, topk_logp, prompt_len
+    (and `layer{L}` fp16 states for each extra layer L asked for).
+
+    One prefill for the batch, then one cached step per token for the rows still going: a row that
+    stops (EOS or max_new_tokens) leaves the batch and its cache rows are dropped, so the step cost
+    follows the rows that remain. Greedy rows take the argmax, sampled rows draw at their temperature
+    with `gen` (sequentially seeded by row order, so a batch is reproducible)."""
     from transformers import DynamicCache
 
     base, head = model.model, model.lm_head.weight
@@ -98,61 +102,74 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
         mask[r, width - len(p):] = 1
     temps = torch.tensor(temperatures, dtype=torch.float32)
     cache = DynamicCache(config=model.config)
-    seq_h: list[list[torch.Tensor]] = [[] for _ in range(rows)]
-    seq_i: list[list[torch.Tensor]] = [[] for _ in range(rows)]
-    seq_l: list[list[torch.Tensor]] = [[] for _ in range(rows)]
-    fed: list[list[int]] = [[] for _ in range(rows)]
-    done = [False] * rows
+    out: list[dict[str, list]] = [{"hidden": [], "ids": [], "logp": [], **{f"layer{L}": [] for L in layers}}
+                                  for _ in range(rows)]
+    fed: list[list[int]] = [list(p) for p in prompts]
+    alive = torch.arange(rows)  # original row of each batch row
     feed, step = ids, 0
     while True:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -feed.shape[1]:]
-        h = base(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                 use_cache=True).last_hidden_state
-        one = (h[:, -1] @ head.T).float() if feed.shape[1] == 1 else None  # decode: one matmul for all rows
-        last = torch.empty(rows, head.shape[0])
-        for r in range(rows):
-            keep = mask[r, -feed.shape[1]:].bool()
-            hr = h[r][keep] if not done[r] else h[r, -1:]
-            logits = one[r:r + 1] if one is not None else (hr @ head.T).float()
-            last[r] = logits[-1]
-            if done[r]:
-                continue
-            top = logits.log_softmax(-1).topk(top_k, dim=-1)
-            seq_h[r].append(hr.half())
-            seq_i[r].append(top.indices.int())
-            seq_l[r].append(top.values.half())
-            fed[r] += feed[r][keep].tolist()
-            if step > 0 and (fed[r][-1] in eos or step >= max_new_tokens):
-                done[r] = True
-        if all(done):
+        res = base(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, output_hidden_states=bool(layers))
+        h = res.last_hidden_state
+        keep = mask[:, -feed.shape[1]:].bool()
+        logits = (h @ head.T).float()  # [B, T, V]; T = 1 after the prefill
+        top = logits.log_softmax(-1).topk(top_k, dim=-1)
+        for b, r in enumerate(alive.tolist()):
+            kb = keep[b]
+            o = out[r]
+            o["hidden"].append(h[b][kb].half())
+            o["ids"].append(top.indices[b][kb].int())
+            o["logp"].append(top.values[b][kb].half())
+            for L in layers:
+                o[f"layer{L}"].append(res.hidden_states[L][b][kb].half())
+        # a row is done once the token it was just fed is EOS or its max_new_tokens-th response token
+        going = [b for b, r in enumerate(alive.tolist())
+                 if not (step > 0 and (fed[r][-1] in eos or step >= max_new_tokens))]
+        if not going:
             break
-        greedy = last.argmax(-1)
-        sampled = torch.multinomial((last / temps.clamp_min(1e-6)[:, None]).softmax(-1), 1, generator=gen)[:, 0]
-        nxt = torch.where(temps > 0, sampled, greedy)
+        sel = torch.tensor(going)
+        if len(going) < len(alive):
+            for layer in cache.layers:
+                layer.batch_select_indices(sel)
+            mask, alive, logits = mask[sel], alive[sel], logits[sel]
+        last = logits[:, -1]
+        t = temps[alive]
+        sampled = torch.multinomial((last / t.clamp_min(1e-6)[:, None]).softmax(-1), 1, generator=gen)[:, 0]
+        nxt = torch.where(t > 0, sampled, last.argmax(-1))
+        for b, r in enumerate(alive.tolist()):
+            fed[r].append(int(nxt[b]))
         feed = nxt[:, None]
-        mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], 1)
+        mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=torch.long)], 1)
         step += 1
-    return [{"tokens": torch.tensor(fed[r], dtype=torch.int32), "hidden": torch.cat(seq_h[r]),
-             "topk_ids": torch.cat(seq_i[r]), "topk_logp": torch.cat(seq_l[r]), "prompt_len": len(prompts[r])}
-            for r in range(rows)]
+    result = []
+    for r in range(rows):
+        o = out[r]
+        row = {"tokens": torch.tensor(fed[r], dtype=torch.int32), "hidden": torch.cat(o["hidden"]),
+               "topk_ids": torch.cat(o["ids"]), "topk_logp": torch.cat(o["logp"]), "prompt_len": len(prompts[r])}
+        for L in layers:
+            row[f"layer{L}"] = torch.cat(o[f"layer{L}"])
+        result.append(row)
+    return result
 
 
-def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_tokens: int = 128,
-          out: str | os.PathLike | None = None, progress=None, log=print) -> Path:
-    """Generate (or continue generating) the first `shards` shards (0 = all jobs)."""
+def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_tokens: int = MAX_NEW,
+          out: str | os.PathLike | None = None, progress=None, log=print, batch: int = BATCH) -> Path:
+    """Generate (or continue generating) the first `shards` shards (0 = all jobs) of data v2."""
     from ..api import encode_prompt, eos_ids, load_model
-    from ..prompts import overlapping
-    from .instructions import instructions
+    from .sources import shares_material, wide_instructions
 
     root = Path(out) if out else data_dir(target)
-    rows = instructions(seed)
-    if overlapping([r["prompt"] for r in rows]):
-        raise ValueError("training instructions overlap the evaluation prompts")
-    jobs = make_jobs(len(rows), seed)
+    rows = wide_instructions(seed)
+    if shares_material([r["prompt"] for r in rows]):
+        raise ValueError("training instructions share material with the evaluation prompts")
+    jobs = make_jobs([len(r["prompt"]) for r in rows], seed, batch)
     n_shards = jobs[-1]["shard"] + 1
     shards = min(shards or n_shards, n_shards)
+    model, tokenizer, _ = load_model(target)
+    layers = feature_layers(model.config.num_hidden_layers)
     manifest = {"version": VERSION, "target": target, "seed": seed, "top_k": TOP_K, "max_new_tokens": max_new_tokens,
-                "batch": BATCH, "jobs": jobs, "instructions": rows}
+                "batch": batch, "layers": list(layers), "jobs": jobs, "instructions": rows}
     root.mkdir(parents=True, exist_ok=True)
     mpath = root / "manifest.json"
     if mpath.exists():
@@ -160,33 +177,41 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
         if {k: old.get(k) for k in manifest} != manifest:
             raise ValueError(f"{root} holds data made with other settings; pass another --out or delete it")
     else:
-        from ..trace import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(mpath, json.dumps(manifest))
     todo = [s for s in range(shards) if not (root / f"shard-{s:05d}.safetensors").exists()]
     log(f"distill data in {root}: {shards - len(todo)} of {shards} shards exist, {len(todo)} to make")
     if not todo:
         return root
-    model, tokenizer, _ = load_model(target)
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     bar = progress(todo) if progress else todo
+    made, t_all = 0, time.perf_counter()
     for s in bar:
         t0 = time.perf_counter()
         mine = [j for j, job in enumerate(jobs) if job["shard"] == s]
         prompts = [encode_prompt(tokenizer, rows[jobs[j]["prompt"]]["prompt"], True) for j in mine]
         gen = torch.Generator().manual_seed(seed * 100_003 + s)
-        seqs = generate_batch(model, prompts, [jobs[j]["temperature"] for j in mine], eos, pad, max_new_tokens, gen)
-        n = save_shard(root, s, seqs, mine)
+        seqs = generate_batch(model, prompts, [jobs[j]["temperature"] for j in mine], eos, pad, max_new_tokens, gen,
+                              layers=layers)
+        save_shard(root, s, seqs, mine, layers)
+        new = sum(len(q["tokens"]) - q["prompt_len"] + 1 for q in seqs)
+        made += new
+        rate = made / (time.perf_counter() - t_all)
+        msg = dict(resp_tok_s=f"{rate:.0f}", shard_s=f"{time.perf_counter() - t0:.0f}", resp_tokens=made)
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(tokens=n, s=f"{time.perf_counter() - t0:.0f}")
+            bar.set_postfix(**msg)
+        else:
+            log(f"shard {s}: {msg}")
     return root
 
 
-def save_shard(root: Path, index: int, seqs: list[dict], jobs: list[int]) -> int:
+def save_shard(root: Path, index: int, seqs: list[dict], jobs: list[int], layers: tuple[int, ...] = ()) -> int:
     """Write one shard (see the module doc) from per-sequence dicts as generate_batch returns them."""
     offsets = torch.tensor([0] + [len(q["tokens"]) for q in seqs]).cumsum(0)
-    atomic_save({
+    extra = {f"layer{L}": torch.cat([q[f"layer{L}"] for q in seqs]).half() for L in layers}
+    atomic_save({**extra, 
         "tokens": torch.cat([q["tokens"] for q in seqs]).int(),
         "offsets": offsets,
         "prompt_len": torch.tensor([q["prompt_len"] for q in seqs], dtype=torch.int32),
@@ -277,7 +302,7 @@ class DistillSet:
     def __init__(self, root: str | os.PathLike, shards: int = 0):
         self.root = Path(root)
         self.manifest = json.loads((self.root / "manifest.json").read_text())
-        if self.manifest.get("version") != VERSION:
+        if self.manifest.get("version") not in (1, VERSION):
             raise ValueError(f"{self.root}: distill data version {self.manifest.get('version')}, expected {VERSION}")
         paths = sorted(self.root.glob("shard-*.safetensors"))
         self.paths = paths[:shards] if shards else paths
