@@ -118,7 +118,7 @@ def test_trained_drafter_card_names_command_weights_and_curve(tmp_path):
     import argparse
     import json
 
-    from specviz.train.cli import write_card
+    from specviz.train.card import write_card
 
     out = tmp_path / "del-x.safetensors"
     out.write_bytes(b"0" * 1000)

@@ -36,11 +36,15 @@ class Item:
     logp: torch.Tensor  # [K] their log-probabilities (temperature 1)
 
 
+def own_parameters(model) -> list[torch.nn.Parameter]:
+    """Every parameter but the input embedding (the target's, shared and frozen): what the learner updates."""
+    emb = model.get_input_embeddings().weight
+    return [p for p in model.parameters() if p is not emb]
+
+
 class OnlineLearner:
     def __init__(self, model, lr: float = LR, steps: int = STEPS, every: int = EVERY, capacity: int = CAPACITY,
                  top_k: int = TOP_K):
-        from .distilled import own_parameters
-
         self.model = model
         self.params = own_parameters(model)
         self.opt = torch.optim.Adam(self.params, lr=lr)

@@ -1,4 +1,6 @@
-"""`python -m specviz train-drafter eagle`: distillation data, then the EAGLE head, resumable.
+"""`python -m specviz train-drafter eagle|distill-kd|distill-tvd|del`: distillation data, then the drafter,
+resumable. The data step is shared; eagle trains here, the others hand over to their trainer's `run_from_cli`
+(specviz/train/distill.py, specviz/train/early_exit.py), which end with the card writer in train/card.py.
 
     python -m specviz train-drafter eagle --shards 12 --steps 1500
     python -m specviz train-drafter eagle --data-only          # just (continue to) make the data
@@ -6,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -37,38 +38,19 @@ def add_train_parser(sub) -> None:
     t.set_defaults(func=cmd_train_drafter)
 
 
-def write_card(a: argparse.Namespace, vocab: int, result: dict, out: Path, log) -> dict:
-    """The trained drafter's JSON card next to its weights (atomically): the trainer's summary, the command
-    that reproduces it, the weights' and loss curve's file names; logs where everything went."""
-    import json
-
-    from ..trace import atomic_write_text
-
-    command = (f"python -m specviz train-drafter {a.kind} --shards {a.shards} --steps {a.steps} "
-               f"--batch-tokens {a.batch_tokens} --vocab {vocab} --seed {a.seed} --threads {a.threads}")
-    card = result["summary"] | {"command": command, "weights": out.name, "loss_curve": result["png"].name,
-                                "weights_bytes": out.stat().st_size}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=2))
-    log(f"{a.kind}: weights {out} ({out.stat().st_size / 1e6:.1f} MB), card {out.with_suffix('.json')}, "
-        f"loss curve {result['png']}, {card['train_seconds']} s of training")
-    return card
-
-
 def cmd_train_drafter(a: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from ..api import load_model
     from ..drafters.feature_head import default_weights
     from . import data
+    from .card import log, progress_bar as bar
     from .eagle import TrainConfig, train
 
     for key, value in (DEFAULTS | KIND_DEFAULTS.get(a.kind, {})).items():
         if getattr(a, key) is None:
             setattr(a, key, value)
     torch.set_num_threads(a.threads)
-    bar = lambda desc: (lambda items, **kw: tqdm(items, desc=desc, file=sys.stderr, mininterval=5, **kw))  # noqa: E731
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     roots = []
     if not a.no_corpus:

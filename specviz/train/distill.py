@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -357,11 +356,9 @@ def train(target_model, data: DistillSet, cfg: TrainConfig, out: Path, work: Pat
 def run_from_cli(a, roots: list[Path]) -> int:
     """`python -m specviz train-drafter distill-kd|distill-tvd` after the shared data step (specviz/train/cli.py):
     roots = [corpus set, generated set] as that step made them; a.shards generated shards are used."""
-    from tqdm import tqdm
-
     from ..api import eos_ids, load_model
     from ..models import cache_root
-    from .cli import write_card
+    from .card import log, progress_bar, write_card
 
     loss_name(a.kind)
     sets = [DistillSet(r, shards=a.shards if r == roots[-1] else 0) for r in roots]
@@ -370,8 +367,7 @@ def run_from_cli(a, roots: list[Path]) -> int:
                       shards=len(sets[-1].paths), threads=a.threads)
     out = Path(a.out) if a.out else distilled.default_weights(a.kind, a.target)
     work = Path(a.work) if a.work else cache_root() / "train" / f"{a.kind}-{Path(a.target).name}"
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = train(model, sets, cfg, out, work, eos_ids(model, tokenizer),
-                   progress=lambda r, **kw: tqdm(r, desc=a.kind, file=sys.stderr, mininterval=10, **kw), log=log)
+                   progress=progress_bar(a.kind, mininterval=10), log=log)
     write_card(a, cfg.vocab, result, out, log)
     return 0

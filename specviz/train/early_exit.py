@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -244,12 +243,10 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, eos, pro
 
 def run_from_cli(a, roots: list[Path]) -> int:
     """`python -m specviz train-drafter del` after the shared data step (specviz/train/cli.py)."""
-    from tqdm import tqdm
-
     from ..api import eos_ids, load_model
     from ..drafters.early_exit import default_weights
     from ..models import cache_root
-    from .cli import write_card
+    from .card import log, progress_bar, write_card
 
     sets = [DistillSet(r, shards=a.shards if r == roots[-1] else 0) for r in roots]
     model, tokenizer, _ = load_model(a.target)
@@ -257,9 +254,8 @@ def run_from_cli(a, roots: list[Path]) -> int:
                       threads=a.threads)
     out = Path(a.out) if a.out else default_weights(a.target)
     work = Path(a.work) if a.work else cache_root() / "train" / f"del-{Path(a.target).name}"
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = train(model, sets, cfg, out, work, eos_ids(model, tokenizer),
-                   progress=lambda r, **kw: tqdm(r, file=sys.stderr, mininterval=10, **kw), log=log)
+                   progress=progress_bar(mininterval=10), log=log)
     card = write_card(a, cfg.vocab, result, out, log)
     for c, row in card["per_layer"].items():
         log(f"  exit layer {c}: held-out top-1 {row['raw_top1']:.3f} raw -> {row['top1']:.3f} with its adapter")
