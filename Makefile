@@ -11,9 +11,10 @@ MODELS_ALL := smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): requirements.txt | $(BIN)/python
+$(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .  # the package itself: .venv/bin/specviz
 	touch $@
 
 $(STAMP)-dev: requirements-dev.txt $(STAMP)

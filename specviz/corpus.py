@@ -16,8 +16,8 @@ import random
 import textwrap
 from pathlib import Path
 
+from .paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 VERSION = 1
 
 _CODE_SOURCES = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from .paths import ASSETS
 
 EXAMPLE_PROMPTS = [
     ("code", "Write a Python function `is_palindrome(s)` that ignores case and punctuation, with a docstring "

@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from .paths import ASSETS
+
 DEFAULT_PROMPTS = ASSETS / "prompts.jsonl"  # the project's prompt set (12 prompts, 7 categories)
 HELDOUT_PROMPTS = ASSETS / "prompts-heldout.jsonl"  # 28 more, written later and never tuned on
 EVALUATION_SETS = (DEFAULT_PROMPTS, HELDOUT_PROMPTS)

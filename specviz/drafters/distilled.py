@@ -33,13 +33,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..lm import CachedLM
+from ..paths import DRAFTERS as ASSETS
 from ..sampling import Warp
 from ..stop_rules import StopRule
 from ..tree import DraftTree
 from ..verify import Verdict
 from . import TargetView
 
-ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "drafters"
 FORMAT = "specviz-distilled-drafter/1"
 
 

@@ -59,13 +59,13 @@ import torch.nn.functional as F
 
 from .. import fast
 from ..fast.forward import causal_mask, rotary_factors, rotate
+from ..paths import DRAFTERS as ASSETS
 from ..sampling import Warp, entropy, probs, sample
 from ..stop_rules import StopNote, StopRule
 from ..tree import DraftTree
 from ..verify import Verdict
 from . import TargetView
 
-ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "drafters"
 FORMAT = "specviz-del-adapters/1"
 VERIFY_ROW = 0.05  # extra cost of one more verified row, in target forwards (a chain of 5 rows ~ 1.2)
 DECAY = 0.7  # weight of the old estimate in each update of a layer's acceptance estimate

@@ -231,10 +231,12 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..paths import ASSETS
+
     ap = argparse.ArgumentParser(prog="python -m specviz.drafters.ngram_gate", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", required=True, help="a `specviz profile` JSON (ratio_to_first_size)")
     ap.add_argument("--path", default="fast", help="which forward path's cost curve (default: fast)")
-    ap.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "assets" / "corpus-smollm2-135m.json"))
+    ap.add_argument("--corpus", default=str(ASSETS / "corpus-smollm2-135m.json"))
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--jobs", type=int, default=1, help="replay tasks in this many processes (same result)")
     ap.add_argument("--json", help="also write the full result here")
