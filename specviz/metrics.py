@@ -1,7 +1,12 @@
 """Running counters of a decoding run and the figures derived from them, defined once.
 
 tau                   tokens emitted per target forward (bonus and resampled tokens included)
-acceptance_rate       accepted draft tokens / drafted tokens
+acceptance_rate       accepted draft tokens / drafted tokens: node-level, every node of a tree counts
+checked_positions     positions on the verified path where the target checked a draft: the root and
+                      each accepted node that had children tried (one beta each, see beta_by_depth);
+                      accepted + 1 in a step that ended with a rejection, accepted after a bonus
+path_acceptance       accepted draft tokens / checked positions: how often the target took the draft
+                      it looked at, step by step (a chain's and a tree's on the same footing)
 mean_accepted_length  accepted draft tokens per target forward (tau minus the target's own token)
 beta_by_depth         mean over verified nodes at each depth of sum_x min(p(x), q(x)): the
                       probability that a draft from q is accepted under p there
@@ -9,10 +14,19 @@ alpha                 mean beta over all verified nodes (Leviathan et al.'s alph
 c                     drafter seconds per drafted token / target seconds per verification forward
 verify_cost_ratio     seconds of a target forward that verified drafts / of one that verified none
                       (one new token): what verifying several positions costs on this machine
-predicted_speedup     (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), g = mean draft length (chain formula)
+predicted_speedup     (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), g = mean draft length: Leviathan et al.'s
+                      formula, for chains only (it assumes one guess per position and i.i.d. acceptance)
+minus(first)          the counters of the steps after `first` (a snapshot): without the first step, whose
+                      target forward reads the whole prompt (the prefill), decode-only figures follow
+CostCurve             this machine's seconds of one target forward by new positions (median of samples),
+                      interpolated between measured sizes, never extrapolated
+expected_speedup      tau x cost(1) / (draft seconds per step + cost(verified positions) per step): the
+                      step's own expected tokens (trees and chains alike) against a one-token forward,
+                      both from the cost curve; per-step overhead outside forwards is left out of both
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field, replace
 
 
@@ -67,6 +81,18 @@ class Metrics:
                 mine[i] += v
         return self
 
+    def minus(self, first: "Metrics") -> "Metrics":
+        """The counters of the steps that came after the snapshot `first` of the same run."""
+        out = self.snapshot()
+        for f in ("tokens", "steps", "drafted", "accepted", "elapsed_s", "draft_s", "verify_s", "forward_s",
+                  "wasted_forwards", "single_steps", "single_verify_s"):
+            setattr(out, f, getattr(self, f) - getattr(first, f))
+        for mine, theirs in ((out.beta_sum, first.beta_sum), (out.beta_count, first.beta_count),
+                             (out.accepted_hist, first.accepted_hist)):
+            for i, v in enumerate(theirs[: len(mine)]):
+                mine[i] -= v
+        return out
+
     def snapshot(self) -> "Metrics":
         return replace(self, beta_sum=list(self.beta_sum), beta_count=list(self.beta_count),
                        accepted_hist=list(self.accepted_hist))
@@ -82,6 +108,15 @@ class Metrics:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def checked_positions(self) -> int:
+        return sum(self.beta_count)
+
+    @property
+    def path_acceptance(self) -> float:
+        n = self.checked_positions
+        return self.accepted / n if n else 0.0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -136,7 +171,7 @@ class Metrics:
 
     def summary(self) -> dict:
         out = asdict(self)
-        for name in ("tau", "acceptance_rate", "mean_accepted_length", "mean_draft_length", "beta_by_depth",
+        for name in ("tau", "acceptance_rate", "checked_positions", "path_acceptance", "mean_accepted_length", "mean_draft_length", "beta_by_depth",
                      "alpha", "c", "mean_verified_positions", "verify_cost_ratio", "predicted_speedup", "tokens_per_s", "overhead_s", "outside_forward_share"):
             out[name] = getattr(self, name)
         return out
@@ -148,3 +183,56 @@ def predicted_speedup(alpha: float, gamma: float, c: float) -> float:
     if alpha >= 1.0:
         return (gamma + 1) / (gamma * c + 1)
     return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
+
+
+MIN_SAMPLES = 3  # forwards of one size before the cost curve uses that size
+
+
+@dataclass
+class CostCurve:
+    """Seconds of one target forward by the number of new positions it scores (1: a one-token step, as in
+    plain decoding; 1 + k: verifying k draft nodes), from forwards timed on this machine."""
+
+    samples: dict[int, list[float]] = field(default_factory=dict)
+
+    def add(self, positions: int, seconds: float) -> None:
+        if positions >= 1 and seconds > 0:
+            self.samples.setdefault(int(positions), []).append(float(seconds))
+
+    def sizes(self) -> list[int]:
+        """The sizes measured often enough to use, ascending."""
+        return sorted(n for n, v in self.samples.items() if len(v) >= MIN_SAMPLES)
+
+    def seconds(self, positions: float) -> float | None:
+        """The median at a measured size; linear between the two measured sizes around it; None outside."""
+        sizes = self.sizes()
+        if not sizes or positions < sizes[0] or positions > sizes[-1]:
+            return None
+        med = {n: statistics.median(self.samples[n]) for n in sizes}
+        if positions in med:
+            return med[positions]
+        hi = next(n for n in sizes if n > positions)
+        lo = max(n for n in sizes if n < positions)
+        w = (positions - lo) / (hi - lo)
+        return (1 - w) * med[lo] + w * med[hi]
+
+    def ratio(self, positions: float) -> float | None:
+        """cost(positions) / cost(1): what verifying that many positions costs in one-token forwards."""
+        one, many = self.seconds(1), self.seconds(positions)
+        return many / one if one and many is not None else None
+
+
+def expected_speedup(m: Metrics, curve: CostCurve) -> float | None:
+    """Expected speedup over plain decoding of steps like these (`m`, decode steps only): tau tokens per
+    step, for the drafter's measured seconds per step plus the step's forward (one new position where it
+    drafted nothing, else the mean verified positions of the steps that drafted), against one one-token
+    forward per token; both forwards from the curve. None where the curve does not cover those sizes."""
+    if not m.steps:
+        return None
+    wide = m.steps - m.single_steps
+    one = curve.seconds(1)
+    many = curve.seconds(m.mean_verified_positions) if wide else 0.0
+    if not one or many is None:
+        return None
+    verify = (m.single_steps * one + wide * many) / m.steps
+    return m.tau * one / (m.draft_s / m.steps + verify)

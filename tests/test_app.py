@@ -84,7 +84,7 @@ def test_run_streams_and_ends_with_the_engines_text(client, engine_text):
     updates = [named(out) for out in job]
     final = named(job.result())
     assert len(updates) >= 3, "the run should stream intermediate updates"
-    assert any("▶ running" in u["status"] for u in updates)
+    assert any("▶ decoding: step" in u["status"] for u in updates)
     assert final["text"] == engine_text
     assert "✔ done" in final["status"]
     assert 'class="tok tok-' in final["tokens"]
@@ -148,20 +148,27 @@ def test_example_traces_load_without_a_model(client):
     assert "recorded example" in out["status"] and 'class="tok tok-' in out["tokens"]
 
 
-def test_step_by_step_explains_each_step(client):
-    first = named(client.predict(*args(max_new_tokens=12), api_name="/step_start"))
-    assert "Step 0" in first["explain"] and first["step"]["value"] == 0
-    second = named(client.predict(0, api_name="/step_next"))
-    assert "Step 1" in second["explain"] and second["step"]["value"] == 1
-    back = named(client.predict(1, api_name="/step_prev"))
-    assert "Step 0" in back["explain"]
-    again = named(client.predict(0, api_name="/step_next"))  # replays the recorded step 1
-    assert again["explain"] == second["explain"]
-    for _ in range(12):  # run to the end: the live generator finishes and the trace becomes downloadable
-        out = named(client.predict(out["step"]["value"] if _ else again["step"]["value"], api_name="/step_next"))
+def test_step_by_step_takes_two_clicks_a_step_draft_then_verify(client):
+    out = named(client.predict(*args(max_new_tokens=12), api_name="/step_start"))
+    seen = [out]
+    for _ in range(40):  # run to the end: the live generator finishes and the trace becomes downloadable
         if "finished" in out["status"]:
             break
+        out = named(client.predict(out["step"]["value"], api_name="/step_next"))
+        seen.append(out)
     assert "finished" in out["status"] and out["download"]["value"].endswith(".trace.json")
+    drafted = [i for i, o in enumerate(seen) if "drafted, not verified yet" in o["explain"]]
+    assert drafted, "pld drafts on this summary"
+    for i in drafted:  # the click after a draft verifies the same step
+        step = seen[i]["step"]["value"]
+        assert "Verify ▶" in seen[i]["status"] and "not checked yet" in json.dumps(seen[i]["tree"])
+        assert f"### Step {step}: " in seen[i + 1]["explain"] and "not verified" not in seen[i + 1]["explain"]
+        assert seen[i + 1]["step"]["value"] == step
+    last = max(o["step"]["value"] for o in seen)
+    back = named(client.predict(last, api_name="/step_prev"))
+    assert f"Step {last - 1}:" in back["explain"]
+    again = named(client.predict(last - 1, api_name="/step_next"))  # replays the recorded step
+    assert f"Step {last}:" in again["explain"]
 
 
 def test_race_runs_both_sides_and_measures_the_speedup(client):
@@ -491,3 +498,31 @@ def test_binding_and_space_settings(monkeypatch):
         import spaces  # noqa: F401
     except ImportError:
         assert app.gpu(test_binding_and_space_settings) is test_binding_and_space_settings  # a no-op here
+
+
+def test_a_bad_request_is_refused_before_the_run_and_no_view_is_touched():
+    """On the page, Run, Race, Step-by-step and an upload first go through a check with no outputs: a bad
+    request is one toast, and the views (none of them an output of the check) keep what they showed."""
+    import gradio as gr
+
+    from specviz.ui import build_demo, callbacks
+
+    demo = build_demo()
+    fns = {f.api_name: f for f in demo.fns.values()}
+    for name, check in (("run", "check_run"), ("race", "check_race"), ("step_start", "check_step"),
+                        ("import_trace", "check_trace")):
+        fn = fns[name]
+        before = demo.fns[fn.trigger_after]
+        assert fn.trigger_only_on_success and before.fn.__name__ == check and before.outputs == []
+        assert before.queue is False
+    form = dict(zip(("prompt", "target", "drafter", "strategy", "draft_len", "temperature", "top_p", "seed",
+                     "max_new_tokens", "rule"), args()))
+    for bad, message in ((dict(prompt="  "), "prompt is empty"), (dict(draft_len=0), "draft length"),
+                         (dict(target="no-such-model"), "target")):
+        with pytest.raises(gr.Error, match=message):
+            callbacks.check_run(form | bad, None)
+    with pytest.raises(gr.Error, match="needs a drafter"):
+        callbacks.check_race(form | dict(drafter="none"), None)
+    with pytest.raises(gr.Error, match="untick"):
+        callbacks.check_step(form | dict(parallel=True), None)
+    assert callbacks.check_run(form, None) == {}

@@ -52,7 +52,7 @@ def test_steps_positions_and_text(sampled):
 
 
 def test_tokens_html_colors_every_token_and_strikes_rejected_drafts(sampled):
-    html = views.tokens_html(sampled)
+    html = views.tokens_html(sampled, show_rejected=True)
     steps = views.split_steps(sampled)
     for kind in ("accepted", "resampled", "bonus"):
         assert html.count(f"tok-{kind}\"") == kinds(sampled).count(kind)
@@ -62,7 +62,10 @@ def test_tokens_html_colors_every_token_and_strikes_rejected_drafts(sampled):
     # a rejected draft sits right before the token that replaced it
     assert re.search(r'tok-rejected"[^>]*>[^<]*</span><span class="tok tok-resampled"', html)
     assert "acceptance min(1, " in html and "q (drafter) = " in html and "p (target) = " in html
-    assert "tok-rejected" not in views.tokens_html(sampled, show_rejected=False)
+    hidden = views.tokens_html(sampled)  # by default the text is the accepted text, rejections in titles
+    assert "tok-rejected" not in hidden and "rejected here: " in hidden
+    for kind in ("accepted", "resampled", "bonus"):
+        assert hidden.count(f"tok-{kind}\"") == kinds(sampled).count(kind)
 
 
 def test_token_text_is_escaped_everywhere(sampled):
@@ -121,7 +124,7 @@ def test_tree_figure_draws_general_trees_by_depth():
     assert sum(len(t.x) for t in fig.data if t.mode == "markers+text") == len(nodes) + 2  # + root + final
     text = views.explain_step(events)
     assert "tree of 6 nodes" in text and "residual" in text and "`c`" in text  # c: never checked
-    html = views.tokens_html(events)
+    html = views.tokens_html(events, show_rejected=True)
     order = [html.index(f">{t}<") for t in "abdefg"]  # rejected a before b, d before e, f before g
     assert order == sorted(order)
 
@@ -202,12 +205,13 @@ def test_a_lossy_rule_at_temperature_is_not_explained_as_exact(tiny_target, tiny
 
 
 def test_metrics_views(sampled):
-    m = views.latest_metrics(sampled)
+    m, d = views.latest_metrics(sampled), views.decode_metrics(sampled)
     md = views.metrics_markdown(sampled)
-    for needle in (f"{m.tau:.2f}", f"{m.acceptance_rate:.2f}", f"{m.predicted_speedup:.2f}×",
-                   "tick *measure against AR*"):
+    for needle in (f"{m.tau:.2f}", f"{m.acceptance_rate:.2f}", f"{m.path_acceptance:.2f}", f"{d.tokens_per_s:.1f} tok/s",
+                   f"{d.predicted_speedup:.2f}×", "tick *measure against AR*", "prompt read (prefill)"):
         assert needle in md
-    ref = Metrics(tokens=10, elapsed_s=10 / (m.tokens_per_s / 2))
+    assert m.path_acceptance > m.acceptance_rate  # nodes after a rejection are never checked
+    ref = Metrics(tokens=10, elapsed_s=10 / (d.tokens_per_s / 2))
     assert "**2.00×**" in views.metrics_markdown(sampled, ref)
     fig = views.metrics_figure(sampled)
     assert list(fig.data[0].y) == pytest.approx(m.beta_by_depth)

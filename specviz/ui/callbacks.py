@@ -7,27 +7,31 @@ stream into the session, which every view renders.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
 
-from .. import trace, views
+from .. import models, trace, views
 from ..api import TextEngine, build
 from ..config import RunConfig
-from ..events import Event, RunFinished, StepFinished
+from ..events import Drafted, Event, RunFinished, StepFinished
+from ..metrics import Metrics
 from ..examples import example_traces, landing_example
 from ..policy import Choice, PolicyInput
 from ..stop_rules import STOP_RULES
 from ..views.labels import esc
 from ..views.race_view import race_markdown
+from . import measured
 from .launch import gpu
-from .render import export_trace, render, status_line, status_only, step_views
+from .menus import preset_status
+from .render import export_trace, render, status_line, status_only, step_views, text_view
 from .request import Request, app_limits, param_key, read_form
 from ..limits import budgets
 from .session import Session, ar_reference, current, remember_ar
-from .streaming import Stop, Throttle, in_background, start_stream
+from .streaming import TICK_S, Stop, Throttle, in_background, start_stream
 
 
 
@@ -47,7 +51,53 @@ def read(form: dict) -> Request:
         if not limits.allows(name):
             raise gr.Error(f"the {role} {name} is not offered on this deployment (too large for its memory and "
                            f"CPU); set SPECVIZ_HEAVY_PRESETS=1 where it fits", print_exception=False)
+        if name in models.PRESETS and preset_status(name) == "not installed":
+            raise gr.Error(f"the {role} {name} is not installed here: python -m specviz fetch {name}",
+                           print_exception=False)
     return req
+
+
+def check_prompt_fits(req: Request) -> None:
+    """The prompt against the target's context, when the target is already loaded (no load is started
+    for a check; an unloaded target's run checks it itself, before any output)."""
+    if req.config.target not in models.loaded():
+        return
+    try:
+        engine = build(reference_config(req.config))  # no drafter: cheap once the target is loaded
+        engine.engine.check_prompt(engine.encode(req.prompt), req.settings)
+    except ValueError as err:
+        raise fail(err) from None
+
+
+def check_run(form: dict, session: Session | None):
+    """Run, Race and Step-by-step are checked here first, outside the queue and with no outputs: a bad
+    request is one toast, and every view keeps what it showed (no panel is marked as failed)."""
+    req = read(form)
+    check_prompt_fits(req)
+    warning = measured.slower_warning(req.config.target, req.config.drafter)
+    if warning:
+        gr.Warning(warning, duration=8)  # a warning, not a refusal: the run goes ahead
+    return {}
+
+
+def check_race(form: dict, session: Session | None):
+    """check_run for Race, which also needs a drafter to race against plain decoding."""
+    if form.get("drafter") == "none":
+        raise fail(ValueError(RACE_NEEDS_DRAFTER))
+    return check_run(form, session)
+
+
+def check_step(form: dict, session: Session | None):
+    """check_run for Step-by-step, which also refuses a parallel run (it has no single step to stop at)."""
+    if form.get("parallel"):
+        raise fail(ValueError(PARALLEL_STEPS))
+    return check_run(form, session)
+
+
+NEXT = "Next step ▶"
+RACE_NEEDS_DRAFTER = "a race needs a drafter: pick 'pld' or a model drafter"
+PARALLEL_STEPS = ("step-by-step shows one step at a time; untick *parallel* (which overlaps steps) to step through "
+                  "this run")
 
 
 def ended_note(events: list[Event], stop: Stop | None) -> str:
@@ -104,22 +154,33 @@ def reference_stream(req: Request) -> Iterator[Event]:
         raise fail(err) from None
 
 
+def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
+    """A run's events into session.events, as streamed updates: the status line's clock while the prompt
+    is read, then the light views at most every UPDATES_EVERY_S; the figures wait for the end."""
+    session.events = events = []
+    throttle, began, shown = Throttle(), time.monotonic(), False
+    try:
+        for batch in in_background(stream, tick_s=TICK_S):
+            events += batch
+            if not shown and events:  # the run has started: clear the last run's views once
+                shown = True
+                yield render(session, note=note, download=None) | dict(next_btn=gr.Button(NEXT))
+            elif views.latest_metrics(events) is None and events and throttle.due():
+                yield status_only(status_line(events, note, waited_s=time.monotonic() - began))
+            elif any(isinstance(ev, StepFinished) for ev in batch) and throttle.due():
+                yield render(session, note=note, figures=False)
+    except ValueError as err:  # a drafter or rule refusing these settings mid-run
+        raise fail(err) from None
+
+
 @gpu
 def run(form: dict, session: Session | None):
     """Stream one speculative run into every view; optionally measure the AR reference afterwards."""
     session, req = current(session), read(form)
-    yield status_only(f"▶ preparing {esc(req.config.target)} with drafter {esc(req.config.drafter)}…")
+    yield status_only(f"▶ loading {esc(req.config.target)} with drafter {esc(req.config.drafter)}…")
     engine, stream = prepare(req, session)  # a bad prompt fails here and leaves the last run on display
-    session.events = events = []
-    yield render(session, download=None)
-    throttle = Throttle()
-    try:
-        for batch in in_background(stream):
-            events += batch
-            if any(isinstance(ev, StepFinished) for ev in batch) and (due := throttle.due()):
-                yield render(session, figures=due == "figures")
-    except ValueError as err:  # a drafter or rule refusing these settings mid-run
-        raise fail(err) from None
+    yield from streamed(session, stream)
+    events = session.events
     session.finish(events)
     download = export_trace(events)
     spec = engine.config.drafter != "none"
@@ -131,50 +192,45 @@ def run(form: dict, session: Session | None):
         return
     yield render(session, note="▶ measuring the AR reference (same prompt and settings, no drafter)…",
                  download=download)
-    ar_events = []
+    ar_events, throttle = [], Throttle(1.0)
     for batch in in_background(reference_stream(req)):
         ar_events += batch
-        if isinstance(batch[-1], StepFinished) and throttle.due() == "figures":
+        if isinstance(batch[-1], StepFinished) and throttle.due():
             yield render(session, note=f"▶ measuring the AR reference: {batch[-1].metrics.tokens} tokens…",
                          figures=False)
     remember_ar(ar_events)
+    measured.record(ar_events)
     yield render(session, note="AR reference measured (cached for this prompt and settings).")
 
 
 @gpu
 def race(form: dict, session: Session | None):
-    """AR and speculative decoding of one prompt, side by side, taking turns by their own decoding time."""
+    """AR and speculative decoding of one prompt, one after the other, each alone on the machine (so each
+    reports its own engine's speed), streamed into its own pane; the timeline puts both on one clock."""
     session, req = current(session), read(form)
+    if req.config.drafter == "none":
+        raise fail(ValueError(RACE_NEEDS_DRAFTER))
     engine, spec_stream = prepare(req, session)
-    if engine.config.drafter == "none":
-        raise gr.Error("a race needs a drafter: pick 'pld' or a model drafter", print_exception=False)
-    sides = {"spec": spec_stream, "ar": reference_stream(req)}
     spec, ar = [], []
-    logs = {"spec": spec, "ar": ar}
-    clock = {"spec": 0.0, "ar": 0.0}
     throttle = Throttle()
 
-    def scoreboard() -> dict:
-        return dict(race_spec=views.tokens_html(spec, show_prompt=False),
-                    race_ar=views.tokens_html(ar, show_prompt=False), race_score=race_markdown(spec, ar),
-                    race_timeline=views.timeline_figure(spec, ar))
+    def scoreboard(figure: bool = False) -> dict:
+        out = dict(race_spec=views.tokens_html(spec, show_prompt=False, show_rejected=False),
+                   race_ar=views.tokens_html(ar, show_prompt=False), race_score=race_markdown(spec, ar))
+        return out | (dict(race_timeline=views.timeline_figure(spec, ar)) if figure else {})
 
-    while sides:
-        name = min(sides, key=clock.get)  # whoever has used less of its own decoding time goes next
-        for ev in sides[name]:
-            logs[name].append(ev)
-            if isinstance(ev, StepFinished):
-                clock[name] = ev.metrics.elapsed_s
-                break
-        else:
-            del sides[name]
-        if throttle.due():
-            yield scoreboard()
+    for log, stream in ((spec, spec_stream), (ar, None)):
+        stream = stream if stream is not None else reference_stream(req)
+        for batch in in_background(stream):
+            log += batch
+            if throttle.due():
+                yield scoreboard()
     remember_ar(ar)
+    measured.record(ar)
     session.events = spec
     session.finish(spec)
-    yield scoreboard() | render(session, note="Race finished: the speculative side is shown below.",
-                                download=export_trace(spec))
+    yield scoreboard(figure=True) | render(session, note="Race finished: the speculative side is shown below.",
+                                           download=export_trace(spec))
 
 
 @gpu
@@ -182,24 +238,36 @@ def step_start(form: dict, session: Session | None):
     """Start a run that advances one speculative step per click (the generator waits in the session)."""
     session, req = current(session), read(form)
     if req.config.parallel:  # its drafter runs ahead of the target: there is no single step to stop at
-        raise fail(ValueError("step-by-step shows one step at a time; untick *parallel* (which overlaps steps) "
-                              "to step through this run"))
+        raise fail(ValueError(PARALLEL_STEPS))
     _, session.stepper = prepare(req, session)
     session.events = []
     return advance(session)
 
 
+DRAFTED_NOTE = ("Step-by-step, step {step}: the drafter proposed {n} token{s} (the tree, grey: not checked yet). "
+                "Press **Verify ▶** to let the target check them all in one forward.")
+VERIFIED_NOTE = ("Step-by-step, step {step}: verified, {k} token{s} emitted (green: accepted, red: rejected). "
+                 "Press **Draft ▶** for the drafter's next guesses.")
+
+
 def advance(session: Session) -> dict:
+    """Two clicks per step: up to the draft (the tree appears), then through the verification (the verdicts)."""
     for ev in session.stepper:
         session.events.append(ev)
+        if isinstance(ev, Drafted) and ev.nodes:  # nothing drafted: straight on to the target's own token
+            n = len(ev.nodes)
+            return render(session, note=DRAFTED_NOTE.format(step=ev.step, n=n, s="s" if n != 1 else ""),
+                          download=None) | dict(next_btn=gr.Button("Verify ▶"))
         if isinstance(ev, StepFinished):
-            return render(session, note="Step-by-step: press **Next step ▶** for the next one.", download=None)
+            k = ev.metrics.tokens - (views.latest_metrics(session.events[:-1]) or Metrics()).tokens
+            return render(session, note=VERIFIED_NOTE.format(step=ev.step, k=k, s="s" if k != 1 else ""),
+                          download=None) | dict(next_btn=gr.Button("Draft ▶"))
         if isinstance(ev, RunFinished):
             break
     stop, session.stepper = getattr(session.stepper, "stop", None), None
     session.finish(session.events)
     note = ended_note(session.events, stop) or "Step-by-step run finished."
-    return render(session, note=note, download=export_trace(session.events))
+    return render(session, note=note, download=export_trace(session.events)) | dict(next_btn=gr.Button(NEXT))
 
 
 @gpu
@@ -225,18 +293,28 @@ def step_prev(form: dict, session: Session | None):
 
 def show_step(form: dict, session: Session | None):
     """The tree, the explanation and the outlined text of one step of the run on display."""
-    return step_views(current(session).events, step_index(form))
+    return step_views(current(session), step_index(form))
+
+
+def show_rejected(form: dict, session: Session | None):
+    """The text with the rejected drafts struck through inline, or without them (the toggle)."""
+    session = current(session)
+    session.show_rejected = bool(form.get("show_rejected"))
+    return dict(tokens=text_view(session, step_index(form)))
 
 
 def stopped(form: dict, session: Session | None):
     session = current(session)
     if session.live is not None:
         session.live.set("cancelled")  # the engine ends at its next forward, whichever thread runs it
-    events = session.events
+    events = list(session.events)  # what was on display when Stop was pressed
     if views.run_finished(events) is not None:
         return status_only(status_line(events))
     m = views.latest_metrics(events)
-    return status_only(status_line(events, state=f"■ stopped by you after {m.tokens if m else 0} tokens"))
+    path = export_trace(events, partial=True)
+    note = "The partial run can be downloaded as a trace (marked *partial* in its name)." if path else ""
+    return dict(status=status_line(events, note, state=f"■ stopped by you after {m.tokens if m else 0} tokens"),
+                download=gr.DownloadButton(value=path, interactive=path is not None))
 
 
 # ---------------------------------------------------------------- recorded runs
@@ -277,9 +355,11 @@ def recorded_controls(events: list[Event]) -> dict:
     return out
 
 
-def replay(events: list[Event], session: Session | None, note: str, source: str | None = None) -> dict:
+def replay(events: list[Event], session: Session | None, note: str, source: str | None = None,
+           commit: bool = True) -> dict:
     """Show recorded events with every view (no model needed); malformed ones are refused whole.
-    `source` is the trace file itself, offered again as the download."""
+    `source` is the trace file itself, offered again as the download. commit=False leaves the session
+    as it is and hands what it would hold under "_shown" (a checked upload, shown a click later)."""
     session = current(session)
     start = views.run_started(events)
     choice = Choice(str(start.drafter), "recorded in the trace") if start is not None else None
@@ -290,21 +370,44 @@ def replay(events: list[Event], session: Session | None, note: str, source: str 
     except Exception as err:  # a hostile trace may break any view: refuse it, keep what was on display
         raise gr.Error(f"this trace cannot be shown: {err if isinstance(err, ValueError) else type(err).__name__}",
                        print_exception=False) from None
+    if not commit:
+        return out | dict(_shown=(events, choice, None, None))
     session.events, session.choice, session.asked, session.stepper = events, choice, None, None
     return out
 
 
-def import_trace(form: dict, session: Session | None):
+def uploaded(form: dict) -> str:
     path = form.get("upload")
     if not path:
         raise gr.Error("no file was uploaded", print_exception=False)
-    path = path if isinstance(path, str) else getattr(path, "name", str(path))
+    return path if isinstance(path, str) else getattr(path, "name", str(path))
+
+
+def imported(path: str, session: Session | None) -> dict:
+    """The views of an uploaded trace, or one gr.Error saying why it cannot be shown."""
     try:
         events = trace.load(path)
     except (ValueError, OSError) as err:
         raise gr.Error(f"could not import this file: {err}", print_exception=False) from None
     return replay(events, session, note=f"Imported trace **{esc(Path(path).name)}**: replayed without a model.",
-                  source=path)
+                  source=path, commit=False)
+
+
+def check_trace(form: dict, session: Session | None):
+    """An upload is read and rendered here first, outside the queue and with no outputs: a bad file is
+    one toast and the run on display stays; a good one is kept for import_trace to show."""
+    session = current(session)
+    path = uploaded(form)
+    session.pending = (path, imported(path, session))
+    return {}
+
+
+def import_trace(form: dict, session: Session | None):
+    session, path = current(session), uploaded(form)
+    pending, session.pending = session.pending, None
+    out = pending[1] if pending is not None and pending[0] == path else imported(path, session)
+    session.events, session.choice, session.asked, session.stepper = out.pop("_shown")
+    return out
 
 
 def load_example(form: dict, session: Session | None):

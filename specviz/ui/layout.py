@@ -26,10 +26,11 @@ from .render import VIEWS
 from .request import CONTROLS, app_limits, stop_params
 from .launch import health
 from .session import Session, SESSION_TTL_S, closed
-from .texts import HOW_TO_READ, INTRO
+from .texts import HEADER, HOW_TO_READ, INTRO
 
 DEFAULT = RunConfig()  # the widgets start at RunConfig's defaults (except for a shorter output)
 DEFAULT_MAX_NEW_TOKENS = 64
+SCROLL_TO_OUTPUT = "() => { document.getElementById('specviz-status')?.scrollIntoView({block: 'start'}); }"
 
 
 def wire(listener, fn: Callable, inputs: dict[str, gr.components.Component], outputs: dict[str, gr.Component],
@@ -39,8 +40,8 @@ def wire(listener, fn: Callable, inputs: dict[str, gr.components.Component], out
     inputs' names as parameters, in the order of `inputs` (the session is not part of the API)."""
     names = list(inputs)
 
-    def by_component(out: dict) -> dict:
-        return {outputs[name]: value for name, value in out.items()}
+    def by_component(out: dict) -> dict | None:
+        return {outputs[name]: value for name, value in out.items()} if outputs else None
 
     if inspect.isgeneratorfunction(inspect.unwrap(fn)):  # unwrap: a ZeroGPU-decorated callback
         def handler(*values):
@@ -102,18 +103,28 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="specviz · speculative decoding, token by token", delete_cache=(3600, 3600)) as demo:
         session = gr.State(Session(), time_to_live=SESSION_TTL_S,  # deep-copied for each visitor
                            delete_callback=closed)  # a closed tab stops and releases its run
-        gr.Markdown(INTRO)
+        gr.Markdown(HEADER, elem_id="specviz-header")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=320):
-                prompt = gr.Textbox(label="Prompt", lines=5, max_lines=14, value=LANDING_PROMPT,
+            with gr.Column(scale=4, min_width=320, elem_id="specviz-controls"):
+                prompt = gr.Textbox(label="Prompt", lines=3, max_lines=10, value=LANDING_PROMPT,
                                     elem_id="specviz-prompt")
+                with gr.Row(elem_id="specviz-runbar"):
+                    run_btn = gr.Button("Run ▶", variant="primary", size="sm", min_width=70, elem_id="specviz-run")
+                    stop_btn = gr.Button("Stop ■", variant="stop", size="sm", min_width=70, elem_id="specviz-stop")
+                    race_btn = gr.Button("Race", size="sm", min_width=70, elem_id="specviz-race")
+                    step_btn = gr.Button("Step-by-step ▷", size="sm", min_width=120, elem_id="specviz-step-start")
+                target = gr.Dropdown(menus.targets(), value=DEFAULT.target, label="Target (verifies)",
+                                     elem_classes=["specviz-menu"], elem_id="specviz-target")
+                drafter = gr.Dropdown(menus.drafters(DEFAULT.target), value=DEFAULT.drafter, label="Drafter (guesses)",
+                                      elem_classes=["specviz-menu"], elem_id="specviz-drafter-menu")
+                drafter_note = gr.Markdown(menus.drafter_note(DEFAULT.target, DEFAULT.drafter),
+                                           elem_id="specviz-drafter-note")
+                strategy = gr.Dropdown(menus.shapes(), value=DEFAULT.shape, label="Draft shape (model drafters)",
+                                       elem_classes=["specviz-menu"])
+                measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
                 gr.Examples([[p] for _, p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts",
                             example_labels=[name for name, _ in EXAMPLE_PROMPTS])
-                with gr.Row():
-                    target = gr.Dropdown(menus.targets(), value=DEFAULT.target, label="Target (verifies)")
-                    drafter = gr.Dropdown(menus.drafters(), value=DEFAULT.drafter, label="Drafter (guesses)")
-                strategy = gr.Dropdown(menus.shapes(), value=DEFAULT.shape, label="Draft shape (model drafters)")
-                with gr.Accordion("Decoding knobs", open=True):
+                with gr.Accordion("Decoding knobs", open=False):
                     with gr.Row():
                         draft_len = gr.Slider(1, limits.max_draft_len, value=DEFAULT.draft_len, step=1,
                                               label="draft length")
@@ -125,7 +136,8 @@ def build_demo() -> gr.Blocks:
                         top_p = gr.Slider(0.05, 1, value=DEFAULT.settings.top_p, step=0.05, label="top-p")
                     seed = gr.Number(DEFAULT.settings.seed, precision=0, minimum=0, maximum=limits.max_seed,
                                      label="seed")
-                    rule = gr.Dropdown(menus.verify_rules(), value=DEFAULT.rule, label="verification rule")
+                    rule = gr.Dropdown(menus.verify_rules(), value=DEFAULT.rule, label="verification rule",
+                                       elem_classes=["specviz-menu"])
                 with gr.Accordion("When drafting stops", open=False):
                     stop = gr.Dropdown(menus.stop_rules(), value=DEFAULT.stop, label="stopping rule",
                                        elem_id="specviz-stop-rule")
@@ -142,13 +154,6 @@ def build_demo() -> gr.Blocks:
                 parallel = gr.Checkbox(DEFAULT.parallel, label="parallel (PEARL): the drafter drafts while the target "
                                        "verifies, each on its share of the cores (model drafters, chains)",
                                        elem_id="specviz-parallel")
-                measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
-                with gr.Row():
-                    run_btn = gr.Button("Run ▶", variant="primary", elem_id="specviz-run")
-                    stop_btn = gr.Button("Stop ■", variant="stop", elem_id="specviz-stop")
-                with gr.Row():
-                    race_btn = gr.Button("Race: AR vs speculative", elem_id="specviz-race")
-                    step_btn = gr.Button("Step-by-step ▷", elem_id="specviz-step-start")
                 with gr.Accordion("Traces: recorded runs", open=True):
                     example = gr.Dropdown(traces, value=landing_example(), label="Example runs (no model needed)")
                     with gr.Row():
@@ -159,7 +164,10 @@ def build_demo() -> gr.Blocks:
                 with gr.Tabs(selected="watch") as tabs:
                     with gr.Tab("Watch", id="watch"):
                         status = gr.Markdown("Ready.", elem_id="specviz-status")
-                        gr.HTML(views.legend_html(), elem_id="specviz-legend")
+                        with gr.Row(equal_height=False):
+                            gr.HTML(views.legend_html(), elem_id="specviz-legend")
+                            rejected_box = gr.Checkbox(False, label="show rejected drafts", scale=0, min_width=190,
+                                                       elem_id="specviz-show-rejected")
                         tokens = gr.HTML(views.tokens_html([]), elem_id="specviz-tokens")
                         with gr.Accordion("Plain text", open=False):
                             text = gr.Textbox(label="generated text", lines=4, interactive=False, buttons=["copy"],
@@ -206,13 +214,13 @@ def build_demo() -> gr.Blocks:
                         gr.Markdown(CAPTION_TIMELINE + " The autoregressive run has verification rows only.",
                                     elem_classes=["specviz-caption"])
                     with gr.Tab("How to read it", id="help"):
-                        gr.Markdown(HOW_TO_READ)
+                        gr.Markdown(INTRO + "\n\n" + HOW_TO_READ)
 
         # ---- names -> components, once
         view = dict(status=status, tokens=tokens, text=text, step=step, tree=tree, explain=explain, entropy=entropy,
                     metrics=metrics, metrics_plot=metrics_plot, drafter_panel=drafter_md, download=download)
         assert tuple(view) == VIEWS
-        more = dict(timeline=timeline, lengths=lengths)  # newer figures: after every documented output of the API
+        more = dict(timeline=timeline, lengths=lengths, next_btn=next_btn)  # newer: after every documented output
         core, view = view, merged(view, more)
         controls = dict(zip(CONTROLS, (prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new,
                                        rule)))
@@ -221,18 +229,27 @@ def build_demo() -> gr.Blocks:
         at_step = dict(step=step)
 
         to_watch = dict(fn=lambda: gr.Tabs(selected="watch"), outputs=[tabs], queue=False, api_visibility="private")
+        to_race = dict(to_watch, fn=lambda: gr.Tabs(selected="race"))
         # one decoding job at a time on this machine; streamed views stay visible while they update
         decode = dict(concurrency_id="decode", concurrency_limit=1, show_progress="minimal")
 
-        run_btn.click(**to_watch)
-        run_event = wire(run_btn.click, callbacks.run, merged(controls, dict(measure_ar=measure_ar), extras), view,
+        # Run, Race and Step-by-step are checked first (outside the queue, no outputs): a bad request is one toast
+        # and no panel is marked as failed; only a request that passes starts (.success) and scrolls the output up
+        check = dict(queue=False, api_visibility="private", show_progress="hidden")
+        form = merged(controls, extras)
+
+        def checked(button, fn=callbacks.check_run, inputs=form, watch=True):
+            pre = wire(button.click, fn, inputs, {}, session, **check)
+            pre.success(**(to_watch if watch else to_race))
+            pre.success(None, js=SCROLL_TO_OUTPUT)
+            return pre.success
+
+        run_event = wire(checked(run_btn), callbacks.run, merged(controls, dict(measure_ar=measure_ar), extras), view,
                          session, api_name="run", **decode)
-        race_btn.click(lambda: gr.Tabs(selected="race"), outputs=[tabs], queue=False, api_visibility="private")
-        race_event = wire(race_btn.click, callbacks.race, merged(controls, extras),
+        race_event = wire(checked(race_btn, callbacks.check_race, watch=False), callbacks.race, form,
                           merged(scoreboard, view, dict(race_timeline=race_timeline)),  # new outputs go last
                           session, api_name="race", **decode)
-        step_btn.click(**to_watch)
-        step_event = wire(step_btn.click, callbacks.step_start, merged(controls, extras), view, session,
+        step_event = wire(checked(step_btn, callbacks.check_step), callbacks.step_start, form, view, session,
                           api_name="step_start", **decode)
         next_event = wire(next_btn.click, callbacks.step_next, at_step, view, session, api_name="step_next", **decode)
         wire(prev_btn.click, callbacks.step_prev, at_step, view, session, api_name="step_prev")
@@ -241,9 +258,13 @@ def build_demo() -> gr.Blocks:
         # .input: the user moved the slider (streamed updates of its value do not re-render the step)
         wire(step.input, callbacks.show_step, at_step, dict(tree=tree, explain=explain, tokens=tokens), session,
              api_name="show_step", trigger_mode="always_last", show_progress="hidden")
+        wire(rejected_box.input, callbacks.show_rejected, dict(show_rejected=rejected_box, step=step),
+             dict(tokens=tokens), session, api_visibility="private", queue=False, show_progress="hidden")
         # a recorded run also sets the controls to what it used (at least its prompt)
         replayed = merged(core, controls, extras, more)
-        wire(upload.upload, callbacks.import_trace, dict(upload=upload), replayed, session, api_name="import_trace")
+        # an upload is read and rendered first (outside the queue, no outputs): a bad file is one toast
+        wire(wire(upload.upload, callbacks.check_trace, dict(upload=upload), {}, session, **check).success,
+             callbacks.import_trace, dict(upload=upload), replayed, session, api_name="import_trace")
         wire(example.input, callbacks.load_example, dict(example=example), replayed, session,
              api_name="example_trace")
         # outside the queue: a visitor arriving while the queue is full still gets the landing view
@@ -254,6 +275,15 @@ def build_demo() -> gr.Blocks:
             return {stop_about: menus.stop_rule_about(name)} | {
                 group: gr.Group(visible=rule == name) for rule, group in groups.items()}
 
+        def show_drafter(target_name, drafter_name):
+            return {drafter_note: menus.drafter_note(target_name, drafter_name),
+                    drafter: gr.Dropdown(choices=menus.drafters(target_name))}
+
+        for menu in (target, drafter):
+            menu.change(show_drafter, [target, drafter], [drafter_note, drafter], queue=False, api_visibility="private")
+        # after a run, the menu's measured speeds are this machine's newest
+        for event in (run_event, race_event):
+            event.then(show_drafter, [target, drafter], [drafter_note, drafter], queue=False, api_visibility="private")
         stop.change(show_stop_rule, [stop], [stop_about, *groups.values()], queue=False, api_visibility="private")
         gr.api(health, api_name="health", queue=False)  # RSS, loaded models, budgets (launch.py)
     plain_numbers(demo)

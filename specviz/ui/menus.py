@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .. import models
+from . import measured
 from ..drafters.registry import DRAFTERS
 from ..drafters.strategies import STRATEGIES
 from ..rules import VERIFY_RULES
@@ -27,10 +28,41 @@ def targets() -> list[tuple[str, str]]:
     return [(f"{n} · {preset_status(n)}", n) for n in presets()]
 
 
-def drafters() -> list[tuple[str, str]]:
-    """The registered drafters, then every model preset (any of them drafts, in every shape)."""
-    registered = [(f"{e.name} · {e.label} ({KIND.get(e.kind, e.kind)})", e.name) for e in DRAFTERS.entries()]
-    return registered + [(f"{n} · model drafter · {preset_status(n)}", n) for n in presets()]
+def measured_tag(target: str | None, drafter: str) -> str:
+    """' · 1.31× plain here' / ' · ⚠ 0.72× plain here': the drafter's measured decode speed on this machine
+    against plain decoding of the same target ("" where either is not measured yet)."""
+    s = measured.speed(target, drafter) if target and drafter != measured.PLAIN else None
+    if s is None or s.ratio is None:
+        return ""
+    return f" · {'⚠ ' if s.ratio < 1 else ''}{s.ratio:.2f}× plain here"
+
+
+def drafters(target: str | None = None) -> list[tuple[str, str]]:
+    """The registered drafters, then every model preset (any of them drafts, in every shape); each with its
+    measured speed against plain decoding of `target` on this machine, where measured."""
+    registered = [(f"{e.name} · {e.label} ({KIND.get(e.kind, e.kind)}){measured_tag(target, e.name)}", e.name)
+                  for e in DRAFTERS.entries()]
+    return registered + [(f"{n} · model drafter · {preset_status(n)}{measured_tag(target, n)}", n) for n in presets()]
+
+
+def drafter_note(target: str, drafter: str) -> str:
+    """Under the drafter menu: what this drafter measured on this machine, and a warning if it was slower."""
+    if not isinstance(target, str) or not isinstance(drafter, str):
+        return ""
+    plain = measured.speed(target, measured.PLAIN)
+    if drafter == measured.PLAIN:
+        return (f"Plain decoding of {target}: {plain.tokens_per_s:.1f} tok/s here (median of {plain.runs} runs)."
+                if plain else "Plain decoding: the reference every drafter is measured against.")
+    s = measured.speed(target, drafter)
+    if s is None:
+        return f"*{drafter} with {target}: not measured on this machine yet (its speed appears here after a run).*"
+    text = f"{drafter} with {target} here: {s.tokens_per_s:.1f} tok/s decoding (median of {s.runs} run" + \
+        ("s" if s.runs != 1 else "") + ")"
+    if s.ratio is None:
+        return text + "; run once without a drafter (or tick *measure against AR*) to compare with plain decoding."
+    if s.ratio < 1:
+        return f"⚠ **{text}, {s.ratio:.2f}× plain decoding: expect it to be slower than no drafter.**"
+    return text + f", {s.ratio:.2f}× plain decoding."
 
 
 def shapes() -> list[tuple[str, str]]:

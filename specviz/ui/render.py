@@ -16,6 +16,7 @@ from .. import trace, views
 from ..events import Event
 from ..rules import VERIFY_RULES
 from ..views.labels import esc
+from . import measured
 from .session import Session, ar_reference
 
 # every view of a run, in the order API clients receive them
@@ -24,9 +25,13 @@ VIEWS = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metr
 EXPORT_KEEP_S = 3600  # exported traces are handed to gradio's cache at once; keep an hour
 
 
-def export_trace(events: list[Event]) -> str | None:
-    """A finished run saved as a trace file for the download button (None while unfinished)."""
-    if views.run_finished(events) is None:
+def export_trace(events: list[Event], partial: bool = False) -> str | None:
+    """A finished run saved as a trace file for the download button (None while unfinished, unless
+    `partial`: a stopped run, saved as far as it got). A run that did not reach its end (stopped, time
+    limit, or no RunFinished yet) has "partial" in the file's name; the trace itself says so too (its
+    RunFinished.stop_reason, or none)."""
+    end = views.run_finished(events)
+    if views.run_started(events) is None or (end is None and not partial):
         return None
     folder = Path(tempfile.gettempdir()) / "specviz-exports"
     folder.mkdir(exist_ok=True)
@@ -36,7 +41,9 @@ def export_trace(events: list[Event]) -> str | None:
             old.unlink(missing_ok=True)
     start = views.run_started(events)
     tag = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{start.target}-{start.drafter}")[:60]
-    path = folder / f"specviz-{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.trace.json"
+    cut = end is None or end.stop_reason in ("cancelled", "time limit")
+    path = folder / (f"specviz-{tag}-{'partial-' if cut else ''}{time.strftime('%Y%m%d-%H%M%S')}-"
+                     f"{uuid.uuid4().hex[:8]}.trace.json")
     trace.save(events, path)
     return str(path)
 
@@ -57,7 +64,16 @@ def stopping(start) -> str:
     return f" · stopping rule {esc(name)}" + (f" ({numbers})" if numbers else "")
 
 
-def status_line(events: list[Event], note: str = "", state: str | None = None) -> str:
+def speed(events: list[Event]) -> str:
+    """'12.3 tok/s decoding · prompt read in 0.41 s' (decode speed once there is a second step)."""
+    first, decode = views.first_step_metrics(events), views.decode_metrics(events)
+    rate = f"{decode.tokens_per_s:.1f} tok/s decoding" if decode is not None else ""
+    read = f"prompt read in {first.elapsed_s:.2f} s" if first is not None else ""
+    return " · ".join(x for x in (rate, read) if x)
+
+
+def status_line(events: list[Event], note: str = "", state: str | None = None, waited_s: float | None = None) -> str:
+    """What the run on display is doing: reading the prompt, decoding, done (or why it ended)."""
     start, end = views.run_started(events), views.run_finished(events)
     if start is None:
         return note or "Ready."
@@ -65,14 +81,16 @@ def status_line(events: list[Event], note: str = "", state: str | None = None) -
     warn = " (**LOSSY**: the output distribution is not the target's)" if lossy(start.rule) else ""
     what = (f"**{esc(start.target)}** ← drafter **{esc(start.drafter)}** · rule {esc(start.rule)}{warn}"
             + stopping(start))
+    figures = speed(events)
     if state is None and end is not None:
-        m = end.metrics
-        state = f"✔ done ({esc(end.stop_reason)}) · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s"
+        state = f"✔ done ({esc(end.stop_reason)}) · {end.metrics.tokens} tokens" + (f" · {figures}" if figures else "")
     elif state is None and views.ended_early(events):
         state = f"■ recorded run ended early (incomplete trace: no RunFinished) · {m.tokens if m else 0} tokens"
+    elif state is None and m is None:
+        clock = f" · {waited_s:.0f} s" if waited_s is not None else ""
+        state = f"▶ reading the prompt ({start.prompt_tokens} tokens) and drafting the first step…{clock}"
     elif state is None:
-        running = f"▶ running: step {m.steps} · {m.tokens} tokens · {m.tokens_per_s:.1f} tok/s" if m else ""
-        state = running or "▶ starting…"
+        state = f"▶ decoding: step {m.steps} · {m.tokens} tokens" + (f" · {figures}" if figures else "")
     return f"{what} · {state}" + (f"  \n{note}" if note else "")
 
 
@@ -81,11 +99,18 @@ def step_slider(n_steps: int, index: int):
                      label=f"step (one target forward) · {n_steps} so far" if n_steps else "step")
 
 
-def step_views(events: list[Event], index) -> dict:
+def text_view(session: Session, index: int | None) -> str:
+    """The generated text, the step `index` outlined, rejected drafts inline if the visitor asked."""
+    n = len(views.split_steps(session.events))
+    i = n - 1 if index is None else index
+    return views.tokens_html(session.events, show_rejected=session.show_rejected, focus=max(0, min(i, n - 1)))
+
+
+def step_views(session: Session, index) -> dict:
     """The step explorer for one step: its tree, its explanation and the text with the step outlined."""
-    n = len(views.split_steps(events))
+    events = session.events
     return dict(tree=views.step_tree_figure(events, index), explain=views.explain_run_step(events, index),
-                tokens=views.tokens_html(events, focus=max(0, min(index, n - 1))))
+                tokens=text_view(session, index))
 
 
 def render(session: Session, note: str = "", index: int | None = None, figures: bool = True,
@@ -93,11 +118,13 @@ def render(session: Session, note: str = "", index: int | None = None, figures: 
     """Every view of the run on display, by name. figures=False leaves the heavy ones as they are;
     download=False leaves the download button as it is, None disables it, a path offers that file."""
     events = session.events
-    n = len(views.split_steps(events))
-    i = n - 1 if index is None else index
-    out = dict(status=status_line(events, note), tokens=views.tokens_html(events, focus=max(0, min(i, n - 1))),
+    steps = views.split_steps(events)
+    n = len(steps)
+    done = views.run_finished(events) is not None or views.ended_early(events)
+    i = (views.instructive_step(steps) if done else n - 1) if index is None else index
+    out = dict(status=status_line(events, note), tokens=text_view(session, i),
                text=views.generated_text(events), step=step_slider(n, i),
-               metrics=views.metrics_markdown(events, ar_reference(events)))
+               metrics=views.metrics_markdown(events, ar_reference(events), measured.curve_of(events)))
     if not figures:
         return out
     drafter, reason = (session.choice.drafter, session.choice.reason) if session.choice else (None, None)

@@ -16,6 +16,7 @@ from ..limits import budgets
 from ..metrics import Metrics
 from ..policy import POLICIES, Choice, Policy, PolicyInput
 from ..views.drafter_view import RunRecord
+from . import measured
 
 MAX_HISTORY = 500  # run records kept per session for the drafter panel and the policy
 SESSION_TTL_S = 6 * 3600  # a session's runs are forgotten this long after its last use
@@ -34,6 +35,8 @@ class Session:
     live: object = None  # the stop signal (streaming.Stop) of the run this session is decoding, if any
     used: float = field(default_factory=time.monotonic)  # last click, for releasing an idle step-by-step run
     released: str = ""  # why a step-by-step run's engine was let go ("" while it holds one)
+    show_rejected: bool = False  # the text shows rejected drafts inline (the visitor's toggle)
+    pending: tuple | None = None  # (path, views) of an uploaded trace checked and not yet shown
 
     def touch(self) -> None:
         self.used = time.monotonic()
@@ -54,6 +57,7 @@ class Session:
 
     def finish(self, events: list[Event]) -> None:
         """A run ended: remember it for the drafter panel and tell the policy how it went."""
+        measured.record(events)  # this machine's forward costs and drafter speeds, for every visitor
         rec = views.record(events)
         if rec is None:
             return
@@ -142,7 +146,7 @@ def remember_ar(events: list[Event]) -> None:
     if end is None or key is None or end.stop_reason == "cancelled":
         return
     with _AR_LOCK:
-        _AR_CACHE[key] = end.metrics
+        _AR_CACHE[key] = views.decode_metrics(events) or end.metrics  # decoding, the prompt's prefill apart
         _AR_CACHE.move_to_end(key)
         while len(_AR_CACHE) > AR_CACHE_SIZE:
             _AR_CACHE.popitem(last=False)

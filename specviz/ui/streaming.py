@@ -10,8 +10,10 @@ from ..api import TextEngine
 from ..events import Drafted, Event
 from ..limits import budgets
 
-TEXT_EVERY_S = 0.1  # streamed text refresh, at most this often
-FIGURES_EVERY_S = 0.5  # figure refresh, at most this often (and always at the end)
+UPDATES_EVERY_S = 0.2  # streamed updates (status, text, metrics table): at most 5 a second
+TICK_S = 1.0  # while nothing comes (the prompt is being read), the status line's clock still moves
+# The figures (tree, entropy, timeline, lengths, metrics charts) are drawn once, after the run, and on
+# demand (the step explorer): a streamed update is only the light views.
 
 
 class Stop:
@@ -80,8 +82,9 @@ class Stream:
 _DONE = object()
 
 
-def in_background(stream: Iterator[Event]) -> Iterator[list[Event]]:
-    """Run an event stream in its own thread and yield the events as they pile up, in batches.
+def in_background(stream: Iterator[Event], tick_s: float | None = None) -> Iterator[list[Event]]:
+    """Run an event stream in its own thread and yield the events as they pile up, in batches (an
+    empty batch every `tick_s` seconds in which none came, if given).
 
     Decoding then never waits for the page: while a batch is rendered and sent, the engine goes on.
     Closing this generator (Stop, or the visitor leaving) stops the engine after its current event.
@@ -102,7 +105,11 @@ def in_background(stream: Iterator[Event]) -> Iterator[list[Event]]:
     threading.Thread(target=produce, daemon=True, name="specviz-engine").start()
     try:
         while True:
-            batch = [box.get()]
+            try:
+                batch = [box.get(timeout=tick_s)]
+            except queue.Empty:
+                yield []
+                continue
             while not box.empty():
                 batch.append(box.get_nowait())
             for item in batch:
@@ -118,17 +125,14 @@ def in_background(stream: Iterator[Event]) -> Iterator[list[Event]]:
 
 
 class Throttle:
-    """Says when enough time has passed since the last refresh of the text and of the figures."""
+    """Says when enough time has passed since the last streamed update (UPDATES_EVERY_S)."""
 
-    def __init__(self):
-        self.text = self.figures = 0.0
+    def __init__(self, every_s: float = UPDATES_EVERY_S):
+        self.every_s, self.last = every_s, 0.0
 
-    def due(self) -> str | None:
+    def due(self) -> bool:
         now = time.perf_counter()
-        if now - self.figures >= FIGURES_EVERY_S:
-            self.figures = self.text = now
-            return "figures"
-        if now - self.text >= TEXT_EVERY_S:
-            self.text = now
-            return "text"
-        return None
+        if now - self.last >= self.every_s:
+            self.last = now
+            return True
+        return False

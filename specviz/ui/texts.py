@@ -6,6 +6,11 @@ A small, cheap **drafter** guesses the next few tokens; the big **target** model
 target alone would write, only faster when the guesses are good. Pick a prompt and press **Run**, or explore the
 recorded example already on display (no model needed)."""
 
+HEADER = ("### specviz · watch speculative decoding, token by token\n"
+          "A small **drafter** guesses the next tokens, the **target** checks them all in one forward and keeps those "
+          "it agrees with: the same text, faster when the guesses are good. Press **Run ▶**, or explore the recorded "
+          "example on display (*How to read it* explains every panel).")
+
 HOW_TO_READ = """**How to read this page**
 
 * **Text**: every token is colored by how it came (legend above it). Red struck-through tokens are drafts the target
@@ -33,6 +38,17 @@ HOW_TO_READ = """**How to read this page**
 
 CSS = """
 .specviz-explain {font-size: 14px}
-#specviz-status {min-height: 2.4em}
+#specviz-status {min-height: 2.4em; scroll-margin-top: 8px}
+#specviz-header p {margin: 0 0 4px 0}
 footer {display: none !important}
+/* the controls stay in view while the figures scroll by (wide screens; a narrow one stacks the columns) */
+@media (min-width: 1000px) {
+  #specviz-controls {position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
+                     overflow-y: auto}
+}
+#specviz-runbar {gap: 6px; flex-wrap: wrap}
+/* menu labels wrap instead of hiding under the arrow */
+.specviz-menu input {text-overflow: ellipsis}
+.specviz-menu ul.options li {white-space: normal}
+#specviz-drafter-note p {font-size: 13px; margin: 0}
 """

@@ -42,11 +42,12 @@ def is_lossy(rule: str | None) -> bool:
     return rule in rules.VERIFY_RULES and not rules.VERIFY_RULES.get(rule).lossless
 
 
-def stop_line(note, tree: bool) -> str | None:
-    """Why drafting ended this step, from the Drafted event's stop note (None without one)."""
+def stop_line(note, tree: bool, depth: int | None = None) -> str | None:
+    """Why drafting ended this step, from the Drafted event's stop note (None without one). `depth`: the
+    deepest drafted node, which the text gives (it is what the figure shows) where the note counts otherwise."""
     if not stop_note.is_note(note):
         return None
-    depth = note["depth"]
+    depth = note["depth"] if depth is None else depth
     unit = ("level" if tree else "token") + ("s" if depth != 1 else "")
     numbers = ", ".join(f"{esc(k)} = {esc(v)}" for k, v in stop_note.numbers(note))
     return (f"**Drafting stopped** after {depth} {unit}: {esc(stop_note.why(note))} "
@@ -101,9 +102,15 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
     else:
         depth = max(n.depth for n in nodes)
         out.append(f"**Drafted** a tree of {len(nodes)} nodes, {depth} deep (several guesses per position).")
-    stopped = stop_line(step.drafted.stop if step.drafted is not None else None, tree=not chain)
+    stopped = stop_line(step.drafted.stop if step.drafted is not None else None, tree=not chain,
+                        depth=max(n.depth for n in nodes))
     if stopped:
         out.append(stopped)
+    if step.verified is None:  # step-by-step, between its two clicks
+        out[0] = f"### Step {step.index}: drafted, not verified yet"
+        out.append(f"**Next**, one forward of the target will score all {len(nodes)} drafted position"
+                   f"{'s' if len(nodes) != 1 else ''} at once and keep the longest run of drafts it agrees with.")
+        return "\n\n".join(out)
     out.append("**Verified** all of them with a single forward of the target (it scores every position at once):")
     lines, parent = [], -1
     checked = set()

@@ -16,6 +16,7 @@ MARKER = {
     "accepted": "#16a34a",
     "rejected": "#dc2626",
     "unvisited": "#cbd5e1",
+    "pending": "#e0e7ff",
     "resampled": "#eab308",
     "bonus": "#06b6d4",
     "target": "#ffffff",
@@ -29,6 +30,7 @@ MEANING = {
     "target": "target only: nothing was drafted, a plain one-token step",
     "rejected": "rejected draft: proposed here by the drafter, refused by the target",
     "unvisited": "never checked: it came after a rejected draft",
+    "pending": "drafted, not checked yet: the target has not run its forward (step-by-step)",
 }
 
 SHORT = {
@@ -38,4 +40,5 @@ SHORT = {
     "target": "target only (no draft)",
     "rejected": "rejected draft",
     "unvisited": "never checked",
+    "pending": "drafted, not checked yet",
 }

@@ -1,17 +1,17 @@
 """Race mode's scoreboard: autoregressive vs speculative decoding of the same prompt.
 
-Both sides run in one thread and take turns: the side that has used less of its own decoding time
-goes next. So at any moment the two texts show where each side would be after the same amount of
-its own compute, which is a fair race on a machine too small to run both at full speed at once.
+The two sides run one after the other, each alone on the machine, so each reports its own engine's
+decoding speed (two runs taking turns on a small machine slow each other: caches, memory bandwidth).
+The timeline then puts both on one clock.
 """
 from __future__ import annotations
 
 from ..events import Event
-from .steps import latest_metrics, run_finished
+from .steps import decode_metrics, latest_metrics, run_finished
 
-EXPLAINER = ("Both sides share this machine, so they take turns, one target forward at a time: whichever has "
-             "used less of its **own** decoding time goes next. The texts therefore advance at each side's "
-             "real measured pace (both at about half speed, since they alternate).")
+EXPLAINER = ("The speculative side runs first, then the target alone, each with the machine to itself, so each "
+             "reports its **own** decoding speed (the prompt's reading, the first step, is left out of both). The "
+             "timeline below puts both runs on one clock once both are done.")
 
 
 def side_line(name: str, events: list[Event]) -> str:
@@ -19,13 +19,14 @@ def side_line(name: str, events: list[Event]) -> str:
     if m is None:
         return f"**{name}:** waiting…"
     done = " ✔ finished" if run_finished(events) is not None else ""
-    return (f"**{name}:** {m.tokens} tokens in {m.elapsed_s:.2f} s → **{m.tokens_per_s:.1f} tok/s**, "
-            f"{m.steps} target forwards{done}")
+    d = decode_metrics(events)
+    rate = f"**{d.tokens_per_s:.1f} tok/s** decoding" if d is not None else "decoding speed after the first step"
+    return f"**{name}:** {m.tokens} tokens in {m.elapsed_s:.2f} s → {rate}, {m.steps} target forwards{done}"
 
 
 def race_markdown(spec: list[Event], ar: list[Event]) -> str:
     lines = [side_line("Speculative", spec), side_line("Autoregressive", ar)]
-    ms, ma = latest_metrics(spec), latest_metrics(ar)
+    ms, ma = decode_metrics(spec), decode_metrics(ar)
     if ms is not None and ma is not None and ma.tokens_per_s > 0 and ms.tokens_per_s > 0:
-        lines.append(f"**Speedup so far: {ms.tokens_per_s / ma.tokens_per_s:.2f}×** (tokens/s ratio)")
+        lines.append(f"**Speedup so far: {ms.tokens_per_s / ma.tokens_per_s:.2f}×** (decoding tokens/s ratio)")
     return "  \n".join(lines)

@@ -64,6 +64,21 @@ def split_steps(events: list[Event]) -> list[Step]:
     return steps
 
 
+def instructive_step(steps: list[Step]) -> int:
+    """Where the step explorer opens on a finished run: a step that shows both verdicts (an accepted and a
+    rejected draft), the most accepted first; else the most accepted, else the most drafted; never an
+    empty step while another drafted something. -1 without steps."""
+    if not steps:
+        return -1
+
+    def shows(step: Step) -> tuple:
+        statuses = [n.status for n in step.nodes]
+        accepted = statuses.count("accepted")
+        return ("accepted" in statuses and "rejected" in statuses, accepted, len(statuses), -step.index)
+
+    return max(range(len(steps)), key=lambda i: shows(steps[i]))
+
+
 def run_started(events: list[Event]) -> RunStarted | None:
     return next((ev for ev in events if isinstance(ev, RunStarted)), None)
 
@@ -83,6 +98,20 @@ def latest_metrics(events: list[Event]) -> Metrics | None:
         if isinstance(ev, (RunFinished, StepFinished)):
             return ev.metrics
     return None
+
+
+def first_step_metrics(events: list[Event]) -> Metrics | None:
+    """The metrics snapshot after the first step: its target forward read the whole prompt (the prefill)."""
+    return next((ev.metrics for ev in events if isinstance(ev, StepFinished)), None)
+
+
+def decode_metrics(events: list[Event]) -> Metrics | None:
+    """The counters of every step after the first (Metrics.minus): decoding without the prompt's prefill;
+    None before a second step."""
+    first, last = first_step_metrics(events), latest_metrics(events)
+    if first is None or last is None or last.steps <= first.steps:
+        return None
+    return last.minus(first)
 
 
 def generated_text(events: list[Event]) -> str:

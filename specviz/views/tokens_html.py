@@ -1,5 +1,7 @@
-"""The generated text as colored HTML: each token styled by how it came, rejected drafts struck
-through where they were proposed, the numbers behind each token in its hover title.
+"""The generated text as colored HTML: each token styled by how it came, the numbers behind each token
+in its hover title. The rejected drafts are named in the title of the token that replaced them; with
+show_rejected they are also drawn inline, struck through, where they were proposed (the page's toggle:
+a tree drafter's rejected siblings would otherwise crowd the text).
 
 All token text is escaped: tokens (and traces) are untrusted input. The HTML stays bounded
 whatever the trace holds: at most MAX_REJECTED rejected drafts are shown at one position (then a
@@ -39,10 +41,12 @@ def legend_html(include_rejected: bool = True) -> str:
     return ('<div class="specviz-legend" style="font-size:13px;line-height:2.1;">' + "".join(chips)
             + '<div style="color:#64748b;line-height:1.4;">Grey italics: your prompt. An underline groups the tokens '
               'one target forward produced (shades alternate). A blue outline marks the step shown in the step '
-              'explorer. Hover a token for q, p and min(1, p/q).</div></div>')
+              'explorer. Hover a token for q, p and min(1, p/q), and the drafts rejected at its place (tick '
+              '<i>show rejected drafts</i> to see them struck through in the text).</div></div>')
 
 
-def token_title(kind: str, step: int, p=None, q=None, accept_prob=None) -> str:
+def token_title(kind: str, step: int, p=None, q=None, accept_prob=None, greedy: bool = False,
+                rejected: list | None = None) -> str:
     lines = [f"{SHORT[kind]} (step {step})"]
     if q is not None:
         lines.append(f"q (drafter) = {number(q)}")
@@ -52,11 +56,30 @@ def token_title(kind: str, step: int, p=None, q=None, accept_prob=None) -> str:
         lines.append(f"acceptance {ratio(p, q)}")
     elif accept_prob is not None:
         lines.append(f"acceptance probability = {number(accept_prob)}")
-    if kind == "resampled":
+    if kind == "resampled" and greedy:
+        lines.append("the target's own top token, in the rejected draft's place")
+    elif kind == "resampled":
         lines.append("drawn from norm(max(0, p - q))")
     elif kind == "bonus":
-        lines.append("drawn from p after the last accepted draft")
+        lines.append("the target's top token after the last accepted draft" if greedy else
+                     "drawn from p after the last accepted draft")
+    if rejected:
+        names = ", ".join(repr(n.text) for n in rejected[:MAX_REJECTED])
+        more = f" and {len(rejected) - MAX_REJECTED} more" if len(rejected) > MAX_REJECTED else ""
+        lines.append(f"rejected here: {names}{more}")
     return "\n".join(lines)
+
+
+def greedy_run(events: list[Event]) -> bool:
+    """Decoded greedily: the greedy rule, or temperature 0 (tokens are then the target's top tokens)."""
+    start = run_started(events)
+    if start is None:
+        return False
+    if start.rule == "greedy":
+        return True
+    settings = start.settings if isinstance(start.settings, dict) else {}
+    t = settings.get("temperature")
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and t == 0
 
 
 def span(text: str, style: str, title: str, kind: str) -> str:
@@ -78,7 +101,7 @@ def rejected_at(step: Step) -> list[list]:
     return [by_parent.get(parent, []) if parent is not None else [] for parent in parents]
 
 
-def step_spans(step: Step, show_rejected: bool = True) -> int:
+def step_spans(step: Step, show_rejected: bool = False) -> int:
     """What step_html writes for the step, in spans (plus one per 100 characters of text)."""
     shown = list(step.tokens)
     for rejected in rejected_at(step) if show_rejected else ():
@@ -86,8 +109,9 @@ def step_spans(step: Step, show_rejected: bool = True) -> int:
     return len(shown) + sum(min(len(x.text), MAX_CHARS) for x in shown if x is not None) // 100
 
 
-def step_html(step: Step, show_rejected: bool = True, focus: bool = False) -> str:
-    """One step: at each position of the accepted path, its rejected alternatives, then the token."""
+def step_html(step: Step, show_rejected: bool = False, focus: bool = False, greedy: bool = False) -> str:
+    """One step: at each position of the accepted path, its rejected alternatives (inline with
+    show_rejected, else named in the token's title), then the token."""
     mark = STEP_MARK[step.index % 2] + (FOCUS if focus else "")
     out = []
     for tok, rejected in zip(step.tokens, rejected_at(step)):
@@ -100,11 +124,12 @@ def step_html(step: Step, show_rejected: bool = True, focus: bool = False) -> st
                 out.append(f'<span class="more" style="{NOTE_STYLE}" title="{more} more rejected drafts here '
                            f'(step {step.index}): see the step explorer">+{more}</span>')
         out.append(span(tok.text, TEXT_STYLE.get(tok.kind, "") + mark,
-                        token_title(tok.kind, step.index, tok.p, tok.q, tok.accept_prob), tok.kind))
+                        token_title(tok.kind, step.index, tok.p, tok.q, tok.accept_prob, greedy,
+                                    None if show_rejected else rejected), tok.kind))
     return "".join(out)
 
 
-def window(steps: list[Step], focus: int | None, show_rejected: bool = True) -> tuple[int, int]:
+def window(steps: list[Step], focus: int | None, show_rejected: bool = False) -> tuple[int, int]:
     """steps[lo:hi], the steps around the focused one (default: the last) whose spans fit MAX_SPANS."""
     sizes = [step_spans(step, show_rejected) for step in steps]
     if sum(sizes) <= MAX_SPANS:
@@ -129,7 +154,7 @@ def left_out(steps: list[Step], where: str) -> str:
             f'{steps[-1].index}) not shown here: pick a step there to see them …]</span>')
 
 
-def tokens_html(events: list[Event], show_rejected: bool = True, show_prompt: bool = True, focus: int | None = None,
+def tokens_html(events: list[Event], show_rejected: bool = False, show_prompt: bool = True, focus: int | None = None,
                 prompt_chars: int = 300, placeholder: str = "Run a prompt or load a trace to see tokens here.") -> str:
     """The whole text so far; `focus` outlines the tokens of one step (the one the step explorer shows)."""
     start = run_started(events)
@@ -141,7 +166,8 @@ def tokens_html(events: list[Event], show_rejected: bool = True, show_prompt: bo
     lo, hi = window(steps, focus, show_rejected)
     if lo > 0:
         body.append(left_out(steps[:lo], "earlier"))
-    body += [step_html(step, show_rejected, step.index == focus) for step in steps[lo:hi]]
+    greedy = greedy_run(events)
+    body += [step_html(step, show_rejected, step.index == focus, greedy) for step in steps[lo:hi]]
     if hi < len(steps):
         body.append(left_out(steps[hi:], "later"))
     if not steps:

@@ -2,9 +2,10 @@
 networkx by depth and drawn with plotly: nodes colored by outcome, the accepted path highlighted,
 and the token the target added after it (resampled / bonus / target) drawn at the end of the path.
 
-A depth with more than LEVEL_WIDTH nodes is summarized, so one step's figure stays cheap whatever
-the trace holds: the verified path first, then the nodes the target tried, then the drafter's
-likeliest, and a "+K more" note for the rest (a node left out takes its descendants with it)."""
+A depth with more than LEVEL_WIDTH nodes is summarized, so that every node drawn keeps a legible
+label at any width and the figure stays cheap whatever the trace holds: the verified path first,
+then the nodes the target tried, then the drafter's likeliest, and a "+K more" note for the rest
+(a node left out takes its descendants with it; hovering the note lists what it holds)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -15,11 +16,13 @@ import plotly.graph_objects as go
 from .labels import esc_plot, number, ratio, visible
 from .palette import MARKER, SHORT
 from .steps import Step, run_started, split_steps
+from .tokens_html import greedy_run
 
 ROOT, FINAL = "root", "final"
-HEIGHT = 330
-CROWDED = 6  # nodes at one depth beyond which off-path nodes lose their text labels
-LEVEL_WIDTH = 16  # nodes drawn at one depth; the rest are counted in a "+K more" note
+HEIGHT = 340
+ROW_PX = 46  # vertical room per node of the widest depth: a marker and its label above it
+LEVEL_WIDTH = 7  # nodes drawn at one depth; the rest are counted in a "+K more" note
+LABEL_CHARS = 9  # a label's characters (hover shows the whole token)
 MORE = "more"  # kind of the notes
 
 
@@ -65,7 +68,8 @@ def draft_graph(step: Step, context: str = "") -> nx.DiGraph:
         parent_key, node = stack.pop()
         if keep is not None and node.id not in keep:
             continue
-        g.add_node(node.id, depth=node.depth, kind=node.status or "unvisited", node=node)
+        kind = node.status or ("pending" if step.verified is None else "unvisited")
+        g.add_node(node.id, depth=node.depth, kind=kind, node=node)
         g.add_edge(parent_key, node.id, on_path=node.id in path)
         stack += [(node.id, child) for child in reversed(children.get(node.id, []))]
     for depth, rest in left_out.items():
@@ -86,7 +90,7 @@ def layout(g: nx.DiGraph) -> dict:
     return {key: (g.nodes[key]["depth"], -float(y)) for key, (_, y) in pos.items()}
 
 
-def hover(g: nx.DiGraph, key) -> str:
+def hover(g: nx.DiGraph, key, greedy: bool = False) -> str:
     data = g.nodes[key]
     if key == ROOT:
         return f"last committed token: {esc_plot(visible(data['text'], 40))}<br>the target's forward starts here"
@@ -96,8 +100,10 @@ def hover(g: nx.DiGraph, key) -> str:
                 + " · ".join(f"{n} {esc_plot(name)}" for name, n in counts.most_common()))
     if key == FINAL:
         tok = data["token"]
-        extra = {"resampled": "drawn from norm(max(0, p − q)) after the rejection",
-                 "bonus": "every draft was accepted: drawn from p after the last one, free",
+        extra = {"resampled": ("the target's own top token, in the rejected draft's place" if greedy else
+                               "drawn from norm(max(0, p − q)) after the rejection"),
+                 "bonus": ("every draft was accepted: the target's top token after the last one, free" if greedy
+                           else "every draft was accepted: drawn from p after the last one, free"),
                  "target": "nothing drafted: an ordinary autoregressive token"}[tok.kind] if tok.kind in (
                      "resampled", "bonus", "target") else ""
         return (f"<b>{esc_plot(visible(tok.text, 40))}</b> — {esc_plot(SHORT.get(tok.kind, tok.kind))}<br>"
@@ -124,9 +130,9 @@ def acceptance_line(p, q, a) -> str | None:
     return f"acceptance = {number(a)} (tried against the residual left by rejected siblings)"
 
 
-def tree_figure(step: Step | None, context: str = "", title: str | None = None) -> go.Figure:
+def tree_figure(step: Step | None, context: str = "", title: str | None = None, greedy: bool = False) -> go.Figure:
     """Built from plain dicts and validated once: several times cheaper than add_trace/update_* calls."""
-    layout_ = dict(height=HEIGHT, margin=dict(l=10, r=10, t=40, b=10), showlegend=True,
+    layout_ = dict(height=HEIGHT, margin=dict(l=10, r=10, t=58, b=10), showlegend=True,
                    plot_bgcolor="white", paper_bgcolor="white", hoverlabel=dict(align="left"),
                    legend=dict(orientation="h", yanchor="bottom", y=-0.12, x=0, font=dict(size=11)),
                    xaxis=dict(visible=False), yaxis=dict(visible=False))
@@ -150,37 +156,38 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None) 
     if notes:
         traces.append(dict(type="scatter", x=[pos[k][0] for k in notes], y=[pos[k][1] for k in notes], mode="text",
                            text=[f"+{len(g.nodes[k]['rest'])} more" for k in notes], showlegend=False,
-                           textfont=dict(size=12, color="#64748b"), hovertext=[hover(g, k) for k in notes],
+                           textfont=dict(size=12, color="#64748b"), hovertext=[hover(g, k, greedy) for k in notes],
                            hoverinfo="text", name="not drawn"))
-    for kind in ("context", "accepted", "rejected", "unvisited", "resampled", "bonus", "target"):
+    for kind in ("context", "pending", "accepted", "rejected", "unvisited", "resampled", "bonus", "target"):
         keys = [k for k in g.nodes if g.nodes[k]["kind"] == kind]
         if not keys:
             continue
-        # in a crowded tree, label only the path (and its final token); hover still tells every node
-        labels = [label(g, k) if widest <= CROWDED or kind not in ("unvisited", "rejected") else "" for k in keys]
-        traces.append(dict(
+        traces.append(dict(  # every node drawn is labelled: long levels were collapsed into "+K more"
             type="scatter", x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text",
             name={"context": "context (last token)"}.get(kind, SHORT.get(kind, kind)),
-            text=labels, textposition="top center", textfont=dict(size=13, color="#0f172a"),
-            hovertext=[hover(g, k) for k in keys], hoverinfo="text",
+            text=[label(g, k) for k in keys], textposition="top center", textfont=dict(size=13, color="#0f172a"),
+            hovertext=[hover(g, k, greedy) for k in keys], hoverinfo="text",
             marker=dict(size=20 if kind != "context" else 14, color=MARKER[kind],
                         symbol="diamond" if kind in ("resampled", "bonus", "target") else "circle",
                         line=dict(color="#0f172a", width=1.5 if kind in ("target", "context") else 1)),
         ))
     depth = max(g.nodes[k]["depth"] for k in g.nodes)
     ys = [y for _, y in pos.values()]
-    layout_["xaxis"]["range"] = [-0.5, depth + 0.6]
-    layout_["yaxis"]["range"] = [min(ys) - 0.35, max(ys) + 0.45]
-    layout_["title"] = dict(text=esc_plot(title) if title else step_title(step), font=dict(size=14))
-    layout_["height"] = HEIGHT + 22 * max(0, widest - CROWDED)  # room for wide trees
+    layout_["xaxis"]["range"] = [-0.6, depth + 0.6]
+    span = max(ys) - min(ys)
+    pad = 0.5 * span / max(1, widest - 1) if span else 0.5  # half a row: the top label and the bottom marker fit
+    layout_["yaxis"]["range"] = [min(ys) - pad, max(ys) + 1.2 * pad]
+    layout_["title"] = dict(text=esc_plot(title) if title else step_title(step), font=dict(size=13), x=0.01,
+                            xanchor="left")
+    layout_["height"] = max(HEIGHT, 120 + ROW_PX * widest)  # a row per node of the widest depth
     return go.Figure(dict(data=traces, layout=layout_))
 
 
 def label(g: nx.DiGraph, key) -> str:
     data = g.nodes[key]
     if key == ROOT:
-        return "▶ " + esc_plot(visible(data["text"], 10))
-    return esc_plot(visible((data["token"] if key == FINAL else data["node"]).text))
+        return "▶ " + esc_plot(visible(data["text"], LABEL_CHARS))
+    return esc_plot(visible((data["token"] if key == FINAL else data["node"]).text, LABEL_CHARS))
 
 
 def step_title(step: Step) -> str:
@@ -188,9 +195,13 @@ def step_title(step: Step) -> str:
     accepted = len(step.verified.path) if step.verified is not None else 0
     emitted = len(step.tokens)
     if not drafted:
-        return f"step {step.index}: nothing drafted → the target made {emitted} token on its own"
-    return (f"step {step.index}: drafted {drafted}, accepted {accepted}, "
-            f"emitted {emitted} token{'s' if emitted != 1 else ''} from one target forward")
+        return f"step {step.index}: nothing drafted<br>the target made {emitted} token on its own"
+    depth = max(n.depth for n in step.nodes)
+    shape = (f"a chain of {drafted}" if all(n.parent == n.id - 1 for n in step.nodes) else
+             f"a tree of {drafted} nodes, {depth} deep")
+    verdict = (f"accepted {accepted}, {emitted} token{'s' if emitted != 1 else ''} from one target forward"
+               if step.verified is not None else "not verified yet")
+    return f"step {step.index}: drafted {shape}<br>{verdict}"
 
 
 def step_tree_figure(events: list, index: int | None = None) -> go.Figure:
@@ -204,4 +215,4 @@ def step_tree_figure(events: list, index: int | None = None) -> go.Figure:
     else:
         start = run_started(events)
         context = start.prompt[-12:] if start is not None and isinstance(start.prompt, str) else ""
-    return tree_figure(steps[i], context)
+    return tree_figure(steps[i], context, greedy=greedy_run(events))
