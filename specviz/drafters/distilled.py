@@ -12,7 +12,7 @@ fast path work unchanged, since the builders only see `forward(...)` rows of ful
 
 Why a K-row head and not a full-size head with zero rows and a -inf bias: on this CPU the full
 head (576 x 49,152) costs about as much as four decoder layers per drafted token, the K-row head
-and the spread a tenth of that (README, "Distilled drafters").
+and the spread a tenth of that (assets/drafters/distilled.md).
 
 Shipped weights (assets/drafters/<name>.safetensors) hold only the drafter's own parameters (its
 layers, final norm, the K-row head, the kept token ids) in fp16, and its config in the metadata;

@@ -32,7 +32,7 @@ from . import tvd
 from .data import DistillSet
 
 KINDS = {"distill-kd": "kd", "distill-tvd": "tvd"}
-LAYERS = (0, 10, 19, 29)  # evenly spaced; vs the first four: same top-1 after 40 KD steps, lower KL (README)
+LAYERS = (0, 10, 19, 29)  # evenly spaced; vs the first four: same top-1 after 40 KD steps, lower KL (assets/drafters/distilled.md)
 VOCAB = 8192
 VALID_EVERY = 20
 CHECKPOINT_EVERY = 40
