@@ -39,6 +39,7 @@ from ..stop_rules import StopRule
 from ..tree import DraftTree
 from ..verify import Verdict
 from . import TargetView
+from .online import OnlineLearner, own_parameters
 
 FORMAT = "specviz-distilled-drafter/1"
 
@@ -102,11 +103,6 @@ def _construct(config: LlamaConfig) -> LlamaForCausalLM:
 def own_state(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
     """The drafter's own parameters (everything but the shared embedding)."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("model.embed_tokens")}
-
-
-def own_parameters(model: LlamaForCausalLM) -> list[torch.nn.Parameter]:
-    emb = model.get_input_embeddings().weight
-    return [p for p in model.parameters() if p is not emb]
 
 
 def save(model: LlamaForCausalLM, path: str | Path, meta: dict | None = None,
@@ -228,7 +224,6 @@ def make_distilled_drafter(target_model: torch.nn.Module, kind: str, shape: str 
 
     online=True gives it its own copy of the weights that keeps learning from the target as it
     serves (the shipped file and the shared copy other drafters use are never changed)."""
-    from .online import OnlineLearner
     from .strategies import STRATEGIES
 
     if model is None:
