@@ -40,23 +40,24 @@ def context_target():
     return tiny_llama(0)
 
 
-def tiny_distill(model, root, n_seqs: int = 24, length: int = 24, seed: int = 0):
-    """Distillation shards for a tiny target: random prompts, greedy and sampled responses."""
+def tiny_distill(model, root, n_seqs: int = 24, length: int = 24, seed: int = 0, layers: tuple[int, ...] = ()):
+    """Distillation shards for a tiny target: random prompts, greedy and sampled responses (and the
+    states of `layers`, as data v2 records for EAGLE-3)."""
     gen = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     prompts = [torch.randint(1, vocab, (int(torch.randint(3, 9, (1,), generator=gen)),), generator=gen).tolist()
                for _ in range(n_seqs)]
     temps = [0.0 if i % 3 else 1.0 for i in range(n_seqs)]
     seqs = distill.generate_batch(model, prompts, temps, eos=set(), pad=0, max_new_tokens=length, gen=gen,
-                                  top_k=min(distill.TOP_K, vocab))
+                                  top_k=min(distill.TOP_K, vocab), layers=layers)
     jobs = [{"prompt": i, "temperature": t, "shard": i // 8} for i, t in enumerate(temps)]
     manifest = {"version": distill.VERSION, "target": "tiny", "seed": seed, "top_k": distill.TOP_K,
-                "max_new_tokens": length, "batch": 8, "jobs": jobs,
+                "max_new_tokens": length, "batch": 8, "jobs": jobs, "layers": list(layers),
                 "instructions": [{"category": "random", "prompt": str(p)} for p in prompts]}
     root.mkdir(parents=True, exist_ok=True)
     (root / "manifest.json").write_text(json.dumps(manifest))
     for s in range(n_seqs // 8):
-        distill.save_shard(root, s, seqs[8 * s: 8 * s + 8], list(range(8 * s, 8 * s + 8)))
+        distill.save_shard(root, s, seqs[8 * s: 8 * s + 8], list(range(8 * s, 8 * s + 8)), layers)
     return seqs
 
 
@@ -69,6 +70,19 @@ def trained(context_target, tmp_path_factory):
     result = train(context_target, data, cfg, root / "head.safetensors", root / "work", log=lambda *_: None,
                    intermediate=64)
     return SimpleNamespace(root=root, seqs=seqs, data=data, **result)
+
+
+@pytest.fixture(scope="module")
+def trained3(context_target, tmp_path_factory):
+    """An EAGLE-3 head (fused low/middle/last states, training-time test over 3 steps) on the tiny target."""
+    root = tmp_path_factory.mktemp("distill3")
+    layers = distill.feature_layers(context_target.config.num_hidden_layers)
+    seqs = tiny_distill(context_target, root, layers=layers)
+    data = distill.DistillSet(root)
+    cfg = TrainConfig(steps=60, batch_tokens=256, vocab=0, seed=0, lr=1e-2, recipe="eagle3", ttt_steps=3)
+    result = train(context_target, data, cfg, root / "head3.safetensors", root / "work", log=lambda *_: None,
+                   intermediate=64)
+    return SimpleNamespace(root=root, seqs=seqs, data=data, layers=layers, **result)
 
 
 def test_distill_shards_align_features_with_next_token_predictions(context_target, trained):
@@ -307,11 +321,15 @@ def shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
 
 
 def test_no_training_instruction_contains_an_evaluation_prompt():
-    from specviz.prompts import read_prompts
-    from specviz.train.instructions import instructions
+    from specviz.prompts import evaluation_prompts
+    from specviz.train.sources import shares_material, wide_instructions
 
-    evaluation = [p["prompt"] for p in read_prompts(None)]
-    training = [row["prompt"] for row in instructions()]
+    evaluation = evaluation_prompts()  # both sets: the tuning prompts and the held-out ones
+    assert len(evaluation) >= 40
+    training = [row["prompt"] for row in wide_instructions()]
+    assert len(training) > 5000
+    # the check itself catches a copied span, not just a copied prompt
+    assert shares_material(["Please do this: " + evaluation[5][:200]], evaluation)
     assert len(training) > 500
     for text in training:
         for e in evaluation:
@@ -321,6 +339,67 @@ def test_no_training_instruction_contains_an_evaluation_prompt():
     clash = [t[:60] for t in training if shingles(t) & material]
     assert not clash, clash
     manifest = distill.data_dir("smollm2-135m") / "manifest.json"
-    if manifest.exists():  # the stored data was made from exactly these instructions
+    if manifest.exists():  # the data made on this machine: its own instructions pass the same check
         stored = [row["prompt"] for row in json.loads(manifest.read_text())["instructions"]]
-        assert stored == training
+        assert len(stored) > 5000 and not shares_material(stored, evaluation)
+
+
+# --- EAGLE-3: fused low/middle/last states, training-time test -------------------------------------
+
+def test_v2_shards_hold_the_fused_layers(context_target, trained3):
+    seq = trained3.seqs[0]
+    with torch.no_grad():
+        out = context_target(torch.tensor([seq["tokens"].tolist()]), output_hidden_states=True)
+    for layer in trained3.layers:
+        torch.testing.assert_close(seq[f"layer{layer}"].float(), out.hidden_states[layer][0], atol=2e-2, rtol=2e-2)
+    assert trained3.head.config.layers == tuple(trained3.layers) + (-1,)
+
+
+def test_eagle3_training_lowers_the_loss_at_every_unrolled_step(trained3):
+    steps = [h for h in trained3.history if "valid" not in h]
+    mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)  # noqa: E731
+    for k in (1, 2, 3):
+        assert mean(steps[-5:], f"ce{k}") < 0.9 * mean(steps[:5], f"ce{k}"), k
+    assert mean(steps[-5:], "acc1") > mean(steps[:5], "acc1") + 0.1
+
+
+def test_training_time_test_computes_what_drafting_computes(context_target, trained3):
+    """Step k of the unrolled training pass at base j equals the head drafting the teacher's tokens
+    x_{j+2} .. x_{j+k} after the committed text x_0 .. x_{j+1}, through HeadLM's cache."""
+    from specviz.train.eagle import collate3, ttt_outputs
+
+    head = trained3.head
+    seq = trained3.data.sequences().__next__()
+    row = {"tokens": seq.tokens, "ids": seq.topk_ids, "logp": seq.topk_logp.float(), "prompt_len": seq.prompt_len,
+           "states": torch.cat([seq.layers[L] for L in trained3.layers] + [seq.hidden], -1)}
+    lookup = torch.arange(context_target.config.vocab_size)
+    embed = context_target.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        outs = ttt_outputs(head, collate3([row], lookup, embed, 3), 3)
+    tokens = seq.tokens.tolist()
+    for j in (3, 9, 15):
+        want = torch.stack([HeadLM(head, context_target, 32).logits(outs[k][0, j][None])[0] for k in range(3)])
+        lm = HeadLM(head, context_target, context_target.config.vocab_size)
+        lm.set_features(0, row["states"][: j + 1].float())
+        root, _ = lm.forward(tokens[: j + 2])
+        _, first = lm.forward(tokens[: j + 2], [tokens[j + 2]], [-1])  # the builders grow a tree level by level
+        _, second = lm.forward(tokens[: j + 2], [tokens[j + 3]], [0])
+        nodes = torch.cat([first, second])
+        torch.testing.assert_close(root, want[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(nodes, want[1:], atol=1e-4, rtol=1e-4)
+
+
+def test_fused_head_round_trips_and_is_lossless(context_target, trained3, tmp_path):
+    head = FeatureHead.load(trained3.head.save(tmp_path / "h3.safetensors", dtype=torch.float32))
+    assert head.config.layers == trained3.head.config.layers and head.config.fused
+    for name, value in trained3.head.state_dict().items():
+        assert torch.equal(head.state_dict()[name], value), name
+    accepted = 0
+    for shape in ("chain", "dynamic"):
+        for prompt in PROMPTS:
+            drafter = make_feature_drafter(context_target, head=head, shape=shape, draft_len=3)
+            assert drafter.reads_target == head.config.layers
+            result = Engine(context_target, decode, drafter).run(prompt, Settings(30))
+            assert result.token_ids == reference_greedy(context_target, prompt, 30), (shape, prompt)
+            accepted += result.metrics.accepted
+    assert accepted > 0

@@ -202,14 +202,15 @@ class ExitLM:
         self.vocab = int(target_model.config.vocab_size)
         self.vocab_ids = adapters.vocab_ids.to(self.fm.device)
         pack = self.fm.packed
-        rows = target_model.get_output_embeddings().weight.detach().index_select(0, adapters.vocab_ids)
+        rows = target_model.get_output_embeddings().weight.detach().index_select(0, self.vocab_ids)
         self.readout = PackedLinear(rows, None, pack)
         eps = adapters.eps
         self.eps = eps
         # per adapter: W with RMSNorm_in folded into its columns, and RMSNorm_out's weight
-        self.proj = [PackedLinear(adapters.proj[i].weight.detach().float() * adapters.norm_in[i].detach().float(),
+        dev = self.fm.device  # the adapters load on the CPU; they run beside the target
+        self.proj = [PackedLinear((adapters.proj[i].weight.detach().float() * adapters.norm_in[i].detach().float()).to(dev),
                                   None, pack) for i in range(len(adapters.layers))]
-        self.norm_out = [w.detach().float() for w in adapters.norm_out]
+        self.norm_out = [w.detach().float().to(dev) for w in adapters.norm_out]
         self.known = 0  # leading positions whose keys/values (all lmax layers) came from the target
 
     def reset(self) -> None:

@@ -35,7 +35,7 @@ from ..tree import DraftTree, ancestor_mask, depths
 from ..verify import Verdict
 from . import TargetView
 
-ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "drafters"
+from ..paths import DRAFTERS as ASSETS  # noqa: E402  (installed copy or the checkout)
 
 
 @dataclass(frozen=True)
@@ -47,18 +47,26 @@ class HeadConfig:
     rope_theta: float = 100000.0
     eps: float = 1e-5
     vocab: int = 49152  # the target's vocabulary (logits come back this wide)
+    # target layers read (transformers' hidden_states indices; -1 = the final normed state). One layer:
+    # the EAGLE-1/2 head, trained to regress that state. Several (EAGLE-3: low, middle, last): their
+    # states are fused by one matrix, the head predicts no target state, and a norm precedes the readout.
+    layers: tuple = (-1,)
 
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
+    @property
+    def fused(self) -> bool:
+        return len(self.layers) > 1
+
     @classmethod
-    def for_target(cls, config, intermediate: int | None = None) -> "HeadConfig":
+    def for_target(cls, config, intermediate: int | None = None, layers: tuple = (-1,)) -> "HeadConfig":
         rope = getattr(config, "rope_parameters", None) or {}
         theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
         return cls(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
                    intermediate or config.intermediate_size, float(theta), float(config.rms_norm_eps),
-                   config.vocab_size)
+                   config.vocab_size, tuple(layers))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -88,6 +96,9 @@ class FeatureHead(torch.nn.Module):
         self.gate = torch.nn.Linear(d, c.intermediate, bias=False)
         self.up = torch.nn.Linear(d, c.intermediate, bias=False)
         self.down = torch.nn.Linear(c.intermediate, d, bias=False)
+        if c.fused:
+            self.fuse_fc = torch.nn.Linear(len(c.layers) * d, d, bias=False)
+            self.out_norm = torch.nn.Parameter(torch.ones(d))
         # the readout's token ids (a subset of the target's vocabulary), or None for all of it
         self.register_buffer("vocab_ids", None if vocab_ids is None else vocab_ids.long(), persistent=False)
         inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
@@ -95,6 +106,16 @@ class FeatureHead(torch.nn.Module):
         for lin in (self.fc, self.q, self.k, self.v, self.o, self.gate, self.up, self.down):
             torch.nn.init.normal_(lin.weight, std=0.02)
         torch.nn.init.zeros_(self.fc.bias)
+        if c.fused:
+            torch.nn.init.normal_(self.fuse_fc.weight, std=0.02)
+
+    def fuse(self, states: torch.Tensor) -> torch.Tensor:
+        """The target's states of `config.layers`, concatenated [..., n * d] -> the feature the head reads."""
+        return self.fuse_fc(states) if self.config.fused else states
+
+    def readout_input(self, out: torch.Tensor) -> torch.Tensor:
+        """What the readout reads from the head's output (normed for a fused head)."""
+        return rms_norm(out, self.out_norm, self.config.eps) if self.config.fused else out
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         angles = positions.float()[..., None] * self.inv_freq
@@ -143,7 +164,8 @@ class FeatureHead(torch.nn.Module):
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            config = HeadConfig(**json.loads(f.metadata()["config"]))
+            raw = json.loads(f.metadata()["config"])
+            config = HeadConfig(**{**raw, "layers": tuple(raw.get("layers", (-1,)))})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         vocab_ids = tensors.pop("vocab_ids", None)
         head = cls(config, vocab_ids)
@@ -245,11 +267,15 @@ class HeadLM:
     """
 
     def __init__(self, head: FeatureHead, target_model: torch.nn.Module, vocab: int, lean: bool = True):
-        self.head = head.eval()
         self.embed = target_model.get_input_embeddings().weight.detach()
-        self.readout = readout_weight(target_model, head.vocab_ids)
+        self.device = self.embed.device  # everything the head keeps lives beside the target's weights
+        self.head = head.eval().to(self.device)
+        readout = readout_weight(target_model, head.vocab_ids)
+        if head.config.fused:  # fold the output norm's weight into the readout; logits() applies its scale
+            readout = readout * head.out_norm.detach().to(readout)
+        self.readout = readout
         self.lean = LeanHead(self.head, self.readout) if lean else None
-        self.vocab_ids = head.vocab_ids
+        self.vocab_ids = None if head.vocab_ids is None else head.vocab_ids.to(self.device)
         self.vocab = vocab
         self.context = 1 << 30
         self.forward_seconds = 0.0
@@ -258,20 +284,25 @@ class HeadLM:
 
     def reset(self) -> None:
         c = self.head.config
-        self.feats = torch.empty(0, c.hidden)  # the target's features f_0 .. f_{n-1}
-        self.kv_buf = (torch.zeros(1, c.kv_heads, 512, c.head_dim), torch.zeros(1, c.kv_heads, 512, c.head_dim))
+        dev = self.device
+        self.feats = torch.empty(0, c.hidden, device=dev)  # the target's features f_0 .. f_{n-1} (fused)
+        self.kv_buf = (torch.zeros(1, c.kv_heads, 512, c.head_dim, device=dev),
+                       torch.zeros(1, c.kv_heads, 512, c.head_dim, device=dev))
         self.length = 0  # rows of kv_buf in use: linear pairs, then tree nodes
-        self.outs = torch.empty(0, c.hidden)  # output of each cached linear pair
+        self.outs = torch.empty(0, c.hidden, device=dev)  # output of each cached linear pair
         self.lin: list[int] = []  # tokens x_0 .. x_m: cached pairs are 0 .. m - 1
         self.true_pairs = 0  # leading cached pairs that were fed the target's own feature
         self.tree_tokens: list[int] = []
         self.tree_parents: list[int] = []
-        self.node_out = torch.empty(0, c.hidden)
+        self.node_out = torch.empty(0, c.hidden, device=dev)
 
     # --- the target's features --------------------------------------------------------------
     def set_features(self, start: int, hidden: torch.Tensor) -> None:
-        """The target's features of positions start .. start + n - 1; drops pairs built on guesses."""
-        hidden = hidden.detach().float().cpu()
+        """The target's states of positions start .. start + n - 1 (the head's layers concatenated);
+        drops pairs built on guesses."""
+        hidden = hidden.detach().float().to(self.device)
+        if self.head.config.fused:
+            hidden = self.head.fuse(hidden)
         if start > len(self.feats):
             raise RuntimeError(f"target features from position {start}, but only {len(self.feats)} known")
         self.feats = torch.cat([self.feats[:start], hidden])
@@ -304,10 +335,12 @@ class HeadLM:
     # --- logits ------------------------------------------------------------------------------
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         """Readout rows [n, d] -> fp32 logits over the target's whole vocabulary (-inf off the subset)."""
+        if self.head.config.fused:
+            out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.head.config.eps)
         sub = self.lean.readout(out) if self.lean is not None else F.linear(out, self.readout)
         if self.vocab_ids is None:
             return sub.float()
-        full = torch.full((out.shape[0], self.vocab), float("-inf"))
+        full = torch.full((out.shape[0], self.vocab), float("-inf"), device=out.device)
         full[:, self.vocab_ids] = sub.float()
         return full
 
@@ -317,11 +350,12 @@ class HeadLM:
         n = len(tokens)
         keys, values = self.kv_buf
         if self.length + n > keys.shape[2]:  # grow the cache (doubling)
-            grow = max(keys.shape[2], n)
-            self.kv_buf = tuple(torch.cat([b, torch.zeros_like(b[:, :, :grow])], 2) for b in self.kv_buf)
+            grow = max(keys.shape[2], self.length + n - keys.shape[2])  # double, or more for a long prompt
+            self.kv_buf = tuple(torch.cat([b, b.new_zeros(b.shape[0], b.shape[1], grow, b.shape[3])], 2)
+                                for b in self.kv_buf)
             keys, values = self.kv_buf
-        emb = self.embed[torch.tensor(tokens)]
-        pos = torch.tensor(positions)
+        emb = self.embed[torch.tensor(tokens, device=self.device)]
+        pos = torch.tensor(positions, device=self.device)
         if self.lean is not None:
             out = self.lean(emb, feats, pos, keys, values, self.length, mask)
         else:
@@ -345,7 +379,8 @@ class HeadLM:
             last = self._linear(list(committed))
             if not tokens:
                 root = self.logits(last)[0]
-        node_logits = self._nodes(len(committed), tokens, parents) if tokens else torch.empty(0, self.vocab)
+        node_logits = (self._nodes(len(committed), tokens, parents) if tokens
+                       else torch.empty(0, self.vocab, device=self.device))
         self.forward_seconds += time.perf_counter() - start
         return root, node_logits
 
@@ -377,8 +412,8 @@ class HeadLM:
     def _causal(self, cached: int, n: int) -> torch.Tensor | None:
         if n == 1:
             return None  # one new row sees everything cached
-        allowed = torch.ones(n, cached + n, dtype=torch.bool)
-        allowed[:, cached:] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+        allowed = torch.ones(n, cached + n, dtype=torch.bool, device=self.device)
+        allowed[:, cached:] = torch.tril(torch.ones(n, n, dtype=torch.bool, device=self.device))
         return allowed
 
     def _nodes(self, committed_len: int, tokens: list[int], parents: list[int]) -> torch.Tensor:
@@ -387,8 +422,8 @@ class HeadLM:
         base = self.length - n_old  # linear pairs in the cache
         feats = torch.stack([self.outs[-1] if p < 0 else self.node_out[p] for p in parents])
         positions = [committed_len - 2 + d for d in depths(all_parents)[n_old:]]
-        anc = ancestor_mask(all_parents)[n_old:]
-        allowed = torch.cat([torch.ones(len(tokens), base, dtype=torch.bool), anc], 1)
+        anc = ancestor_mask(all_parents)[n_old:].to(self.device)
+        allowed = torch.cat([torch.ones(len(tokens), base, dtype=torch.bool, device=self.device), anc], 1)
         out = self._run(tokens, feats, positions, allowed)
         self.forwards += 1
         self.node_out = torch.cat([self.node_out, out])
@@ -400,10 +435,9 @@ class HeadLM:
 class FeatureDrafter:
     """The EAGLE-style drafter: a trained FeatureHead fed the target's own features (see module doc)."""
 
-    reads_target: tuple[int, ...] = (-1,)
-
     def __init__(self, head: FeatureHead, target_model: torch.nn.Module, builder, name: str = "eagle",
                  greedy_only: bool = False):
+        self.reads_target: tuple[int, ...] = tuple(head.config.layers)
         self.lm = HeadLM(head, target_model, int(target_model.config.vocab_size))
         self.builder = builder
         self.name = name
@@ -424,8 +458,8 @@ class FeatureDrafter:
 
     def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
         self.lm.drop_tree()
-        if target is not None and -1 in target.hidden:
-            self.lm.set_features(target.start, target.hidden[-1])
+        if target is not None and all(layer in target.hidden for layer in self.reads_target):
+            self.lm.set_features(target.start, torch.cat([target.hidden[layer] for layer in self.reads_target], -1))
 
     def reset(self) -> None:
         self.lm.reset()

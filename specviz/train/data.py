@@ -73,10 +73,10 @@ def make_jobs(prompts: int | list[int], seed: int, batch: int = BATCH, sampled_e
     return jobs
 
 
-def feature_layers(n_layers: int) -> tuple[int, int]:
+def feature_layers(n_layers: int) -> tuple[int, ...]:
     """The low and middle layers whose states data v2 records beside the final one (EAGLE-3's fused
     features: low, middle, last), as transformers' hidden_states indices."""
-    return 2, n_layers // 2
+    return tuple(sorted({min(2, n_layers), max(1, n_layers // 2)}))
 
 
 @torch.inference_mode()
@@ -113,16 +113,18 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
                    use_cache=True, output_hidden_states=bool(layers))
         h = res.last_hidden_state
         keep = mask[:, -feed.shape[1]:].bool()
-        logits = (h @ head.T).float()  # [B, T, V]; T = 1 after the prefill
-        top = logits.log_softmax(-1).topk(top_k, dim=-1)
         for b, r in enumerate(alive.tolist()):
             kb = keep[b]
             o = out[r]
-            o["hidden"].append(h[b][kb].half())
-            o["ids"].append(top.indices[b][kb].int())
-            o["logp"].append(top.values[b][kb].half())
+            hb = h[b][kb]
+            # top-K per row, in slices: a prefill's full [B, T, V] logits would take gigabytes
+            tops = [(hb[i:i + 256] @ head.T).float().log_softmax(-1).topk(top_k, dim=-1) for i in range(0, len(hb), 256)]
+            o["hidden"].append(hb.half())
+            o["ids"].append(torch.cat([t.indices for t in tops]).int())
+            o["logp"].append(torch.cat([t.values for t in tops]).half())
             for L in layers:
                 o[f"layer{L}"].append(res.hidden_states[L][b][kb].half())
+        logits = (h[:, -1:] @ head.T).float()  # [B, 1, V]: the next token of every row
         # a row is done once the token it was just fed is EOS or its max_new_tokens-th response token
         going = [b for b, r in enumerate(alive.tolist())
                  if not (step > 0 and (fed[r][-1] in eos or step >= max_new_tokens))]
@@ -154,8 +156,12 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
 
 
 def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_tokens: int = MAX_NEW,
-          out: str | os.PathLike | None = None, progress=None, log=print, batch: int = BATCH) -> Path:
-    """Generate (or continue generating) the first `shards` shards (0 = all jobs) of data v2."""
+          out: str | os.PathLike | None = None, progress=None, log=print, batch: int = BATCH,
+          part: tuple[int, int] = (0, 1)) -> Path:
+    """Generate (or continue generating) the first `shards` shards (0 = all jobs) of data v2.
+
+    `part=(i, n)` makes only shards s with s % n == i: n single-threaded processes side by side
+    use n cores without the stalls a multi-threaded one suffers whenever anything else runs."""
     from ..api import encode_prompt, eos_ids, load_model
     from .sources import shares_material, wide_instructions
 
@@ -182,6 +188,7 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
         atomic_write_text(mpath, json.dumps(manifest))
     todo = [s for s in range(shards) if not (root / f"shard-{s:05d}.safetensors").exists()]
     log(f"distill data in {root}: {shards - len(todo)} of {shards} shards exist, {len(todo)} to make")
+    todo = [s for s in todo if s % part[1] == part[0]]
     if not todo:
         return root
     eos = eos_ids(model, tokenizer)
@@ -290,6 +297,7 @@ class Sequence:
     prompt_len: int
     temperature: float
     category: str
+    layers: dict = None  # data v2: layer -> fp16 [n, H] states of the low and middle layers
 
 
 class DistillSet:
@@ -322,9 +330,10 @@ class DistillSet:
             for s in range(len(off) - 1):
                 a, b = off[s], off[s + 1]
                 job = jobs[int(t["job"][s])]
+                layers = {L: t[f"layer{L}"][a:b] for L in self.manifest.get("layers", []) if with_hidden}
                 yield Sequence(t["tokens"][a:b].long(), t["hidden"][a:b] if with_hidden else None,
                                t["topk_ids"][a:b].long(), t["topk_logp"][a:b], int(t["prompt_len"][s]),
-                               float(job["temperature"]), rows[job["prompt"]]["category"])
+                               float(job["temperature"]), rows[job["prompt"]]["category"], layers)
 
     def instructions_used(self) -> list[str]:
         """The instruction texts of the sequences in these shards."""

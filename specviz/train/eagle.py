@@ -45,6 +45,8 @@ class TrainConfig:
     seed: int = 0
     depth2: bool = True
     lr: float = LR
+    recipe: str = "eagle1"  # "eagle1": last-layer feature regression (+ depth 2); "eagle3": fused layers, TTT
+    ttt_steps: int = 3  # eagle3: unrolled steps on the head's own outputs, loss at every one
     history: list = field(default_factory=list)
 
 
@@ -75,7 +77,11 @@ def split(sets: list[DistillSet]) -> tuple[list, list]:
                     continue
                 seen.add(key)
                 row = dict(tokens=t["tokens"][a:b].long(), hidden=t["hidden"][a:b],
-                           ids=t["topk_ids"][a:b].long(), logp=t["topk_logp"][a:b].float())
+                           ids=t["topk_ids"][a:b].long(), logp=t["topk_logp"][a:b].float(),
+                           prompt_len=int(t["prompt_len"][s]))
+                layers = [L for L in data.manifest.get("layers", []) if L != -1]
+                if layers and all(f"layer{L}" in t for L in layers):  # EAGLE-3: low, middle, last
+                    row["states"] = torch.cat([t[f"layer{L}"][a:b] for L in layers] + [row["hidden"]], -1)
                 (valid if job["prompt"] % VALID_EVERY_PROMPT == 0 else train).append(row)
     return train, valid
 
@@ -149,15 +155,86 @@ def step_loss(head, readout, batch, noise: float, gen: torch.Generator | None, d
     return loss, stats
 
 
+def collate3(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor, steps: int):
+    """EAGLE-3 batch. Pair j = (fused states at j, x_{j+1}); unrolled step k (1..steps) at base j feeds
+    x_{j+k} at position j + k - 1 and is scored against the target's distribution of x_{j+k+1}.
+    Returns states [B, T, n*d], tokens [B, T + steps] (x_{i+1} at i), label ids/probs [B, T + steps, K]
+    (the distribution of x_{i+2} at i), and `scored` [B, T + steps]: response positions that exist."""
+    T = max(len(s["tokens"]) for s in seqs) - 1
+    B, K, W = len(seqs), seqs[0]["ids"].shape[1], T + steps
+    states = torch.zeros(B, T, seqs[0]["states"].shape[1])
+    tok = torch.zeros(B, W, dtype=torch.long)
+    ids = torch.zeros(B, W, K, dtype=torch.long)
+    probs = torch.zeros(B, W, K)
+    scored = torch.zeros(B, W, dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        n = len(s["tokens"]) - 1
+        states[b, :n] = s["states"][:-1].float()
+        tok[b, :n] = s["tokens"][1:]
+        sub = lookup[s["ids"][1:]]
+        p = s["logp"][1:].exp() * (sub >= 0)
+        ids[b, :n], probs[b, :n] = sub.clamp_min(0), p / p.sum(-1, keepdim=True).clamp_min(1e-9)
+        # x_{i+2} is part of the response from i = prompt_len - 2 on (the first response token's prediction)
+        scored[b, max(0, s["prompt_len"] - 2):n] = True
+    return embed[tok], states, ids, probs, scored
+
+
+def ttt_outputs(head: FeatureHead, batch, steps: int) -> list[torch.Tensor]:
+    """Training-time test (EAGLE-3): the head's outputs [B, T, d] at each unrolled step. Step 1 reads
+    the target's fused states; step k > 1 reads the head's own step k - 1 outputs and attends to the
+    true pairs up to its base plus its own earlier steps at that base, exactly as when drafting k tokens."""
+    emb, states = batch[0], batch[1]
+    T = states.shape[1]
+    feat = head.fuse(states)
+    base = torch.arange(T)
+    outs, keys, values = [], None, None
+    for k in range(1, steps + 1):
+        e = emb[:, k - 1:k - 1 + T]
+        if k == 1:
+            out, keys, values = head(e, feat, base, causal=True)
+        else:
+            allowed = torch.cat([base[None, :] <= base[:, None]]
+                                + [torch.eye(T, dtype=torch.bool)] * (k - 1), 1)  # [T, k*T]
+            out, kk, vv = head(e, feat, base + k - 1, past=(keys, values), mask=allowed)
+            keys, values = torch.cat([keys, kk], 2), torch.cat([values, vv], 2)
+        outs.append(out)
+        feat = out  # the next step reads this step's output
+    return outs
+
+
+def ttt_loss(head: FeatureHead, readout: torch.Tensor, batch, steps: int, decay: float = 0.8):
+    """Cross-entropy against the target's top-K at every unrolled step (weights decay^(k-1), normalized);
+    top-1 agreement per step."""
+    _, states, ids, probs, scored = batch
+    T = states.shape[1]
+    loss, stats, total_w = 0.0, {}, 0.0
+    for k, out in enumerate(ttt_outputs(head, batch, steps), 1):
+        m = scored[:, k - 1:k - 1 + T]
+        logq = F.linear(head.readout_input(out[m]), readout).log_softmax(-1)
+        lab_ids, lab_p = ids[:, k - 1:k - 1 + T][m], probs[:, k - 1:k - 1 + T][m]
+        ce = -(logq.gather(-1, lab_ids) * lab_p).sum(-1).mean()
+        w = decay ** (k - 1)
+        loss, total_w = loss + w * ce, total_w + w
+        stats[f"ce{k}"] = ce.item()
+        stats[f"acc{k}"] = (logq.argmax(-1) == lab_ids[:, 0]).float().mean().item()
+    loss = loss / total_w
+    stats["loss"] = loss.item()
+    return loss, stats
+
+
 @torch.no_grad()
-def evaluate(head, readout, seqs, lookup, embed, batch_tokens: int) -> dict:
+def evaluate(head, readout, seqs, lookup, embed, batch_tokens: int, cfg: "TrainConfig | None" = None) -> dict:
     head.eval()
     rng = random.Random(0)
     it = batches(seqs, batch_tokens, rng)
     groups = max(1, math.ceil(sum(len(s["tokens"]) for s in seqs) / batch_tokens))
     total: dict[str, float] = {}
     for _ in range(min(groups, 12)):
-        _, stats = step_loss(head, readout, collate([seqs[i] for i in next(it)], lookup, embed), 0.0, None, True)
+        group = [seqs[i] for i in next(it)]
+        if cfg is not None and cfg.recipe == "eagle3":
+            _, stats = ttt_loss(head, readout, collate3(group, lookup, embed, cfg.ttt_steps), cfg.ttt_steps)
+        else:
+            _, stats = step_loss(head, readout, collate(group, lookup, embed), 0.0, None, True)
         for k, v in stats.items():
             total[k] = total.get(k, 0.0) + v
     head.train()
@@ -176,18 +253,18 @@ def plot(history: list[dict], path: Path) -> Path | None:
     valid = [h for h in history if "valid" in h]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, keys, title in ((axes[0], ("reg1", "reg2"), "feature loss (smooth L1)"),
-                            (axes[1], ("ce1", "ce2"), "token loss (CE vs target top-K)"),
-                            (axes[2], ("acc1", "acc2"), "top-1 agreement with the target")):
+                            (axes[1], ("ce1", "ce2", "ce3", "ce4"), "token loss (CE vs target top-K)"),
+                            (axes[2], ("acc1", "acc2", "acc3", "acc4"), "top-1 agreement with the target")):
         for k in keys:
             xs = [h["step"] for h in train if k in h]
             ys = [h[k] for h in train if k in h]
             if ys:
                 w = max(1, len(ys) // 50)
                 smooth = [sum(ys[max(0, i - w + 1): i + 1]) / len(ys[max(0, i - w + 1): i + 1]) for i in range(len(ys))]
-                ax.plot(xs, smooth, label=f"train {k[-1] == '1' and 'depth 1' or 'depth 2'}")
+                ax.plot(xs, smooth, label=f"train depth {k[-1]}")
             vx = [h["step"] for h in valid if k in h]
             if vx:
-                ax.plot(vx, [h[k] for h in valid if k in h], "o--", label=f"valid {k[-1] == '1' and 'depth 1' or 'depth 2'}")
+                ax.plot(vx, [h[k] for h in valid if k in h], "o--", label=f"valid depth {k[-1]}")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
@@ -223,12 +300,19 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
         vocab_ids = state["vocab_ids"]
     else:
         vocab_ids = frequent_tokens(sets, cfg.vocab, vocab) if cfg.vocab else None
-    head = FeatureHead(HeadConfig.for_target(target_model.config, intermediate), vocab_ids)
+    train_seqs, valid_seqs = split(sets)
+    layers = (-1,)
+    if cfg.recipe == "eagle3":
+        if not all("states" in q for q in train_seqs[:1]):
+            raise ValueError("the eagle3 recipe needs data v2 (low and middle layer states); run the data step")
+        layers = tuple(L for L in sets[-1].manifest["layers"] if L != -1) + (-1,)
+        train_seqs = [q for q in train_seqs if "states" in q]
+        valid_seqs = [q for q in valid_seqs if "states" in q]
+    head = FeatureHead(HeadConfig.for_target(target_model.config, intermediate, layers), vocab_ids)
     embed = target_model.get_input_embeddings().weight.detach()
     readout = readout_weight(target_model, vocab_ids)
     lookup = torch.full((vocab,), -1, dtype=torch.long)
     lookup[vocab_ids if vocab_ids is not None else torch.arange(vocab)] = torch.arange(readout.shape[0])
-    train_seqs, valid_seqs = split(sets)
     log(f"{len(train_seqs)} training / {len(valid_seqs)} validation sequences, "
         f"{sum(len(s['tokens']) for s in train_seqs)} training tokens; readout {readout.shape[0]} tokens")
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY)
@@ -253,8 +337,11 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
     bar = progress(steps, initial=start, total=cfg.steps) if progress else steps
     t0 = time.perf_counter()
     for step in bar:
-        batch = collate([train_seqs[i] for i in next(it)], lookup, embed)
-        loss, stats = step_loss(head, readout, batch, NOISE, gen, cfg.depth2)
+        group = [train_seqs[i] for i in next(it)]
+        if cfg.recipe == "eagle3":
+            loss, stats = ttt_loss(head, readout, collate3(group, lookup, embed, cfg.ttt_steps), cfg.ttt_steps)
+        else:
+            loss, stats = step_loss(head, readout, collate(group, lookup, embed), NOISE, gen, cfg.depth2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), CLIP)
@@ -268,7 +355,7 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
         if (step + 1) % CHECKPOINT_EVERY == 0 or last:
             if valid_seqs:
                 history.append({"step": step + 1, "valid": True,
-                                **evaluate(head, readout, valid_seqs, lookup, embed, cfg.batch_tokens)})
+                                **evaluate(head, readout, valid_seqs, lookup, embed, cfg.batch_tokens, cfg)})
                 log(f"step {step + 1}: valid " + " ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
                                                           if k not in ("step", "valid")))
             work.mkdir(parents=True, exist_ok=True)
@@ -282,6 +369,7 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
     seconds = time.perf_counter() - t0
     head.eval()
     meta = {"steps": cfg.steps, "batch_tokens": cfg.batch_tokens, "vocab": cfg.vocab, "seed": cfg.seed,
+            "recipe": cfg.recipe, "ttt_steps": cfg.ttt_steps if cfg.recipe == "eagle3" else 0,
             "shards": "+".join(str(len(d.paths)) for d in sets), "train_seconds_this_run": round(seconds)}
     head.save(out, meta)
     return {"head": head, "history": history, "seconds": seconds}

@@ -106,6 +106,7 @@ _WRITING_TEMPLATES = base._WRITING_TEMPLATES + [
     "Write a letter to a friend describing {t}.", "Write a short scene for a play about {t}.",
 ]
 _WORDS = re.compile(r"\w+")
+_SET = re.compile(r"\{('[^']*'(?:, '[^']*')+)\}")  # a printed set of strings: its order varies per process
 
 
 def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
@@ -140,7 +141,10 @@ def _docstrings(name: str, lo: int = 40, hi: int = 220) -> list[tuple[str, str]]
         if attr.startswith("_") or not callable(obj):
             continue
         doc = inspect.getdoc(obj) or ""
-        doc = doc.split("\nExamples\n")[0].split("\nSee Also\n")[0]
+        # sections that vary with what else is imported (scipy decorates numpy docs lazily) are cut
+        for cut in ("\nExamples\n", "\nSee Also\n", "\nReferences\n", "**Array API Standard Support**"):
+            doc = doc.split(cut)[0]
+        doc = _SET.sub(lambda m: "{" + ", ".join(sorted(m.group(1).split(", "))) + "}", doc)  # str hash order
         words = doc.split()
         if len(words) >= lo:
             out.append((f"{name}.{attr}", textwrap.shorten(" ".join(words), 8 * hi, placeholder=" ...")))
