@@ -514,7 +514,7 @@ def test_a_bad_request_is_refused_before_the_run_and_no_view_is_touched():
         fn = fns[name]
         before = demo.fns[fn.trigger_after]
         assert fn.trigger_only_on_success and before.fn.__name__ == check and before.outputs == []
-        assert before.queue is False
+        assert before.concurrency_limit is None  # never waits behind a decoding run
     form = dict(zip(("prompt", "target", "drafter", "strategy", "draft_len", "temperature", "top_p", "seed",
                      "max_new_tokens", "rule"), args()))
     for bad, message in ((dict(prompt="  "), "prompt is empty"), (dict(draft_len=0), "draft length"),

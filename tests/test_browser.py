@@ -1,10 +1,15 @@
 """A real browser on the running app: Debian's chromium driven by Playwright, fully offline.
 
-Opens the page (the recorded example shows at once), runs a prompt, waits for streamed colored
-tokens and the tree and entropy figures, saves assets/screenshot.png, and checks that the page
-asked for nothing outside 127.0.0.1 (no CDN, no fonts, no analytics).
+At 1280x720: the run controls and the live output are in the first screen; a bad prompt and a bad
+trace are one toast each, with no panel marked as failed and the views left as they were; a run
+scrolls its output into view, streams, and ends on the most instructive step; rejected drafts appear
+only behind their toggle. At 1440x900: a tree drafter's tree is labelled node by node; a stopped run
+can be downloaded (partial); step-by-step takes two clicks a step; the race runs both sides.
+Screenshots go to assets/ (screenshot-*.png), to be looked at; the page asks nothing outside 127.0.0.1.
 """
+import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -19,9 +24,11 @@ from specviz import models  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SCREENSHOT = ASSETS / "screenshot.png"
 PROMPT = ("Summarize in one sentence: The quick brown fox jumps over the lazy dog. The dog was not amused, "
           "and the fox ran back into the forest, where the other foxes were waiting for the quick brown fox.")
+BADGES = "[data-testid='status-tracker'] span.error"  # gradio's red "Error" on a failed event's outputs
 
 pytestmark = [
     pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium (make chromium)"),
@@ -44,88 +51,185 @@ def url():
     demo.close()
 
 
-def test_page_runs_a_prompt_and_shows_tokens_and_figures(url):
+@pytest.fixture(scope="module")
+def browser():
     playwright = pytest.importorskip("playwright.sync_api")
-    outside = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
 
-        def guard(route):
-            host = urlparse(route.request.url).hostname
-            if host not in ("127.0.0.1", "localhost") and not route.request.url.startswith(("data:", "blob:")):
-                outside.append(route.request.url)
-                return route.abort()
-            return route.continue_()
 
-        page.route("**/*", guard)
-        errors = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        page.goto(url)
-        # the recorded example renders on load, before any model runs
-        page.wait_for_selector("#specviz-tokens .tok", timeout=30_000)
-        page.wait_for_selector("#specviz-status:has-text('recorded example')", timeout=30_000)
-        # the prompt box holds the prompt of the recorded example on display
-        from specviz import trace
-        from specviz.examples import example_traces, landing_example
+def open_page(browser, url, width, height, outside, errors):
+    page = browser.new_page(viewport={"width": width, "height": height})
 
-        shown = trace.load(example_traces()[landing_example()])[0].prompt
-        page.wait_for_function("(p) => document.querySelector('#specviz-prompt textarea').value === p", arg=shown,
-                               timeout=30_000)
-        # choosing a stopping rule shows its parameters, with their defaults from the registry
-        page.get_by_text("When drafting stops").click()
-        page.click("#specviz-stop-rule input")
-        page.get_by_role("option", name="schedule").click()
-        page.wait_for_selector("#specviz-stop-about:has-text('Draft-length schedule')", timeout=30_000)
-        grow = page.get_by_label("grow")
-        grow.wait_for(state="visible", timeout=30_000)
-        assert grow.input_value() == "2"
-        page.click("#specviz-stop-rule input")
-        page.get_by_role("option", name="static").click()
-        grow.wait_for(state="hidden", timeout=30_000)
+    def guard(route):
+        host = urlparse(route.request.url).hostname
+        if host not in ("127.0.0.1", "localhost") and not route.request.url.startswith(("data:", "blob:")):
+            outside.append(route.request.url)
+            return route.abort()
+        return route.continue_()
 
-        page.fill("#specviz-prompt textarea", PROMPT)
-        page.click("#specviz-run")
-        page.wait_for_selector("#specviz-status:has-text('▶ running')", timeout=60_000)  # streaming
-        page.wait_for_selector("#specviz-status:has-text('✔ done')", timeout=120_000)
-        page.wait_for_selector("#specviz-tree .js-plotly-plot .scatterlayer .point", timeout=30_000)
-        page.wait_for_selector("#specviz-entropy .js-plotly-plot .scatterlayer .point", timeout=30_000)
+    page.route("**/*", guard)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(url)
+    page.wait_for_selector("#specviz-tokens .tok", timeout=30_000)  # the recorded example, before any model runs
+    page.wait_for_selector("#specviz-status:has-text('recorded example')", timeout=30_000)
+    return page
 
-        tokens = page.locator("#specviz-tokens .tok")
-        assert tokens.count() >= 10
-        accepted = page.locator("#specviz-tokens .tok-accepted")
-        assert accepted.count() >= 1, "pld on a summary should accept some drafts"
-        bg = accepted.first.evaluate("el => getComputedStyle(el).backgroundColor")
-        assert bg not in ("rgba(0, 0, 0, 0)", "transparent"), "accepted tokens are colored"
-        assert "acceptance" in accepted.first.get_attribute("title")
-        assert page.locator("#specviz-legend:has-text('accepted draft')").count() == 1
-        assert "Step" in page.inner_text("#specviz-explain")
-        assert page.locator("#specviz-metrics table").count() == 1
-        assert page.locator("#specviz-metrics-plot .js-plotly-plot").count() == 1
 
-        # look back at a step with a rejected draft: type its number into the step box
-        rejected = page.locator("#specviz-tokens .tok-rejected")
-        if rejected.count():
-            step = int(rejected.first.get_attribute("title").split("(step ")[1].split(")")[0])
-            box = page.locator("#specviz-step input[type=number]")
-            box.fill(str(step))
-            box.press("Enter")
-            page.wait_for_selector(f"#specviz-explain:has-text('Step {step}:')", timeout=30_000)
-            assert "rejected" in page.inner_text("#specviz-explain")
-            page.wait_for_selector("#specviz-tree .js-plotly-plot .scatterlayer .point", timeout=30_000)
-        page.wait_for_timeout(300)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+def visible_badges(page) -> int:
+    return sum(1 for el in page.locator(BADGES).all() if el.is_visible())
 
-        # race mode: both sides stream into their own panes
-        page.fill("#specviz-prompt textarea", PROMPT)
-        page.click("#specviz-race")
-        page.wait_for_selector("#specviz-race-score:has-text('Speedup so far')", timeout=120_000)
-        page.wait_for_function("document.querySelector('#specviz-race-score').innerText.split('finished').length > 2",
-                               timeout=180_000)
-        assert page.locator("#specviz-race-spec .tok").count() >= 10
-        assert page.locator("#specviz-race-ar .tok-target").count() >= 10
-        page.screenshot(path=str(SCREENSHOT.with_name("screenshot-race.png")), full_page=True)
-        browser.close()
+
+def in_first_screen(page, selector: str, height: int) -> bool:
+    box = page.locator(selector).first.bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + min(box["height"], 40) <= height
+
+
+def pick(page, menu: str, option: str):
+    page.click(f"{menu} input")
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(option)}( ·|$)")).first.click()
+
+
+def set_number(page, elem_id: str, value: int):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def toast(page, text: str):
+    page.wait_for_selector(f"[data-testid='toast-body']:has-text('{text}')", timeout=30_000)
+    page.wait_for_timeout(300)
+
+
+def test_first_screen_errors_in_one_place_and_a_run_in_view(url, browser, tmp_path):
+    outside, errors = [], []
+    page = open_page(browser, url, 1280, 720, outside, errors)
+    from specviz import trace
+    from specviz.examples import example_traces, landing_example
+
+    shown = trace.load(example_traces()[landing_example()])[0].prompt
+    page.wait_for_function("(p) => document.querySelector('#specviz-prompt textarea').value === p", arg=shown,
+                           timeout=30_000)
+    for selector in ("#specviz-run", "#specviz-stop", "#specviz-race", "#specviz-step-start", "#specviz-status",
+                     "#specviz-tokens"):
+        assert in_first_screen(page, selector, 720), f"{selector} is below the first screen at 1280x720"
+    page.screenshot(path=str(ASSETS / "screenshot-1280x720.png"))
+
+    # an empty prompt: one toast, no panel marked as failed, the example still on display
+    before = page.inner_html("#specviz-tokens")
+    page.fill("#specviz-prompt textarea", "   ")
+    page.click("#specviz-run")
+    toast(page, "the prompt is empty")
+    assert visible_badges(page) == 0
+    assert page.inner_html("#specviz-tokens") == before
+    page.screenshot(path=str(ASSETS / "screenshot-error.png"))
+
+    # a bad trace: the same
+    bad = tmp_path / "bad.trace.json"
+    bad.write_text(json.dumps({"format": "specviz-trace", "version": 2, "events": [{"event": "Nope"}]}))
+    with page.expect_file_chooser(timeout=30_000) as chooser:
+        page.click("#specviz-import")
+    chooser.value.set_files(str(bad))
+    toast(page, "could not import")
+    assert visible_badges(page) == 0
+    assert page.inner_html("#specviz-tokens") == before
+
+    # a run: the output scrolls into view, the status says the phase, the end opens an instructive step
+    page.fill("#specviz-prompt textarea", PROMPT)
+    page.mouse.wheel(0, 2000)  # scrolled down, as after reading the figures
+    page.wait_for_timeout(300)
+    page.click("#specviz-run")
+    page.wait_for_selector("#specviz-status:has-text('▶')", timeout=60_000)
+    page.wait_for_timeout(500)
+    assert in_first_screen(page, "#specviz-status", 720), "the output was not scrolled into view"
+    page.wait_for_selector("#specviz-status:has-text('✔ done')", timeout=180_000)
+    page.wait_for_selector("#specviz-tree .js-plotly-plot .scatterlayer .point", timeout=30_000)
+    assert "tok/s decoding" in page.inner_text("#specviz-status") and "prompt read in" in page.inner_text(
+        "#specviz-status")
+    assert page.locator("#specviz-tokens .tok-accepted").count() >= 1
+    assert page.locator("#specviz-tokens .tok-rejected").count() == 0  # behind the toggle
+    metrics = page.inner_text("#specviz-metrics")
+    for row in ("acceptance per step", "acceptance per node", "decoding speed", "prompt read (prefill)"):
+        assert row in metrics
+    explain = page.inner_text("#specviz-explain")
+    if "rejected" in page.inner_html("#specviz-tokens"):  # a run with a rejection opens on a step that shows one
+        assert "accepted" in explain and "rejected" in explain
+    page.check("#specviz-show-rejected input")
+    page.wait_for_timeout(1000)
+    titles = " ".join(t.get_attribute("title") or "" for t in page.locator("#specviz-tokens .tok").all())
+    assert page.locator("#specviz-tokens .tok-rejected").count() == titles.count("rejected draft (step")
+    assert visible_badges(page) == 0
+    page.screenshot(path=str(ASSETS / "screenshot-1280x720-run.png"))
+    page.close()
+    assert not outside, f"the page tried to reach the network: {outside[:5]}"
+    assert not errors, errors
+
+
+def test_trees_stop_step_by_step_and_race(url, browser):
+    outside, errors = [], []
+    page = open_page(browser, url, 1440, 900, outside, errors)
+    for selector in ("#specviz-run", "#specviz-status", "#specviz-tokens"):
+        assert in_first_screen(page, selector, 900), f"{selector} is below the first screen at 1440x900"
+
+    # a tree drafter: every node drawn has its label
+    page.fill("#specviz-prompt textarea", PROMPT)
+    pick(page, "#specviz-drafter-menu", "ngram-tree")
+    page.get_by_text("Decoding knobs").click()
+    set_number(page, "specviz-draft-len", 8)
+    page.click("#specviz-run")
+    page.wait_for_selector("#specviz-status:has-text('ngram-tree'):has-text('✔ done')", timeout=180_000)
+    page.wait_for_selector("#specviz-tree .js-plotly-plot .scatterlayer .point", timeout=30_000)
+    assert "a tree of" in page.inner_text("#specviz-explain")
+    points = page.locator("#specviz-tree .scatterlayer .trace .points .point").count()
+    labels = [t.text_content() or "" for t in page.locator("#specviz-tree .scatterlayer .textpoint").all()]
+    assert points and sum(1 for t in labels if t.strip() and "more" not in t) == points, (points, labels)
+    page.locator("#specviz-tree").scroll_into_view_if_needed()
+    page.screenshot(path=str(ASSETS / "screenshot-tree.png"))
+
+    # Stop mid-run: the partial run can be downloaded
+    pick(page, "#specviz-drafter-menu", "pld")
+    set_number(page, "specviz-max-new", 400)
+    page.fill("#specviz-prompt textarea", "Write a long story about a lighthouse keeper and the sea.")
+    page.click("#specviz-run")
+    page.wait_for_selector("#specviz-status:has-text('▶ decoding')", timeout=120_000)
+    page.click("#specviz-stop")
+    page.wait_for_selector("#specviz-status:has-text('stopped by you')", timeout=30_000)
+    page.wait_for_function("!document.querySelector('#specviz-download').disabled", timeout=30_000)
+    with page.expect_download(timeout=30_000) as info:
+        page.click("#specviz-download")
+    assert "partial" in info.value.suggested_filename
+
+    # step-by-step: draft (the tree, not checked yet), then verify (the verdicts)
+    set_number(page, "specviz-max-new", 16)
+    page.fill("#specviz-prompt textarea", PROMPT)
+    page.click("#specviz-step-start")
+    page.wait_for_selector("#specviz-status:has-text('Step-by-step')", timeout=120_000)
+    for _ in range(6):  # until a step drafted something (pld may find nothing to look up at first)
+        if "Verify ▶" in page.inner_text("#specviz-status"):
+            break
+        page.click("#specviz-next")
+        page.wait_for_timeout(1500)
+    assert "not verified yet" in page.inner_text("#specviz-explain")
+    page.screenshot(path=str(ASSETS / "screenshot-step-draft.png"))
+    page.click("#specviz-next")
+    page.wait_for_selector("#specviz-status:has-text('verified')", timeout=60_000)
+    assert "not verified yet" not in page.inner_text("#specviz-explain")
+
+    # the race: each side alone on the machine, each with its own decoding speed
+    page.click("#specviz-race")
+    page.wait_for_function("(document.querySelector('#specviz-race-score')?.innerText || '').split('finished')"
+                           ".length > 2", timeout=240_000)
+    assert page.locator("#specviz-race-spec .tok").count() >= 10
+    assert page.locator("#specviz-race-ar .tok-target").count() >= 10
+    assert page.inner_text("#specviz-race-score").count("tok/s decoding") == 2
+    page.screenshot(path=str(ASSETS / "screenshot-race.png"), full_page=True)
+    page.get_by_role("tab", name="Watch").click()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert visible_badges(page) == 0
+    page.close()
     assert not outside, f"the page tried to reach the network: {outside[:5]}"
     assert not errors, errors
     assert SCREENSHOT.stat().st_size > 20_000

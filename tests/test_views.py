@@ -372,3 +372,15 @@ def test_the_new_views_replay_exactly_and_render_old_traces():
             assert "older trace" in fig.layout.title.text
             assert all(a < b for a, b in zip(verify.base, verify.base[1:]))
         json.loads(fig.to_json())
+
+
+def test_the_step_explorer_opens_on_a_step_that_shows_both_verdicts(sampled):
+    steps = views.split_steps(sampled)
+    best = steps[views.instructive_step(steps)]
+    statuses = {n.status for n in best.nodes}
+    assert {"accepted", "rejected"} <= statuses
+    assert all(sum(n.status == "accepted" for n in s.nodes) <= sum(n.status == "accepted" for n in best.nodes)
+               for s in steps if {"accepted", "rejected"} <= {n.status for n in s.nodes})
+    assert views.instructive_step([]) == -1
+    empty = [views.Step(0), views.Step(1)]
+    assert views.instructive_step(empty) == 0  # nothing drafted anywhere: the first step

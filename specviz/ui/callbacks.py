@@ -63,15 +63,16 @@ def check_prompt_fits(req: Request) -> None:
     if req.config.target not in models.loaded():
         return
     try:
-        engine = build(reference_config(req.config))  # no drafter: cheap once the target is loaded
+        # no drafter and no fast path (its KV buffer): a cheap engine once the target is loaded
+        engine = build(replace(reference_config(req.config), fast_path=False))
         engine.engine.check_prompt(engine.encode(req.prompt), req.settings)
     except ValueError as err:
         raise fail(err) from None
 
 
 def check_run(form: dict, session: Session | None):
-    """Run, Race and Step-by-step are checked here first, outside the queue and with no outputs: a bad
-    request is one toast, and every view keeps what it showed (no panel is marked as failed)."""
+    """Run, Race and Step-by-step are checked here first, with no outputs and no wait behind a decoding run:
+    a bad request is one toast, and every view keeps what it showed (no panel is marked as failed)."""
     req = read(form)
     check_prompt_fits(req)
     warning = measured.slower_warning(req.config.target, req.config.drafter)
@@ -394,8 +395,8 @@ def imported(path: str, session: Session | None) -> dict:
 
 
 def check_trace(form: dict, session: Session | None):
-    """An upload is read and rendered here first, outside the queue and with no outputs: a bad file is
-    one toast and the run on display stays; a good one is kept for import_trace to show."""
+    """An upload is read and rendered here first, with no outputs: a bad file is one toast and the run on
+    display stays; a good one is kept for import_trace to show."""
     session = current(session)
     path = uploaded(form)
     session.pending = (path, imported(path, session))

@@ -127,9 +127,9 @@ def build_demo() -> gr.Blocks:
                 with gr.Accordion("Decoding knobs", open=False):
                     with gr.Row():
                         draft_len = gr.Slider(1, limits.max_draft_len, value=DEFAULT.draft_len, step=1,
-                                              label="draft length")
+                                              label="draft length", elem_id="specviz-draft-len")
                         max_new = gr.Slider(1, limits.max_new_tokens, value=DEFAULT_MAX_NEW_TOKENS, step=1,
-                                            label="max new tokens")
+                                            label="max new tokens", elem_id="specviz-max-new")
                     with gr.Row():
                         temperature = gr.Slider(0, limits.max_temperature, value=DEFAULT.settings.temperature,
                                                 step=0.05, label="temperature (0 = greedy)")
@@ -233,9 +233,11 @@ def build_demo() -> gr.Blocks:
         # one decoding job at a time on this machine; streamed views stay visible while they update
         decode = dict(concurrency_id="decode", concurrency_limit=1, show_progress="minimal")
 
-        # Run, Race and Step-by-step are checked first (outside the queue, no outputs): a bad request is one toast
-        # and no panel is marked as failed; only a request that passes starts (.success) and scrolls the output up
-        check = dict(queue=False, api_visibility="private", show_progress="hidden")
+        # Run, Race and Step-by-step are checked first (no outputs, no concurrency limit, so no wait behind a
+        # decoding run): a bad request is one toast and no panel is marked as failed; only a request that passes
+        # starts (.success) and scrolls the output into view. (A check outside the queue, queue=False, answers a
+        # gr.Error with an HTTP 500 that gradio 6.31's page shows no toast for.)
+        check = dict(api_visibility="private", show_progress="hidden", concurrency_limit=None)
         form = merged(controls, extras)
 
         def checked(button, fn=callbacks.check_run, inputs=form, watch=True):
@@ -253,7 +255,7 @@ def build_demo() -> gr.Blocks:
                           api_name="step_start", **decode)
         next_event = wire(next_btn.click, callbacks.step_next, at_step, view, session, api_name="step_next", **decode)
         wire(prev_btn.click, callbacks.step_prev, at_step, view, session, api_name="step_prev")
-        wire(stop_btn.click, callbacks.stopped, {}, dict(status=status), session,
+        wire(stop_btn.click, callbacks.stopped, {}, dict(status=status, download=download), session,
              cancels=[run_event, race_event, step_event, next_event], api_name="stop", queue=False)
         # .input: the user moved the slider (streamed updates of its value do not re-render the step)
         wire(step.input, callbacks.show_step, at_step, dict(tree=tree, explain=explain, tokens=tokens), session,

@@ -41,14 +41,9 @@ CSS = """
 #specviz-status {min-height: 2.4em; scroll-margin-top: 8px}
 #specviz-header p {margin: 0 0 4px 0}
 footer {display: none !important}
-/* the controls stay in view while the figures scroll by (wide screens; a narrow one stacks the columns) */
-@media (min-width: 1000px) {
-  #specviz-controls {position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
-                     overflow-y: auto}
-}
 #specviz-runbar {gap: 6px; flex-wrap: wrap}
 /* menu labels wrap instead of hiding under the arrow */
-.specviz-menu input {text-overflow: ellipsis}
+.specviz-menu input {text-overflow: ellipsis; padding-right: 2.2em !important}
 .specviz-menu ul.options li {white-space: normal}
 #specviz-drafter-note p {font-size: 13px; margin: 0}
 """

@@ -66,15 +66,18 @@ def split_steps(events: list[Event]) -> list[Step]:
 
 def instructive_step(steps: list[Step]) -> int:
     """Where the step explorer opens on a finished run: a step that shows both verdicts (an accepted and a
-    rejected draft), the most accepted first; else the most accepted, else the most drafted; never an
+    rejected draft), then one that branches (a tree drafter's run: a step where it guessed several tokens
+    for one position), the most accepted first; else the most accepted, else the most drafted; never an
     empty step while another drafted something. -1 without steps."""
     if not steps:
         return -1
 
     def shows(step: Step) -> tuple:
         statuses = [n.status for n in step.nodes]
+        parents = [n.parent for n in step.nodes]
+        branches = len(set(parents)) < len(parents)
         accepted = statuses.count("accepted")
-        return ("accepted" in statuses and "rejected" in statuses, accepted, len(statuses), -step.index)
+        return ("accepted" in statuses and "rejected" in statuses, branches, accepted, len(statuses), -step.index)
 
     return max(range(len(steps)), key=lambda i: shows(steps[i]))
 

@@ -134,7 +134,7 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
     """Built from plain dicts and validated once: several times cheaper than add_trace/update_* calls."""
     layout_ = dict(height=HEIGHT, margin=dict(l=10, r=10, t=58, b=10), showlegend=True,
                    plot_bgcolor="white", paper_bgcolor="white", hoverlabel=dict(align="left"),
-                   legend=dict(orientation="h", yanchor="bottom", y=-0.12, x=0, font=dict(size=11)),
+                   legend=dict(orientation="h", yanchor="top", y=-0.02, x=0, font=dict(size=11)),
                    xaxis=dict(visible=False), yaxis=dict(visible=False))
     if step is None:
         layout_["title"] = dict(text=title or "drafted tokens of a step appear here", font=dict(size=14))
@@ -165,7 +165,8 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
         traces.append(dict(  # every node drawn is labelled: long levels were collapsed into "+K more"
             type="scatter", x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text",
             name={"context": "context (last token)"}.get(kind, SHORT.get(kind, kind)),
-            text=[label(g, k) for k in keys], textposition="top center", textfont=dict(size=13, color="#0f172a"),
+            text=[label(g, k) for k in keys], textfont=dict(size=13, color="#0f172a"),
+            textposition="middle left" if kind == "context" else "top center",  # the root's label clears depth 1
             hovertext=[hover(g, k, greedy) for k in keys], hoverinfo="text",
             marker=dict(size=20 if kind != "context" else 14, color=MARKER[kind],
                         symbol="diamond" if kind in ("resampled", "bonus", "target") else "circle",
@@ -173,7 +174,7 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
         ))
     depth = max(g.nodes[k]["depth"] for k in g.nodes)
     ys = [y for _, y in pos.values()]
-    layout_["xaxis"]["range"] = [-0.6, depth + 0.6]
+    layout_["xaxis"]["range"] = [-1.3, depth + 0.6]
     span = max(ys) - min(ys)
     pad = 0.5 * span / max(1, widest - 1) if span else 0.5  # half a row: the top label and the bottom marker fit
     layout_["yaxis"]["range"] = [min(ys) - pad, max(ys) + 1.2 * pad]
