@@ -27,7 +27,7 @@ from ..views.race_view import race_markdown
 from . import measured
 from .launch import gpu
 from .menus import preset_status
-from .render import export_trace, render, status_line, status_only, step_views, text_view
+from .render import NEXT, export_trace, render, status_line, status_only, step_views, text_view
 from .request import Request, app_limits, param_key, read_form
 from ..limits import budgets
 from .session import Session, ar_reference, current, remember_ar
@@ -95,7 +95,6 @@ def check_step(form: dict, session: Session | None):
     return check_run(form, session)
 
 
-NEXT = "Next step ▶"
 RACE_NEEDS_DRAFTER = "a race needs a drafter: pick 'pld' or a model drafter"
 PARALLEL_STEPS = ("step-by-step shows one step at a time; untick *parallel* (which overlaps steps) to step through "
                   "this run")
@@ -165,7 +164,7 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
             events += batch
             if not shown and events:  # the run has started: clear the last run's views once
                 shown = True
-                yield render(session, note=note, download=None) | dict(next_btn=gr.Button(NEXT))
+                yield render(session, note=note, download=None)
             elif views.latest_metrics(events) is None and events and throttle.due():
                 yield status_only(status_line(events, note, waited_s=time.monotonic() - began))
             elif any(isinstance(ev, StepFinished) for ev in batch) and throttle.due():

@@ -22,7 +22,7 @@ from . import callbacks, menus
 from ..views.entropy_figure import CAPTION as CAPTION_ENTROPY, CAPTION_BOUND
 from ..views.lengths_figure import CAPTION as CAPTION_LENGTHS
 from ..views.timeline import CAPTION as CAPTION_TIMELINE
-from .render import VIEWS
+from .render import NEXT, VIEWS
 from .request import CONTROLS, app_limits, stop_params
 from .launch import health
 from .session import Session, SESSION_TTL_S, closed
@@ -176,7 +176,7 @@ def build_demo() -> gr.Blocks:
                         with gr.Row(equal_height=False):
                             prev_btn = gr.Button("◀", scale=0, min_width=48, elem_id="specviz-prev")
                             step = gr.Slider(0, 1, value=0, step=1, label="step", scale=8, elem_id="specviz-step")
-                            next_btn = gr.Button("Next step ▶", scale=0, min_width=150, elem_id="specviz-next")
+                            next_btn = gr.Button(NEXT, scale=0, min_width=150, elem_id="specviz-next")
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=3, min_width=320):
                                 tree = gr.Plot(views.tree_figure(None), show_label=False, elem_id="specviz-tree")
@@ -190,12 +190,9 @@ def build_demo() -> gr.Blocks:
                         lengths = gr.Plot(views.lengths_figure([]), show_label=False, elem_id="specviz-lengths")
                         gr.Markdown(CAPTION_LENGTHS, elem_classes=["specviz-caption"])
                         gr.Markdown("### Why it is fast, or not")
-                        with gr.Row(equal_height=False):
-                            with gr.Column(scale=1, min_width=320):
-                                metrics = gr.Markdown(views.metrics_markdown([]), elem_id="specviz-metrics")
-                            with gr.Column(scale=1, min_width=320):
-                                metrics_plot = gr.Plot(views.metrics_figure([]), show_label=False,
-                                                       elem_id="specviz-metrics-plot")
+                        metrics = gr.Markdown(views.metrics_markdown([]), elem_id="specviz-metrics")
+                        metrics_plot = gr.Plot(views.metrics_figure([]), show_label=False,
+                                               elem_id="specviz-metrics-plot")
                         with gr.Accordion("Drafter choice", open=True):
                             drafter_md = gr.Markdown(views.drafter_markdown([]), elem_id="specviz-drafter")
                     with gr.Tab("Race", id="race"):

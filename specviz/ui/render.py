@@ -22,6 +22,7 @@ from .session import Session, ar_reference
 # every view of a run, in the order API clients receive them
 VIEWS = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metrics", "metrics_plot",
          "drafter_panel", "download")
+NEXT = "Next step ▶"  # the step explorer's next button, between two-click steps
 EXPORT_KEEP_S = 3600  # exported traces are handed to gradio's cache at once; keep an hour
 
 
@@ -134,6 +135,7 @@ def render(session: Session, note: str = "", index: int | None = None, figures: 
                drafter_panel=views.drafter_markdown(session.history, drafter, reason))
     if download is not False:
         out["download"] = gr.DownloadButton(value=download, interactive=download is not None)
+    out["next_btn"] = gr.Button(NEXT)  # a live step-by-step run says Verify ▶ / Draft ▶ instead (callbacks.advance)
     return out
 
 

@@ -13,9 +13,10 @@ HEADER = ("### specviz · watch speculative decoding, token by token\n"
 
 HOW_TO_READ = """**How to read this page**
 
-* **Text**: every token is colored by how it came (legend above it). Red struck-through tokens are drafts the target
-  refused, shown where they were proposed; the token after them is the target's replacement. Hover any token for its
-  numbers: q = the drafter's probability, p = the target's, and the chance the draft was accepted, `min(1, p/q)`.
+* **Text**: every token is colored by how it came (legend above it). Hover any token for its numbers: q = the
+  drafter's probability, p = the target's, the chance the draft was accepted, `min(1, p/q)`, and the drafts the target
+  refused at its place. Tick *show rejected drafts* to see those struck through in red where they were proposed (a
+  tree drafter proposes many; the step explorer shows them all).
 * **Step explorer**: one *step* is one forward pass of the target. The graph shows what the drafter proposed in that
   step: a chain (one guess per position) or a tree (several guesses per position, from tree drafters such as
   `pld-tree` and `ngram-tree` or a model drafter's tree shapes). Green nodes were accepted, red rejected, grey never
@@ -24,13 +25,20 @@ HOW_TO_READ = """**How to read this page**
 * **Entropy**: the target's uncertainty at every generated token, and the drafter's at every drafted one. Drafts
   fail where the models are unsure. Marks on the axis show where each drafting round stopped: at its length limit,
   or earlier because the stopping rule said so (hover a mark for the rule, its reason and its numbers).
-* **Metrics**: τ is tokens per target forward (AR = 1). β is the chance a draft is accepted at each depth; α is
-  their mean; c is what a drafted token costs relative to a target forward. With those, theory predicts the
-  speedup; *measure against AR* (or a race) measures it.
+* **Metrics**: τ is tokens per target forward (AR = 1). *Acceptance per step* counts the drafts the target checked
+  on its path (a chain's and a tree's on the same footing); *acceptance per node* counts every drafted node, most of
+  which a tree never puts on the path. β is the chance a draft is accepted at each depth; α is their mean. Speeds are
+  for decoding: the first step, which reads the prompt, is reported apart. The predicted speedup combines τ and the
+  drafting time with this machine's measured cost of a forward over 1 and over n positions (timed in every run);
+  *measure against AR* (or a race) measures it.
+* **Drafter menu**: each drafter's measured decoding speed on this machine against plain decoding of the same target;
+  a drafter that measured slower than no drafter is marked ⚠ and a run with it is preceded by a warning.
 * **Knobs**: the *verification rule* decides which drafts are kept (rules marked LOSSY trade the target's exact
   distribution for longer accepted runs); the *stopping rule* decides when a drafting round ends (its parameters
   appear under it); the *fast path* uses pre-packed CPU kernels where the model supports them (same results).
-* **Step-by-step** runs live, one step per click of *Next step ▶*, explaining each step in words.
+* **Step-by-step** runs live, two clicks a step: *Verify ▶* after the drafter's guesses appear (grey, not checked
+  yet), *Draft ▶* after the target's verdicts; each step is explained in words.
+* **Stop** ends a run at its next forward; the part decoded so far can be downloaded as a trace marked *partial*.
 * **Waiting**: one run decodes at a time. While others' runs go first, the views show `queue: k/n | t/ETA s` (your
   place in the queue and the expected wait); when the queue is full, the page says *This application is currently
   busy. Please try again.* and nothing is queued.

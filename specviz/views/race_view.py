@@ -28,5 +28,7 @@ def race_markdown(spec: list[Event], ar: list[Event]) -> str:
     lines = [side_line("Speculative", spec), side_line("Autoregressive", ar)]
     ms, ma = decode_metrics(spec), decode_metrics(ar)
     if ms is not None and ma is not None and ma.tokens_per_s > 0 and ms.tokens_per_s > 0:
-        lines.append(f"**Speedup so far: {ms.tokens_per_s / ma.tokens_per_s:.2f}×** (decoding tokens/s ratio)")
+        both = run_finished(spec) is not None and run_finished(ar) is not None
+        lines.append(f"**Speedup{'' if both else ' so far'}: {ms.tokens_per_s / ma.tokens_per_s:.2f}×** "
+                     "(decoding tokens/s ratio)")
     return "  \n".join(lines)
