@@ -389,6 +389,14 @@ def test_a_drafter_with_another_vocabulary_is_refused(client):
         pytest.skip("qwen2.5-coder-0.5b not installed")
     with pytest.raises(AppError, match="share one tokenizer"):
         client.predict(*args(drafter="qwen2.5-coder-0.5b"), False, api_name="/run")
+    import gradio as gr
+
+    from specviz.ui import callbacks
+
+    form = dict(zip(("prompt", "target", "drafter", "strategy", "draft_len", "temperature", "top_p", "seed",
+                     "max_new_tokens", "rule"), args(drafter="qwen2.5-coder-0.5b")))
+    with pytest.raises(gr.Error, match="share one tokenizer"):  # on the page: before any model is loaded
+        callbacks.check_run(form, None)
 
 
 def hostile_traces(tmp_path):
@@ -526,3 +534,22 @@ def test_a_bad_request_is_refused_before_the_run_and_no_view_is_touched():
     with pytest.raises(gr.Error, match="untick"):
         callbacks.check_step(form | dict(parallel=True), None)
     assert callbacks.check_run(form, None) == {}
+
+
+def test_a_drafter_of_another_vocabulary_is_refused_before_loading(monkeypatch):
+    import gradio as gr
+
+    from specviz.ui import callbacks
+
+    sizes = {TARGET: 49152, "qwen2.5-coder-0.5b": 151936}
+    monkeypatch.setattr(callbacks, "vocabulary", sizes.get)
+    form = dict(zip(("prompt", "target", "drafter", "strategy", "draft_len", "temperature", "top_p", "seed",
+                     "max_new_tokens", "rule"), args()))
+    from specviz.config import RunConfig
+
+    other = callbacks.Request(PROMPT, RunConfig(TARGET, "qwen2.5-coder-0.5b"))  # not checked: may not be installed
+    with pytest.raises(gr.Error, match="vocabulary 151936, the target 49152: they must share one tokenizer"):
+        callbacks.check_vocabularies(other)
+    callbacks.check_vocabularies(callbacks.read(form))  # pld: no vocabulary of its own
+    monkeypatch.undo()
+    assert callbacks.vocabulary(TARGET) == 49152  # read from the converted model's config.json

@@ -7,6 +7,7 @@ stream into the session, which every view renders.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +58,26 @@ def read(form: dict) -> Request:
     return req
 
 
+def vocabulary(name: str) -> int | None:
+    """A converted preset's vocabulary size, from its config.json (no load); None where unknown."""
+    if name not in models.PRESETS or models.status(name) != "ready":
+        return None
+    try:
+        value = json.loads((models.hf_dir(name) / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def check_vocabularies(req: Request) -> None:
+    """A model drafter must share the target's tokenizer: refused here, before either model is loaded (the
+    drafter registry refuses it again when it builds one)."""
+    target, drafter = vocabulary(req.config.target), vocabulary(req.config.drafter)
+    if target is not None and drafter is not None and target != drafter:
+        raise fail(ValueError(f"drafter '{req.config.drafter}' has vocabulary {drafter}, the target {target}: "
+                              "they must share one tokenizer"))
+
+
 def check_prompt_fits(req: Request) -> None:
     """The prompt against the target's context, when the target is already loaded (no load is started
     for a check; an unloaded target's run checks it itself, before any output)."""
@@ -74,6 +95,7 @@ def check_run(form: dict, session: Session | None):
     """Run, Race and Step-by-step are checked here first, with no outputs and no wait behind a decoding run:
     a bad request is one toast, and every view keeps what it showed (no panel is marked as failed)."""
     req = read(form)
+    check_vocabularies(req)
     check_prompt_fits(req)
     warning = measured.slower_warning(req.config.target, req.config.drafter)
     if warning:

@@ -30,7 +30,7 @@ from .texts import HEADER, HOW_TO_READ, INTRO
 
 DEFAULT = RunConfig()  # the widgets start at RunConfig's defaults (except for a shorter output)
 DEFAULT_MAX_NEW_TOKENS = 64
-SCROLL_TO_OUTPUT = "() => { document.getElementById('specviz-status')?.scrollIntoView({block: 'start'}); }"
+SCROLL_TO_OUTPUT = "() => { document.getElementById('specviz-tabs')?.scrollIntoView({block: 'start'}); }"
 
 
 def wire(listener, fn: Callable, inputs: dict[str, gr.components.Component], outputs: dict[str, gr.Component],
@@ -161,7 +161,7 @@ def build_demo() -> gr.Blocks:
                         upload = gr.UploadButton("Import trace…", file_types=[".json"], type="filepath",
                                                  elem_id="specviz-import")
             with gr.Column(scale=8, min_width=480):
-                with gr.Tabs(selected="watch") as tabs:
+                with gr.Tabs(selected="watch", elem_id="specviz-tabs") as tabs:
                     with gr.Tab("Watch", id="watch"):
                         status = gr.Markdown("Ready.", elem_id="specviz-status")
                         with gr.Row(equal_height=False):
@@ -237,8 +237,8 @@ def build_demo() -> gr.Blocks:
         check = dict(api_visibility="private", show_progress="hidden", concurrency_limit=None)
         form = merged(controls, extras)
 
-        def checked(button, fn=callbacks.check_run, inputs=form, watch=True):
-            pre = wire(button.click, fn, inputs, {}, session, **check)
+        def checked(button, fn=callbacks.check_run, watch=True):
+            pre = wire(button.click, fn, form, {}, session, **check)
             pre.success(**(to_watch if watch else to_race))
             pre.success(None, js=SCROLL_TO_OUTPUT)
             return pre.success

@@ -46,7 +46,8 @@ HOW_TO_READ = """**How to read this page**
 
 CSS = """
 .specviz-explain {font-size: 14px}
-#specviz-status {min-height: 2.4em; scroll-margin-top: 8px}
+#specviz-status {min-height: 2.4em}
+#specviz-tabs {scroll-margin-top: 4px}
 #specviz-header p {margin: 0 0 4px 0}
 footer {display: none !important}
 #specviz-runbar {gap: 6px; flex-wrap: wrap}
