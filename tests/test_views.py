@@ -384,3 +384,31 @@ def test_the_step_explorer_opens_on_a_step_that_shows_both_verdicts(sampled):
     assert views.instructive_step([]) == -1
     empty = [views.Step(0), views.Step(1)]
     assert views.instructive_step(empty) == 0  # nothing drafted anywhere: the first step
+
+
+def test_tree_labels_fit_between_neighbours_at_any_depth():
+    from specviz.views.tree_figure import CHAR_PX, PLOT_PX, label_chars, label_position
+
+    for depth in (1, 4, 8, 16, 33):
+        chars = label_chars(depth)
+        assert 2 <= chars <= 9
+        # labels alternate above and below, so one may use two levels' width
+        assert depth > 30 or (chars + 1) * CHAR_PX <= 2 * PLOT_PX / (depth + 1.9)
+    assert label_position(1, "accepted") != label_position(2, "accepted")
+    nodes = [Node(i, i - 1, i + 1, 5, "word", 0.5, 1.0, 0.5, 1.0, "accepted", 0.9) for i in range(12)]
+    events = [RunStarted("t", "d", "greedy", {"temperature": 0}, "prompt", 3), StepStarted(0), Drafted(0, nodes, "iid"),
+              Verified(0, nodes, list(range(12)), "bonus"),
+              Emitted(0, [Token(5, "word", "accepted", 0.5, 1.0, 0.5, 1.0, i) for i in range(12)]
+                      + [Token(6, "end", "bonus", 0.9, 1.0)])]
+    fig = views.step_tree_figure(events, 0)
+    texts = [t for tr in fig.data if tr.mode == "markers+text" for t in tr.text]
+    assert len(texts) == 14 and all(t for t in texts)  # root, 12 drafts, the bonus token: every one labelled
+    hover = " ".join(h for tr in fig.data if tr.hovertext for h in tr.hovertext)
+    assert "norm(max" not in hover and "drawn from p" not in hover  # greedy: no sampling words
+
+
+def test_greedy_tooltips_say_top_token_not_residual(greedy, sampled):
+    html = views.tokens_html(greedy)
+    assert "tok-resampled" in html and "norm(max" not in html
+    assert "the target&#x27;s own top token" in html  # escaped in the title attribute
+    assert "norm(max(0, p - q))" in views.tokens_html(sampled)  # sampling: the residual it was drawn from

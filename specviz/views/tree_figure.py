@@ -22,7 +22,9 @@ ROOT, FINAL = "root", "final"
 HEIGHT = 340
 ROW_PX = 46  # vertical room per node of the widest depth: a marker and its label above it
 LEVEL_WIDTH = 7  # nodes drawn at one depth; the rest are counted in a "+K more" note
-LABEL_CHARS = 9  # a label's characters (hover shows the whole token)
+LABEL_CHARS = 9  # a label's characters at most (hover shows the whole token)
+PLOT_PX = 420  # the tree's plot width on a 1280-pixel screen: deep trees get shorter labels to fit it
+CHAR_PX = 8  # one label character at the label's font size
 MORE = "more"  # kind of the notes
 
 
@@ -158,6 +160,8 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
                            text=[f"+{len(g.nodes[k]['rest'])} more" for k in notes], showlegend=False,
                            textfont=dict(size=12, color="#64748b"), hovertext=[hover(g, k, greedy) for k in notes],
                            hoverinfo="text", name="not drawn"))
+    depth = max(g.nodes[k]["depth"] for k in g.nodes)
+    chars = label_chars(depth)
     for kind in ("context", "pending", "accepted", "rejected", "unvisited", "resampled", "bonus", "target"):
         keys = [k for k in g.nodes if g.nodes[k]["kind"] == kind]
         if not keys:
@@ -165,30 +169,43 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
         traces.append(dict(  # every node drawn is labelled: long levels were collapsed into "+K more"
             type="scatter", x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text",
             name={"context": "context (last token)"}.get(kind, SHORT.get(kind, kind)),
-            text=[label(g, k) for k in keys], textfont=dict(size=13, color="#0f172a"),
-            textposition="middle left" if kind == "context" else "top center",  # the root's label clears depth 1
+            text=[label(g, k, chars) for k in keys], textfont=dict(size=13, color="#0f172a"),
+            textposition=[label_position(g.nodes[k]["depth"], kind) for k in keys],
             hovertext=[hover(g, k, greedy) for k in keys], hoverinfo="text",
             marker=dict(size=20 if kind != "context" else 14, color=MARKER[kind],
                         symbol="diamond" if kind in ("resampled", "bonus", "target") else "circle",
                         line=dict(color="#0f172a", width=1.5 if kind in ("target", "context") else 1)),
         ))
-    depth = max(g.nodes[k]["depth"] for k in g.nodes)
     ys = [y for _, y in pos.values()]
     layout_["xaxis"]["range"] = [-1.3, depth + 0.6]
     span = max(ys) - min(ys)
-    pad = 0.5 * span / max(1, widest - 1) if span else 0.5  # half a row: the top label and the bottom marker fit
-    layout_["yaxis"]["range"] = [min(ys) - pad, max(ys) + 1.2 * pad]
+    pad = 0.5 * span / max(1, widest - 1) if span else 0.5  # half a row: the labels above and below fit
+    layout_["yaxis"]["range"] = [min(ys) - 1.2 * pad, max(ys) + 1.2 * pad]
     layout_["title"] = dict(text=esc_plot(title) if title else step_title(step), font=dict(size=13), x=0.01,
                             xanchor="left")
     layout_["height"] = max(HEIGHT, 120 + ROW_PX * widest)  # a row per node of the widest depth
     return go.Figure(dict(data=traces, layout=layout_))
 
 
-def label(g: nx.DiGraph, key) -> str:
+def label_chars(depth: int) -> int:
+    """Characters a label may take so that neighbouring labels do not overlap: labels alternate above and
+    below their nodes, so each has two levels' width of the plot (PLOT_PX over depth + the margins)."""
+    per_level = PLOT_PX / (depth + 1.9)
+    return max(2, min(LABEL_CHARS, int(2 * per_level / CHAR_PX) - 1))
+
+
+def label_position(depth: int, kind: str) -> str:
+    """The root's label to its left (it clears depth 1); the others above at even depths, below at odd ones."""
+    if kind == "context":
+        return "middle left"
+    return "top center" if depth % 2 == 0 else "bottom center"
+
+
+def label(g: nx.DiGraph, key, chars: int = LABEL_CHARS) -> str:
     data = g.nodes[key]
     if key == ROOT:
-        return "▶ " + esc_plot(visible(data["text"], LABEL_CHARS))
-    return esc_plot(visible((data["token"] if key == FINAL else data["node"]).text, LABEL_CHARS))
+        return "▶ " + esc_plot(visible(data["text"], chars))
+    return esc_plot(visible((data["token"] if key == FINAL else data["node"]).text, chars))
 
 
 def step_title(step: Step) -> str:
