@@ -100,6 +100,21 @@ def test_an_ngram_tree_run_draws_trees_and_equals_the_engine(client):
     assert "ngram-tree" in final["status"] and final["tree"]["type"] == "plotly"
 
 
+def test_streamed_updates_are_at_most_five_a_second_and_figures_come_at_the_end(client):
+    from specviz.ui.streaming import UPDATES_EVERY_S
+
+    t0 = time.perf_counter()
+    job = client.submit(*args(max_new_tokens=64), False, api_name="/run")
+    updates = [named(out) for out in job]
+    wall = time.perf_counter() - t0
+    # the throttle spaces streamed updates UPDATES_EVERY_S apart; besides them: "loading", the first view, the end
+    assert len(updates) <= wall / UPDATES_EVERY_S + 3, (len(updates), wall)
+    streamed = [u for u in updates if "▶ decoding" in u["status"]]
+    untouched = {"__type__": "update"}  # gradio's word for "this output is left as it is"
+    assert streamed and all(u["tree"] == untouched and u["entropy"] == untouched for u in streamed)  # figures: at the end
+    assert updates[-1]["tree"]["type"] == "plotly"
+
+
 def test_stop_cancels_mid_stream_and_the_next_run_is_correct(client, engine_text):
     job = client.submit(*args(prompt="Write a long story about a lighthouse keeper.", max_new_tokens=400), False,
                         api_name="/run")
