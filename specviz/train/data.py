@@ -33,6 +33,7 @@ import json
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -79,6 +80,37 @@ def feature_layers(n_layers: int) -> tuple[int, ...]:
     return tuple(sorted({min(2, n_layers), max(1, n_layers // 2)}))
 
 
+@contextmanager
+def packed_linears(model):
+    """Every nn.Linear of the model (LM head included) computed by oneDNN on a pre-packed copy of
+    its weight, for the duration: on the CPU a 64-row step then costs about half of what MKL's
+    F.linear takes (fp32, same model; outputs agree within ~1e-4). A no-op off the CPU or in
+    another dtype. The original forwards come back on exit."""
+    mods = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    usable = (mods and mods[0].weight.device.type == "cpu" and mods[0].weight.dtype == torch.float32
+              and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    if not usable:
+        yield
+        return
+
+    def packed(mod):
+        w = torch.ops.mkldnn._reorder_linear_weight(mod.weight.detach(), None)
+        bias = None if mod.bias is None else mod.bias.detach()
+
+        def forward(x):
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), w, bias, "none", [], "")
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+        return forward
+
+    for m in mods:
+        m.forward = packed(m)
+    try:
+        yield
+    finally:
+        for m in mods:
+            del m.forward  # back to the class's forward
+
+
 @torch.inference_mode()
 def generate_batch(model, prompts: list[list[int]], temperatures: list[float], eos: set[int], pad: int,
                    max_new_tokens: int, gen: torch.Generator, top_k: int = TOP_K,
@@ -92,7 +124,7 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
     with `gen` (sequentially seeded by row order, so a batch is reproducible)."""
     from transformers import DynamicCache
 
-    base, head = model.model, model.lm_head.weight
+    base = model.model
     rows = len(prompts)
     width = max(map(len, prompts))
     ids = torch.full((rows, width), pad, dtype=torch.long)
@@ -113,18 +145,23 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
                    use_cache=True, output_hidden_states=bool(layers))
         h = res.last_hidden_state
         keep = mask[:, -feed.shape[1]:].bool()
+        logits = model.lm_head(h[:, -1:]).float()  # [B, 1, V]: the next token of every row, one GEMM
+        step_top = logits[:, 0].log_softmax(-1).topk(top_k, dim=-1) if feed.shape[1] == 1 else None
         for b, r in enumerate(alive.tolist()):
             kb = keep[b]
             o = out[r]
             hb = h[b][kb]
-            # top-K per row, in slices: a prefill's full [B, T, V] logits would take gigabytes
-            tops = [(hb[i:i + 256] @ head.T).float().log_softmax(-1).topk(top_k, dim=-1) for i in range(0, len(hb), 256)]
+            if step_top is not None:
+                o["ids"].append(step_top.indices[b:b + 1].int())
+                o["logp"].append(step_top.values[b:b + 1].half())
+            else:  # the prefill: top-K in slices (a [B, T, V] logits tensor would take gigabytes)
+                tops = [model.lm_head(hb[i:i + 256]).float().log_softmax(-1).topk(top_k, dim=-1)
+                        for i in range(0, len(hb), 256)]
+                o["ids"].append(torch.cat([t.indices for t in tops]).int())
+                o["logp"].append(torch.cat([t.values for t in tops]).half())
             o["hidden"].append(hb.half())
-            o["ids"].append(torch.cat([t.indices for t in tops]).int())
-            o["logp"].append(torch.cat([t.values for t in tops]).half())
             for L in layers:
                 o[f"layer{L}"].append(res.hidden_states[L][b][kb].half())
-        logits = (h[:, -1:] @ head.T).float()  # [B, 1, V]: the next token of every row
         # a row is done once the token it was just fed is EOS or its max_new_tokens-th response token
         going = [b for b, r in enumerate(alive.tolist())
                  if not (step > 0 and (fed[r][-1] in eos or step >= max_new_tokens))]
@@ -200,8 +237,9 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
         mine = [j for j, job in enumerate(jobs) if job["shard"] == s]
         prompts = [encode_prompt(tokenizer, rows[jobs[j]["prompt"]]["prompt"], True) for j in mine]
         gen = torch.Generator().manual_seed(seed * 100_003 + s)
-        seqs = generate_batch(model, prompts, [jobs[j]["temperature"] for j in mine], eos, pad, max_new_tokens, gen,
-                              layers=layers)
+        with packed_linears(model):
+            seqs = generate_batch(model, prompts, [jobs[j]["temperature"] for j in mine], eos, pad, max_new_tokens,
+                                  gen, layers=layers)
         save_shard(root, s, seqs, mine, layers)
         new = sum(len(q["tokens"]) - q["prompt_len"] + 1 for q in seqs)
         made += new
