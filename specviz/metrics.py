@@ -18,14 +18,15 @@ predicted_speedup     (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), g = mean draft
                       formula, for chains only (it assumes one guess per position and i.i.d. acceptance)
 minus(first)          the counters of the steps after `first` (a snapshot): without the first step, whose
                       target forward reads the whole prompt (the prefill), decode-only figures follow
-CostCurve             this machine's seconds of one target forward by new positions (median of samples),
-                      interpolated between measured sizes, never extrapolated
+CostCurve             this machine's seconds of one target forward by new positions: medians of at least
+                      MIN_SAMPLES forwards per octave of sizes, interpolated between them, never extrapolated
 expected_speedup      tau x cost(1) / (draft seconds per step + cost(verified positions) per step): the
                       step's own expected tokens (trees and chains alike) against a one-token forward,
                       both from the cost curve; per-step overhead outside forwards is left out of both
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 
@@ -191,7 +192,10 @@ MIN_SAMPLES = 3  # forwards of one size before the cost curve uses that size
 @dataclass
 class CostCurve:
     """Seconds of one target forward by the number of new positions it scores (1: a one-token step, as in
-    plain decoding; 1 + k: verifying k draft nodes), from forwards timed on this machine."""
+    plain decoding; 1 + k: verifying k draft nodes), from forwards timed on this machine.
+
+    Sizes are pooled in octaves (1; 2; 3-4; 5-8; 9-16; ...): a tree's forwards vary in size from step to
+    step, and a point of the curve is the median of at least MIN_SAMPLES forwards, never one sample."""
 
     samples: dict[int, list[float]] = field(default_factory=dict)
 
@@ -199,22 +203,35 @@ class CostCurve:
         if positions >= 1 and seconds > 0:
             self.samples.setdefault(int(positions), []).append(float(seconds))
 
-    def sizes(self) -> list[int]:
-        """The sizes measured often enough to use, ascending."""
-        return sorted(n for n, v in self.samples.items() if len(v) >= MIN_SAMPLES)
+    def points(self) -> list[tuple[float, float, int]]:
+        """(mean positions, median seconds, forwards) per octave with enough forwards, ascending."""
+        pooled: dict[int, list[tuple[int, float]]] = {}
+        for n, values in self.samples.items():
+            pooled.setdefault(math.ceil(math.log2(n)), []).extend((n, v) for v in values)
+        out = []
+        for _, rows in sorted(pooled.items()):
+            if len(rows) >= MIN_SAMPLES:
+                out.append((statistics.fmean(n for n, _ in rows), statistics.median(v for _, v in rows), len(rows)))
+        return out
+
+    def sizes(self) -> list[float]:
+        return [n for n, _, _ in self.points()]
 
     def seconds(self, positions: float) -> float | None:
-        """The median at a measured size; linear between the two measured sizes around it; None outside."""
-        sizes = self.sizes()
-        if not sizes or positions < sizes[0] or positions > sizes[-1]:
+        """The curve at `positions`: linear between the two points around it; None outside the points."""
+        pts = self.points()
+        if not pts or positions < pts[0][0] - 1e-9 or positions > pts[-1][0] + 1e-9:
             return None
-        med = {n: statistics.median(self.samples[n]) for n in sizes}
-        if positions in med:
-            return med[positions]
-        hi = next(n for n in sizes if n > positions)
-        lo = max(n for n in sizes if n < positions)
-        w = (positions - lo) / (hi - lo)
-        return (1 - w) * med[lo] + w * med[hi]
+        for (n0, s0, _), (n1, s1, _) in zip(pts, pts[1:]):
+            if n0 <= positions <= n1:
+                w = (positions - n0) / (n1 - n0)
+                return (1 - w) * s0 + w * s1
+        return pts[0][1]  # a single point, asked at its own size
+
+    def count(self, positions: float) -> int:
+        """Forwards behind the curve's point nearest to `positions` (0 without points)."""
+        pts = self.points()
+        return min(pts, key=lambda p: abs(p[0] - positions))[2] if pts else 0
 
     def ratio(self, positions: float) -> float | None:
         """cost(positions) / cost(1): what verifying that many positions costs in one-token forwards."""

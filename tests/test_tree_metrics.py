@@ -75,13 +75,22 @@ def test_the_cost_curve_is_a_median_interpolated_between_measured_sizes_only():
         curve.add(1, s)
     for s in (0.07, 0.07, 0.07):
         curve.add(9, s)
-    curve.add(32, 0.5)  # one sample: too few to use
+    curve.add(32, 0.5)  # one forward: too few to use
     assert curve.sizes() == [1, 9]
     assert curve.seconds(1) == pytest.approx(0.05)
     assert curve.seconds(5) == pytest.approx(0.06)
     assert curve.ratio(7) == pytest.approx(0.065 / 0.05)
     assert curve.seconds(32) is None and curve.seconds(10) is None  # never extrapolated
-    assert CostCurve().ratio(3) is None
+    assert CostCurve().ratio(3) is None and CostCurve().count(3) == 0
+
+
+def test_a_trees_varying_sizes_are_pooled_per_octave():
+    curve = CostCurve({1: [0.05] * 3})
+    for n, s in ((17, 0.08), (23, 0.09), (30, 0.10)):  # one forward each: together a point of the 17-32 octave
+        curve.add(n, s)
+    assert curve.sizes() == [1, pytest.approx(70 / 3)]
+    assert curve.seconds(70 / 3) == pytest.approx(0.09) and curve.count(20) == 3
+    assert curve.ratio(12) == pytest.approx((0.05 + (12 - 1) / (70 / 3 - 1) * 0.04) / 0.05)
 
 
 def test_predicted_speedup_uses_the_trees_own_tokens_per_step_and_the_machines_costs():

@@ -85,10 +85,9 @@ def verify_cost_text(m: Metrics, curve: CostCurve) -> str:
     if ratio is None:
         return (f"– ({n:.1f} positions per verifying forward; this machine's cost curve needs at least "
                 f"{MIN_SAMPLES} timed forwards of one token and around {n:.0f} positions: run without a drafter "
-                "once, or tick *measure against AR*)")
-    ones = len(curve.samples.get(1, []))
-    return (f"{ratio:.2f}× a one-token forward for {n:.1f} positions (this machine's median forwards; "
-            f"{ones} one-token forwards timed)")
+                "once, or tick *measure against AR*; this run's own forwards count once it ends)")
+    return (f"{ratio:.2f}× a one-token forward for {n:.1f} positions (this machine's medians: {curve.count(n)} "
+            f"forwards near {n:.0f} positions, {curve.count(1)} of one token)")
 
 
 def predicted_text(m: Metrics, curve: CostCurve, chain: bool) -> str:
