@@ -7,6 +7,7 @@
     request.py    widget values -> a prompt and a checked RunConfig
     menus.py      the menus, read from the registries
     streaming.py  the engine's events in a background thread; redraw throttle
+    measured.py   this machine's forward-cost curve and drafter speeds, kept per machine (metrics, menu)
     launch.py     address, launch() arguments, Space environment, GPU decorator, warm-up
     texts.py      the page's fixed words and CSS
 
