@@ -568,3 +568,20 @@ def test_a_drafter_of_another_vocabulary_is_refused_before_loading(monkeypatch):
     callbacks.check_vocabularies(callbacks.read(form))  # pld: no vocabulary of its own
     monkeypatch.undo()
     assert callbacks.vocabulary(TARGET) == 49152  # read from the converted model's config.json
+
+
+def test_the_status_line_tells_the_phase_while_the_prompt_is_read():
+    """A long prompt takes a while to read (the first forward): the status line says so, and its clock moves."""
+    import re
+
+    from specviz.events import RunStarted
+    from specviz.ui import callbacks
+    from specviz.ui.session import Session
+
+    def slow_prefill():
+        yield RunStarted(TARGET, "pld", "greedy", {}, "p", 5000)
+        time.sleep(2.5)  # the first step's forward, reading 5000 prompt tokens
+
+    statuses = [out["status"] for out in callbacks.streamed(Session(), slow_prefill())]
+    assert "▶ reading the prompt (5000 tokens)" in statuses[0] and "Ready" not in statuses[0]
+    assert any(re.search(r"reading the prompt \(5000 tokens\).* · [12] s$", s) for s in statuses[1:]), statuses
