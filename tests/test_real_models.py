@@ -82,3 +82,30 @@ def test_drafter_with_another_vocabulary_is_refused():
     target, _, _ = load_model("smollm2-135m")
     with pytest.raises(ValueError, match="vocabulary"):
         make_drafter("qwen2.5-coder-0.5b", target)
+
+
+@needs("smollm2-135m")
+def test_every_registered_drafter_runs_on_a_long_prompt():
+    """Each registered drafter (the trained ones with their shipped weights) on a 2,000+-token prompt:
+    it runs, drafts, and stays exact. (The EAGLE head's cache once grew by at most its own size, and
+    a 1,528-token prompt overflowed it.)"""
+    from specviz.drafters.registry import DRAFTERS, DraftRequest, make_drafter as make
+    from specviz.drafters.feature_head import default_weights
+
+    spec = build_engine("smollm2-135m", "none")
+    model = spec.engine.target.model
+    passage = " ".join(f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7 % 13} stones." for i in range(160))
+    ids = spec.encode(passage + "\n\nHow many stones does the box of item 41 hold? Then list items 42 to 45.")
+    assert len(ids) > 2000
+    ar = Engine(model, spec.engine.decode, None, spec.engine.eos_ids)
+    want = ar.run(ids, Settings(max_new_tokens=12)).token_ids
+    ran = []
+    for name in DRAFTERS:
+        if name == "none" or (name.startswith("eagle") and not default_weights("smollm2-135m", name).exists()):
+            continue
+        shape = "chain" if DRAFTERS.get(name).takes_shape else ""
+        drafter = make(DraftRequest(name, model, "smollm2-135m", draft_len=4, shape=shape))
+        got = Engine(model, spec.engine.decode, drafter, spec.engine.eos_ids).run(ids, Settings(max_new_tokens=12))
+        assert_same_or_near_tie(model, ids, want, got.token_ids, f"{name} on a {len(ids)}-token prompt")
+        ran.append(name)
+    assert {"pld", "ngram", "eagle", "del", "distill-kd"} <= set(ran), ran

@@ -465,26 +465,28 @@ class FeatureDrafter:
         self.lm.reset()
 
 
-def default_weights(target: str = "smollm2-135m") -> Path:
-    return ASSETS / f"eagle-{Path(target).name}.safetensors"
+def default_weights(target: str = "smollm2-135m", kind: str = "eagle") -> Path:
+    """The shipped head of a recipe: eagle (EAGLE-1/2, last-layer features) or eagle3 (fused layers, TTT)."""
+    return ASSETS / f"{kind}-{Path(target).name}.safetensors"
 
 
 def make_feature_drafter(target_model: torch.nn.Module, weights_path: str | Path | None = None,
                          shape: str = "chain", draft_len: int = 4, target: str = "smollm2-135m",
-                         head: FeatureHead | None = None) -> FeatureDrafter:
+                         head: FeatureHead | None = None, kind: str = "eagle") -> FeatureDrafter:
     """An EAGLE drafter for `target_model` in any registered draft shape (chain, gumbel-top-k, beam,
     specinfer, dynamic), from shipped weights (assets/drafters/eagle-<target>.safetensors) or a head."""
     from .strategies import STRATEGIES
 
     if head is None:
-        path = Path(weights_path) if weights_path else default_weights(target)
+        path = Path(weights_path) if weights_path else default_weights(target, kind)
         if not path.exists():
-            raise ValueError(f"no trained head at {path}; train one with `python -m specviz train-drafter eagle`")
+            raise ValueError(f"no trained head at {path}; train one with `python -m specviz train-drafter {kind}`")
         head = FeatureHead.load(path)
     if head.config.hidden != target_model.config.hidden_size or head.config.vocab != target_model.config.vocab_size:
         raise ValueError("the trained head does not fit this target (hidden size or vocabulary differ)")
     entry = STRATEGIES.get(shape)
-    return FeatureDrafter(head, target_model, entry.build(draft_len), f"eagle ({shape})", greedy_only=entry.greedy_only)
+    name = "eagle-3" if head.config.fused else "eagle"
+    return FeatureDrafter(head, target_model, entry.build(draft_len), f"{name} ({shape})", greedy_only=entry.greedy_only)
 
 
 def param_count(head: FeatureHead) -> int:

@@ -91,10 +91,13 @@ def _distilled(kind: str, online: bool = False) -> Callable[[DraftRequest], Draf
     return make
 
 
-def _eagle(r: DraftRequest) -> Drafter:
-    from .feature_head import make_feature_drafter
+def _eagle(kind: str):
+    def make(r: DraftRequest) -> Drafter:
+        from .feature_head import make_feature_drafter
 
-    return make_feature_drafter(r.target_model, shape=r.shape, draft_len=r.draft_len, target=r.target)
+        return make_feature_drafter(r.target_model, shape=r.shape, draft_len=r.draft_len, target=r.target, kind=kind)
+
+    return make
 
 
 def _del(r: DraftRequest) -> Drafter:
@@ -152,8 +155,11 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
                  "target where it was rejected (Online Speculative Decoding)", _distilled("distill-tvd", online=True),
                  kind="trained", takes_shape=True, max_nodes=_model_nodes),
     # EAGLE feature head (specviz/drafters/feature_head.py; weights in assets/drafters/, SmolLM2-135M only)
+    DrafterEntry("eagle3", "EAGLE-3 feature head", "one trained decoder layer on the target's low, middle and last "
+                 "states fused (EAGLE-3), trained on its own multi-step drafts; readout through the target's LM "
+                 "head, any shape", _eagle("eagle3"), kind="trained", takes_shape=True, max_nodes=_model_nodes),
     DrafterEntry("eagle", "EAGLE feature head", "one trained decoder layer on the target's own hidden states "
-                 "(EAGLE), 8k-token readout through the target's LM head, any shape", _eagle, kind="trained",
+                 "(EAGLE), 8k-token readout through the target's LM head, any shape", _eagle("eagle"), kind="trained",
                  takes_shape=True, max_nodes=_model_nodes),
     # DEL self-speculation (specviz/drafters/early_exit.py; exit adapters in assets/drafters/, SmolLM2-135M only)
     DrafterEntry("del", "DEL self-speculation", "the target's own first L layers + a trained exit adapter; the exit "

@@ -1,7 +1,8 @@
-"""`python -m specviz train-drafter eagle|distill-kd|distill-tvd|del`: distillation data, then the drafter,
+"""`python -m specviz train-drafter eagle3|eagle|distill-kd|distill-tvd|del`: distillation data, then the drafter,
 resumable. The data step is shared; eagle trains here, the others hand over to their trainer's `run_from_cli`
 (specviz/train/distill.py, specviz/train/early_exit.py), which end with the card writer in train/card.py.
 
+    python -m specviz train-drafter eagle3 --shards 0 --steps 6000 --parts 2   # data v2 in 2 processes, then EAGLE-3
     python -m specviz train-drafter eagle --shards 12 --steps 1500
     python -m specviz train-drafter eagle --data-only          # just (continue to) make the data
 """
@@ -13,19 +14,21 @@ from pathlib import Path
 
 
 DEFAULTS = {"steps": 1500, "batch_tokens": 3072, "vocab": 16384, "threads": 2}
-KIND_DEFAULTS = {"del": {"steps": 300, "batch_tokens": 512, "vocab": 8192, "threads": 1}}
+KIND_DEFAULTS = {"eagle3": {"steps": 6000, "batch_tokens": 4096, "vocab": 8192, "threads": 2},
+                 "del": {"steps": 300, "batch_tokens": 512, "vocab": 8192, "threads": 1}}
 
 
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train-drafter", help="make distillation data with the target and train a drafter on it")
-    t.add_argument("kind", choices=["eagle", "distill-kd", "distill-tvd", "del"],
-                   help="eagle: a feature head on the target's hidden states; distill-kd / distill-tvd: a small "
+    t.add_argument("kind", choices=["eagle3", "eagle", "distill-kd", "distill-tvd", "del"],
+                   help="eagle3: a feature head on the target's low, middle and last states, trained with "
+                   "training-time test (EAGLE-3); eagle: a feature head on the target's hidden states; distill-kd / distill-tvd: a small "
                    "drafter LM fine-tuned by KD or TVD++ (specviz/train/distill.py); del: exit adapters for "
                    "DEL self-speculation (specviz/train/early_exit.py)")
     t.add_argument("--target", default="smollm2-135m")
-    t.add_argument("--shards", type=int, default=12, help="generated shards to use (32 responses each; 0 = all)")
+    t.add_argument("--shards", type=int, default=12, help="generated shards to use (64 responses each; 0 = all)")
     t.add_argument("--no-corpus", action="store_true", help="skip the stored corpus (teacher-forced, cheap)")
-    t.add_argument("--max-new-tokens", type=int, default=128)
+    t.add_argument("--max-new-tokens", type=int, help="response length of the generated data (default 192)")
     t.add_argument("--steps", type=int, help="default 1500 (del: 300)")
     t.add_argument("--batch-tokens", type=int, help="default 3072 (del: 512)")
     t.add_argument("--vocab", type=int, help="readout tokens (most frequent in the data); 0 = all; "
@@ -33,6 +36,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="default 2 (del: 1)")
     t.add_argument("--data-only", action="store_true")
+    t.add_argument("--parts", type=int, default=1, help="make the data in this many single-threaded processes "
+                   "side by side (use the core count: one multi-threaded process stalls whenever anything else runs)")
     t.add_argument("--out", help="weights file (default assets/drafters/eagle-<target>.safetensors)")
     t.add_argument("--work", help="checkpoints and loss curve (default <cache>/distill/<target>/eagle-work)")
     t.set_defaults(func=cmd_train_drafter)
@@ -53,9 +58,14 @@ def cmd_train_drafter(a: argparse.Namespace) -> int:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     roots = []
+    if a.kind == "eagle3":
+        a.no_corpus = True  # the stored corpus has no low/middle layer states
     if not a.no_corpus:
         roots.append(data.build_from_corpus(a.target, a.seed, progress=bar("corpus data"), log=log))
-    roots.append(data.build(a.target, a.shards, a.seed, a.max_new_tokens, progress=bar("distill data"), log=log))
+    new = a.max_new_tokens or data.MAX_NEW
+    if a.parts > 1:
+        data.build_in_parts(a.target, a.shards, a.seed, new, a.parts, log=log)
+    roots.append(data.build(a.target, a.shards, a.seed, new, progress=bar("distill data"), log=log))
     log(f"data ready in {time.perf_counter() - t0:.0f} s")
     if a.data_only:
         return 0
@@ -70,10 +80,11 @@ def cmd_train_drafter(a: argparse.Namespace) -> int:
     model, _, _ = load_model(a.target)
     sets = [data.DistillSet(roots[0])] if not a.no_corpus else []
     sets.append(data.DistillSet(roots[-1], shards=a.shards))
-    out = Path(a.out) if a.out else default_weights(a.target)
-    work = Path(a.work) if a.work else data.data_dir(a.target).parent / "eagle-work"
-    cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, vocab=a.vocab, seed=a.seed)
-    result = train(model, sets, cfg, out, work, progress=bar("train eagle"), log=log)
+    out = Path(a.out) if a.out else default_weights(a.target, a.kind)
+    work = Path(a.work) if a.work else data.data_dir(a.target).parent / f"{a.kind}-work"
+    cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, vocab=a.vocab, seed=a.seed,
+                      recipe="eagle3" if a.kind == "eagle3" else "eagle1")
+    result = train(model, sets, cfg, out, work, progress=bar(f"train {a.kind}"), log=log)
     last = [h for h in result["history"] if "valid" in h][-1:]
     log(f"head written to {out} ({result['seconds']:.0f} s of training in this run); loss curve {work / 'loss.png'}")
     if last:

@@ -252,6 +252,24 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
     return root
 
 
+def _part(args) -> None:
+    target, shards, seed, max_new_tokens, part = args
+    torch.set_num_threads(1)
+    from tqdm import tqdm
+
+    build(target, shards, seed, max_new_tokens, part=part,
+          progress=lambda it: tqdm(it, desc=f"data part {part[0] + 1}/{part[1]}", position=part[0], mininterval=10))
+
+
+def build_in_parts(target: str, shards: int, seed: int, max_new_tokens: int, parts: int, log=print) -> None:
+    """build() in `parts` single-threaded processes side by side (shard s goes to part s % parts)."""
+    import multiprocessing as mp
+
+    build(target, shards, seed, max_new_tokens, log=log, part=(0, 1 << 30))  # writes or checks the manifest only
+    with mp.get_context("spawn").Pool(parts) as pool:
+        pool.map(_part, [(target, shards, seed, max_new_tokens, (i, parts)) for i in range(parts)])
+
+
 def save_shard(root: Path, index: int, seqs: list[dict], jobs: list[int], layers: tuple[int, ...] = ()) -> int:
     """Write one shard (see the module doc) from per-sequence dicts as generate_batch returns them."""
     offsets = torch.tensor([0] + [len(q["tokens"]) for q in seqs]).cumsum(0)
