@@ -140,6 +140,10 @@ def cmd_fetch(a) -> int:
 def cmd_bench(a) -> int:
     from .bench import run_bench, run_sweep
 
+    if a.drafters:
+        from .bench_drafters import run_drafters
+
+        return run_drafters(a, run_config(a))
     return run_sweep(a, run_config(a)) if a.budgets else run_bench(a, run_config(a))
 
 
@@ -213,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=0, help="use only the first N prompts")
     b.add_argument("--compare-hf", action="store_true", help="also run transformers' assisted generation")
     b.add_argument("--json", help="write results here")
+    b.add_argument("--drafters", help="several configurations side by side against AR, e.g. "
+                   "pld:chain:8,eagle3:chain:4,eagle3:dynamic:8 (drafter[:shape[:length]], comma-separated)")
     b.add_argument("--budgets", help="fixed-budget sweep: comma-separated node counts, e.g. 4,8,16,32")
     b.add_argument("--strategies", default="chain", help="with --budgets: comma-separated strategies of the --drafter model, "
                    "or model-free drafters (pld, pld-tree, ngram, ngram-tree)")

@@ -131,3 +131,27 @@ def test_trained_drafter_card_names_command_weights_and_curve(tmp_path):
                                  "--vocab 128 --seed 1 --threads 1")
     assert stored["loss_curve"] == "loss.png" and stored["train_seconds"] == 2
     assert len(logged) == 1 and str(out) in logged[0]
+
+
+@needs_smollm2
+def test_bench_drafters_side_by_side(tmp_path):
+    """Several configurations against AR in one run: a row per drafter and category, greedy outputs
+    identical to AR (or a near-tie), results written."""
+    from specviz.bench_drafters import parse_configs
+
+    assert parse_configs("pld:chain:8, ngram") == [("pld", "chain", 8), ("ngram", "chain", 4)]
+    with pytest.raises(ValueError, match="whole number"):
+        parse_configs("pld:chain:x")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"category": "a", "prompt": "Repeat exactly: one two three one two three one"}\n'
+                       '{"category": "b", "prompt": "List four colors."}\n')
+    out = tmp_path / "r.json"
+    run = cli("bench", "--drafters", "pld:chain:4,pld-tree:chain:4", "--prompts", str(prompts),
+              "--max-new-tokens", "12", "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "pld:chain:4" in run.stdout and "pld-tree:chain:4" in run.stdout
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"pld:chain:4", "pld-tree:chain:4"}
+    for rows in results.values():
+        assert set(rows) == {"a", "b", "overall"} and rows["overall"]["prompts"] == 2
+        assert rows["overall"]["speedup"] > 0 and rows["overall"]["tau"] >= 1
