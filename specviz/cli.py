@@ -96,8 +96,8 @@ def cmd_generate(a) -> int:
 
 def format_metrics(m) -> str:
     return (f"{m.tokens} tokens in {m.elapsed_s:.2f} s = {m.tokens_per_s:.1f} tok/s | target forwards {m.steps} | "
-            f"tau {m.tau:.2f} | acceptance {m.acceptance_rate:.2f} | alpha {m.alpha:.2f} | c {m.c:.3f} | "
-            f"predicted speedup {m.predicted_speedup:.2f}x | draft {m.draft_s:.2f}s verify {m.verify_s:.2f}s "
+            f"tau {m.tau:.2f} | acceptance per step {m.path_acceptance:.2f} (per drafted node {m.acceptance_rate:.2f}) | "
+            f"alpha {m.alpha:.2f} | c {m.c:.3f} | draft {m.draft_s:.2f}s verify {m.verify_s:.2f}s "
             f"overhead {m.overhead_s:.2f}s")
 
 
