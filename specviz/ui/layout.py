@@ -18,7 +18,7 @@ from ..examples import EXAMPLE_PROMPTS, LANDING_PROMPT, example_traces, landing_
 from ..registry import Param
 from ..stop_rules import STOP_RULES
 from ..views.race_view import EXPLAINER as RACE_EXPLAINER
-from . import callbacks, menus
+from . import callbacks, menus, teach
 from ..views.entropy_figure import CAPTION as CAPTION_ENTROPY, CAPTION_BOUND
 from ..views.lengths_figure import CAPTION as CAPTION_LENGTHS
 from ..views.timeline import CAPTION as CAPTION_TIMELINE
@@ -113,6 +113,7 @@ def build_demo() -> gr.Blocks:
                     stop_btn = gr.Button("Stop ■", variant="stop", size="sm", min_width=70, elem_id="specviz-stop")
                     race_btn = gr.Button("Race", size="sm", min_width=70, elem_id="specviz-race")
                     step_btn = gr.Button("Step-by-step ▷", size="sm", min_width=120, elem_id="specviz-step-start")
+                lesson_box = teach.lesson_box()  # the guided lesson's start button and card (teach.py)
                 target = gr.Dropdown(menus.targets(), value=DEFAULT.target, label="Target (verifies)",
                                      elem_classes=["specviz-menu"], elem_id="specviz-target")
                 drafter = gr.Dropdown(menus.drafters(DEFAULT.target), value=DEFAULT.drafter, label="Drafter (guesses)",
@@ -210,6 +211,7 @@ def build_demo() -> gr.Blocks:
                                                 elem_id="specviz-race-timeline")
                         gr.Markdown(CAPTION_TIMELINE + " The autoregressive run has verification rows only.",
                                     elem_classes=["specviz-caption"])
+                    teach_tabs = teach.tabs()  # Lossless?, What if, Acceptance map (teach.py)
                     with gr.Tab("How to read it", id="help"):
                         gr.Markdown(INTRO + "\n\n" + HOW_TO_READ)
 
@@ -269,6 +271,8 @@ def build_demo() -> gr.Blocks:
         # outside the queue: a visitor arriving while the queue is full still gets the landing view
         wire(demo.load, callbacks.first_view, dict(example=example), replayed, session, api_visibility="private",
              queue=False)
+
+        teach.wire(wire, session, form, replayed, tabs, lesson_box, teach_tabs)
 
         def show_stop_rule(name):
             return {stop_about: menus.stop_rule_about(name)} | {

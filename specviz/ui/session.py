@@ -15,6 +15,7 @@ from ..events import Event
 from ..limits import budgets
 from ..metrics import Metrics
 from ..policy import POLICIES, Choice, Policy, PolicyInput
+from ..views.acceptance_map import category_of
 from ..views.drafter_view import RunRecord
 from . import measured
 
@@ -37,6 +38,7 @@ class Session:
     released: str = ""  # why a step-by-step run's engine was let go ("" while it holds one)
     show_rejected: bool = False  # the text shows rejected drafts inline (the visitor's toggle)
     pending: tuple | None = None  # (path, views) of an uploaded trace checked and not yet shown
+    acceptance: list = field(default_factory=list)  # (prompt category, drafter, Metrics) per run, for the acceptance map
 
     def touch(self) -> None:
         self.used = time.monotonic()
@@ -62,6 +64,8 @@ class Session:
         if rec is None:
             return
         self.history = self.history[-(MAX_HISTORY - 1):] + [rec]
+        self.acceptance = self.acceptance[-(MAX_HISTORY - 1):] + [
+            (category_of(str(views.run_started(events).prompt)), rec.drafter, rec.metrics)]
         if self.asked is not None and self.choice is not None and views.run_finished(events).stop_reason != "cancelled":
             self.drafter_policy().learn(self.asked, self.choice, rec.metrics)
 
