@@ -1,4 +1,4 @@
-"""Command line: generate (colored streaming), models, fetch, bench, replay."""
+"""Command line: generate (colored streaming), models, fetch, bench, replay, collect and train-policy."""
 from __future__ import annotations
 
 import argparse
@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_parser
 
     add_train_parser(sub)  # train-drafter: distillation data + a trained drafter (specviz/train)
+    from .choice.train import add_parser as add_policy_parser
+    from .collect import add_parser as add_collect_parser
+
+    add_collect_parser(sub)  # collect: every drafter arm on training prompts, logged (issue 18)
+    add_policy_parser(sub)  # train-policy: the `auto` drafter's policy from those logs
     pr = sub.add_parser("profile", help="forward cost of 1..32 new tokens, plain vs fast path, and where the time goes")
     pr.add_argument("--target", default="smollm2-135m")
     pr.add_argument("--no-fast-path", action="store_true", help="profile transformers' own forward only")

@@ -130,20 +130,21 @@ class Engine:
         rule_name, rule = self._start(prompt_ids, settings)
         warp = settings.warp
         drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"
-        layers = tuple(self.drafter.reads_target) if self.drafter else ()
+        choosing = getattr(self.drafter, "step_choice", None)  # an `auto` drafter says which arm drafts, and why
         text = IncrementalText(self.decode)
         gen = torch.Generator().manual_seed(settings.seed)
         ids, new = list(prompt_ids), []
         metrics = Metrics()
         stop_reason = "length"
         yield RunStarted(self.target_name, drafter_name, rule_name, settings.__dict__.copy(), prompt, len(ids),
-                         config)
+                         config, self.drafter.policy_info() if choosing else None)
         step = 0
         while len(new) < settings.max_new_tokens:
             if reason := interrupted():
                 stop_reason = reason
                 break
-            yield StepStarted(step)
+            yield StepStarted(step, *(choosing() if choosing else (None, None)))
+            layers = tuple(self.drafter.reads_target) if self.drafter else ()  # may change step to step (`auto`)
             t0 = time.perf_counter()
             fwd0 = self._forward_seconds()
             tree = self.drafter.propose(ids, warp, gen, self.stop) if self.drafter else DraftTree()

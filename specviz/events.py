@@ -50,11 +50,14 @@ class RunStarted:
     prompt: str
     prompt_tokens: int
     config: dict | None = None  # the whole RunConfig (RunConfig.from_dict rebuilds it): how to reproduce the run
+    policy: dict | None = None  # an `auto` run: the choosing policy, its arms and whether it re-decides online
 
 
 @dataclass
 class StepStarted:
     step: int
+    arm: str | None = None  # an `auto` run: the arm that drafts this step ("none": plain decoding)
+    choice: dict | None = None  # an `auto` run, when it (re)decided before this step: probabilities and why
 
 
 @dataclass

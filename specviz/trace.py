@@ -16,7 +16,9 @@ event, the step and the field:
 
 A trace without RunFinished (a run that ended early) loads, as an incomplete `Recording`.
 Format versions: 1, and 2 = 1 + RunStarted.config (the run's description) + Drafted.stop (why
-drafting ended); both optional, so version 1 traces read unchanged.
+drafting ended); both optional, so version 1 traces read unchanged. An `auto` run's RunStarted.policy,
+StepStarted.arm and StepStarted.choice (which drafter drafted each step, and why) are optional fields
+of version 2: traces without them read unchanged.
 """
 from __future__ import annotations
 
@@ -346,7 +348,10 @@ RULES = {
     "RunStarted.prompt": _text(MAX_TEXT),
     "RunStarted.prompt_tokens": _integer(0, MAX_ID),
     "RunStarted.config": _optional(_json_object),
+    "RunStarted.policy": _optional(_json_object),
     "StepStarted.step": STEP,
+    "StepStarted.arm": _optional(NAME),
+    "StepStarted.choice": _optional(_json_object),
     "Drafted.step": STEP,
     "Drafted.draw": _choice(DRAWS, "draw"),
     "Drafted.stop": _optional(_json_object),

@@ -37,7 +37,7 @@ class DrafterEntry:
     label: str  # short, for menus
     about: str  # one line, for `models` and help
     make: Callable[[DraftRequest], Drafter | None]
-    kind: str = "free"  # none | free (no model) | model (a second LM) | trained (weights in assets/)
+    kind: str = "free"  # none | free (no model) | model (a second LM) | trained (weights in assets/) | auto (chooses)
     takes_shape: bool = False  # drafts any registered shape (chain, trees)
     greedy_only: bool = False
     max_nodes: Callable[[int, str], int] = lambda draft_len, shape: draft_len  # per step
@@ -106,6 +106,21 @@ def _del(r: DraftRequest) -> Drafter:
     return make_del_drafter(r.target_model, r.draft_len, r.target)
 
 
+def _auto(online: bool):
+    def make(r: DraftRequest) -> Drafter:
+        from ..choice.arms import make_auto_drafter
+
+        return make_auto_drafter(r, make_drafter, online=online)
+
+    return make
+
+
+def _auto_nodes(draft_len: int, shape: str) -> int:
+    from ..choice.arms import DEFAULT_ARMS, parse_arm
+
+    return max(drafter_entry(n).max_nodes(k, s) for n, s, k in map(parse_arm, DEFAULT_ARMS) if n != "none")
+
+
 def _model_nodes(draft_len: int, shape: str) -> int:
     from .strategies import STRATEGIES
 
@@ -165,6 +180,13 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
     DrafterEntry("del", "DEL self-speculation", "the target's own first L layers + a trained exit adapter; the exit "
                  "layer and the draft length chosen per context from the target's states (DEL), chains", _del,
                  kind="trained"),
+    # drafter choice (specviz/choice/; the policy in assets/policy/, trained by collect + train-policy)
+    DrafterEntry("auto", "auto (learned choice)", "a policy trained on logged outcomes picks the drafter or plain "
+                 "decoding per prompt from the target's prefill (REINFORCE)", _auto(False), kind="auto",
+                 max_nodes=_auto_nodes),
+    DrafterEntry("auto-online", "auto, re-deciding", "auto that also re-decides every few steps from the acceptance "
+                 "just observed (Thompson sampling), switching drafters mid-answer", _auto(True), kind="auto",
+                 max_nodes=_auto_nodes),
 )
 
 

@@ -132,11 +132,19 @@ def render(session: Session, note: str = "", index: int | None = None, figures: 
     out.update(tree=views.step_tree_figure(events, i), explain=views.explain_run_step(events, i),
                entropy=views.entropy_figure(events), metrics_plot=views.metrics_figure(events),
                timeline=views.timeline_figure(events), lengths=views.lengths_figure(events),
-               drafter_panel=views.drafter_markdown(session.history, drafter, reason))
+               drafter_panel=_with_choices(views.drafter_markdown(session.history, drafter, reason), events))
     if download is not False:
         out["download"] = gr.DownloadButton(value=download, interactive=download is not None)
     out["next_btn"] = gr.Button(NEXT)  # a live step-by-step run says Verify ▶ / Draft ▶ instead (callbacks.advance)
     return out
+
+
+def _with_choices(panel: str, events) -> str:
+    """The drafter panel, with an `auto` run's choices first (views/choice_view.py)."""
+    from ..views.choice_view import choice_markdown
+
+    choice = choice_markdown(events, measured.curve_of(events))
+    return f"{choice}\n\n{panel}" if choice else panel
 
 
 def status_only(text: str) -> dict:

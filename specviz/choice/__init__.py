@@ -1,0 +1,10 @@
+"""Drafter choice (issue 18): a learned policy picks the drafter, or plain decoding, per prompt and,
+behind a switch, re-decides as the text goes.
+
+    features.py   what the policy sees: pooled prefill states, text statistics
+    policy.py     the softmax policy, REINFORCE and the supervised best-arm baseline, its file
+    bandit.py     the online re-decider (discounted Thompson sampling)
+    auto.py       the `auto` drafter: an ordinary Drafter that delegates to the chosen arm
+    arms.py       the arms, building them for a target, the policy file's place
+    train.py      `python -m specviz train-policy` (collect.py, one level up, logs the outcomes)
+"""

@@ -1,0 +1,196 @@
+"""The `auto` drafter: a learned policy picks the drafter (or plain decoding) for each prompt from the
+target's prefill, and, behind a switch, keeps re-deciding as the text goes.
+
+    step 0        drafts nothing: the target's forward is the prefill; its final states are pooled
+                  (features.py) and every arm reads that forward (state-reading arms need it)
+    step 1        the policy's choice drafts (argmax of pi; probabilities recorded)
+    every K steps (online) a Thompson switch (bandit.py) re-decides from the rewards just observed
+
+It is an ordinary Drafter: whatever arm drafts, the engine's verification is the same, so output is
+exact (greedy equals plain decoding token for token; sampling keeps the target's distribution).
+Arms whose drafter runs on the text alone (prompt lookup, n-grams, a model drafter, which re-syncs
+its cache from the text) can be left and re-entered at any step. An arm that reads the target's
+states (EAGLE, DEL) is in step only while it drafts: once left, it is not chosen again in that run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..drafters import Drafter, TargetView
+from ..sampling import Warp
+from ..stop_rules import StopRule
+from ..tree import DraftTree
+from ..verify import Verdict
+from .bandit import SwitchSettings, ThompsonSwitch
+from .features import pooled_states, text_stats
+from .policy import ArmPolicy
+
+PLAIN = "none"  # the arm that drafts nothing: plain decoding
+
+
+def step_units(curve: list[tuple[float, float]], positions: int) -> float:
+    """A forward over `positions` new positions in one-token forwards, from the cost curve's points
+    (linear between them, the nearest point outside them); 1 per position without a curve would
+    be wrong, so without one every forward counts 1."""
+    if not curve:
+        return 1.0
+    pts = sorted(curve)
+    one = pts[0][1]
+    if positions <= pts[0][0]:
+        return pts[0][1] / one
+    for (n0, s0), (n1, s1) in zip(pts, pts[1:]):
+        if n0 <= positions <= n1:
+            return ((positions - n0) / (n1 - n0) * (s1 - s0) + s0) / one
+    return pts[-1][1] / one
+
+
+@dataclass
+class Arm:
+    label: str  # drafter:shape:length, or "none"
+    drafter: Drafter | None
+
+    @property
+    def reads_target(self) -> tuple[int, ...]:
+        return tuple(self.drafter.reads_target) if self.drafter is not None else ()
+
+    @property
+    def greedy_only(self) -> bool:
+        return bool(self.drafter is not None and self.drafter.greedy_only)
+
+
+class AutoDrafter:
+    name = "auto"
+    greedy_only = False
+
+    def __init__(self, arms: list[Arm], policy: ArmPolicy, decode: Callable[[list[int]], str] | None = None,
+                 switch: SwitchSettings | None = None, notes: list[str] | None = None):
+        self.arms = arms
+        self.policy = policy
+        self.decode = decode
+        self.switch_settings = switch
+        self.notes = list(notes or [])  # arms skipped (weights missing), said once per run
+        index = {label: i for i, label in enumerate(policy.arms)}
+        self.policy_index = [index.get(a.label) for a in arms]  # arm -> its row in the policy (None: unknown)
+        prior = [policy.prior[i] if i is not None and i < len(policy.prior) else 1.0 for i in self.policy_index]
+        self.switch = ThompsonSwitch(prior, switch) if switch is not None else None
+        self.forward_seconds = 0.0
+        self.reset()
+
+    # ---- the Drafter contract
+    @property
+    def reads_target(self) -> tuple[int, ...]:
+        if self.step == 0:  # the prefill: pooled final states, and every arm's own layers
+            return tuple(sorted({-1, *(layer for a in self.arms for layer in a.reads_target)}))
+        return self.arms[self.active].reads_target if self.active is not None else ()
+
+    def reset(self) -> None:
+        for arm in self.arms:
+            if arm.drafter is not None:
+                arm.drafter.reset()
+        self.step = 0
+        self.active: int | None = None
+        self.pending: dict | None = None
+        self.in_step = set(range(len(self.arms)))  # arms whose state follows the text
+        self.greedy = True
+        self.probs: list[float] = []
+        self.chosen_by_policy: int | None = None
+        if self.switch is not None:
+            self.switch.reset(seed=self.switch.settings.seed)
+
+    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+        self.greedy = warp.greedy
+        if self.active is None:
+            if self.switch is not None and gen is not None:  # the run's seed (read, not drawn from) seeds the switch
+                self.switch.reset(seed=self.switch.settings.seed + 7919 * gen.initial_seed())
+            return DraftTree()
+        drafter = self.arms[self.active].drafter
+        if drafter is None:
+            return DraftTree()
+        before = drafter.forward_seconds
+        tree = drafter.propose(ids, warp, gen, None)  # each arm drafts in its own shape and length
+        self.forward_seconds += drafter.forward_seconds - before
+        return tree
+
+    def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
+        if self.step == 0:
+            for arm in self.arms:  # nothing was drafted: this forward is every arm's own
+                if arm.drafter is not None:
+                    arm.drafter.learn(tree, verdict, target)
+            self._first_choice(target)
+        else:
+            arm = self.arms[self.active]
+            if arm.drafter is not None:
+                arm.drafter.learn(tree, verdict, target)
+            for i, other in enumerate(self.arms):
+                if i != self.active and other.reads_target:
+                    self.in_step.discard(i)  # it missed this forward's states
+            if self.switch is not None:
+                self._observe_and_switch(tree, verdict)
+        self.step += 1
+
+    # ---- what the engine records
+    def step_choice(self) -> tuple[str, dict | None]:
+        """(the arm drafting the step about to start, the decision made before it or None)."""
+        label = self.arms[self.active].label if self.active is not None else PLAIN
+        pending, self.pending = self.pending, None
+        return label, pending
+
+    def policy_info(self) -> dict:
+        return {"name": "auto", "method": self.policy.method, "arms": [a.label for a in self.arms],
+                "online": self.switch is not None,
+                "every": self.switch.settings.every if self.switch is not None else None,
+                "skipped": list(self.notes)}
+
+    # ---- choosing
+    def allowed(self) -> list[int]:
+        return [i for i in sorted(self.in_step) if self.greedy or not self.arms[i].greedy_only]
+
+    def _first_choice(self, target: TargetView | None) -> None:
+        hidden = target.hidden.get(-1) if target is not None else None
+        ids = target.committed[:-1] if target is not None else []  # the prompt (the last is this step's token)
+        text = self.decode(ids) if self.decode is not None else ""
+        if hidden is None:
+            raise RuntimeError("the auto drafter needs the target's final states of the prefill")
+        p_all = self.policy.probs(pooled_states(hidden), torch.tensor(text_stats(ids, text)))
+        probs = [float(p_all[i]) if i is not None else 0.0 for i in self.policy_index]
+        allowed = self.allowed()
+        total = sum(probs[i] for i in allowed)
+        probs = [p / total if i in allowed and total > 0 else 0.0 for i, p in enumerate(probs)]
+        self.probs = probs
+        best = max(allowed, key=lambda i: (probs[i], -i))
+        self.active = self.chosen_by_policy = best
+        prior = self.policy.prior
+        expected = {a.label: round(prior[j], 3) for a, j in zip(self.arms, self.policy_index)
+                    if j is not None and j < len(prior)}
+        self.pending = {
+            "by": "policy", "arm": self.arms[best].label,
+            "probs": {a.label: round(p, 4) for a, p in zip(self.arms, probs)},
+            "expected_speedup": expected,
+            "reason": (f"the policy gives {self.arms[best].label} {probs[best]:.0%} for this prompt"
+                       if self.policy.method != "untrained" else "no trained policy yet: plain decoding"),
+        }
+
+    def _observe_and_switch(self, tree: DraftTree, verdict: Verdict) -> None:
+        arm = self.arms[self.active]
+        j = self.policy_index[self.active]
+        cost = self.policy.draft_cost[j] if j is not None and j < len(self.policy.draft_cost) else 0.0
+        nodes = len(tree)
+        units = step_units(self.policy.curve, 1 + nodes) + cost * nodes
+        reward = (len(verdict.path) + 1) / units
+        self.switch.observe(self.active, reward)
+        if not self.switch.due():
+            return
+        allowed = self.allowed()
+        best, draws = self.switch.decide(allowed)
+        if best == self.active:
+            return
+        mean, _ = self.switch.posterior(self.active)
+        self.pending = {
+            "by": "online", "arm": self.arms[best].label, "from": arm.label,
+            "draws": {self.arms[i].label: round(d, 3) for i, d in draws.items()},
+            "reason": f"{arm.label} gave {mean:.2f}x lately; {self.arms[best].label} looks better now",
+        }
+        self.active = best

@@ -1,0 +1,211 @@
+"""`python -m specviz train-policy`: the drafter-choice policy from logged outcomes (specviz collect).
+
+    reward[prompt, arm] = metrics.expected_speedup(the arm's decode counters, the cost curve pooled
+                          over every forward of the collection): tau against this machine's forward
+                          cost, load-independent; plain decoding is 1 by construction
+
+One prompt in five (by a hash of the prompt, so a rerun splits alike) is held out. On it the card
+reports the mean reward of: the REINFORCE policy, the supervised best-arm baseline, the best single
+arm (chosen on the training part), plain decoding and the per-prompt oracle; per category; the
+ablation of the features (states only, text statistics only, both); and a learning curve (the
+REINFORCE policy on a quarter, a half, all of the training part). The chosen method's policy, refit
+on every prompt, ships in assets/policy/ with its card.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from ..metrics import CostCurve, Metrics, expected_speedup
+from .arms import policy_path
+from .policy import HIDDEN_DIMS, ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, mean_reward
+
+HOLDOUT_EVERY = 5
+METHODS = {"reinforce": fit_reinforce, "supervised": fit_best_arm}
+
+
+def metrics_of(summary: dict) -> Metrics:
+    names = {f.name for f in fields(Metrics)}
+    return Metrics(**{k: v for k, v in summary.items() if k in names})
+
+
+def cost_curve(rows: list[dict]) -> CostCurve:
+    curve = CostCurve()
+    for row in rows:
+        for outcome in row["arms"].values():
+            for n, seconds in outcome["forwards"]:
+                curve.add(n, seconds)
+    return curve
+
+
+def table(rows: list[dict], arms: list[str] | None = None):
+    """(arms, kept rows, rewards [rows, arms], wall-clock speedups [rows, arms], curve)."""
+    if arms is None:
+        arms = [a for a in rows[0]["arms"] if all(a in r["arms"] for r in rows)] if rows else []
+    curve = cost_curve(rows)
+    kept, rewards, walls = [], [], []
+    for row in rows:
+        ms = [row["arms"][a]["metrics"] if a in row["arms"] else None for a in arms]
+        if any(m is None for m in ms):
+            continue
+        rs = [expected_speedup(metrics_of(m), curve) for m in ms]
+        if any(r is None for r in rs):
+            continue
+        ar = ms[arms.index("none")]["tokens_per_s"]
+        kept.append(row)
+        rewards.append(rs)
+        walls.append([m["tokens_per_s"] / ar if ar else 0.0 for m in ms])
+    return arms, kept, torch.tensor(rewards), torch.tensor(walls), curve
+
+
+def features(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..collect import decode_states
+
+    return torch.stack([decode_states(r["states"]) for r in rows]), torch.tensor([r["stats"] for r in rows])
+
+
+def held_out(row: dict) -> bool:
+    return int(row["key"], 16) % HOLDOUT_EVERY == 0
+
+
+def fit(method: str, states, stats, rewards, seed: int, hidden_dims: int = HIDDEN_DIMS, use_text: bool = True,
+        epochs: int | None = None):
+    enc = fit_encoder(states, stats, hidden_dims, use_text)
+    kw = {"epochs": epochs} if epochs else {}
+    w, b = METHODS[method](enc(states, stats), rewards, seed=seed, **kw)
+    return enc, w, b
+
+
+def probs(enc, w, b, states, stats) -> torch.Tensor:
+    return torch.softmax(enc(states, stats) @ w.T + b, -1)
+
+
+def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None) -> dict:
+    """Held-out mean rewards of the policies and the fixed choices (the card's figures)."""
+    arms, rows, rewards, walls, curve = table(rows)
+    test = torch.tensor([held_out(r) for r in rows])
+    train = ~test
+    if train.sum() < 2 or test.sum() < 1:
+        raise ValueError(f"{len(rows)} usable prompts: too few to train and hold out (collect more)")
+    states, stats = features(rows)
+    tr = lambda t: t[train]  # noqa: E731
+    te = lambda t: t[test]  # noqa: E731
+    best_single = int(tr(rewards).mean(0).argmax())
+    out = {"arms": arms, "prompts": len(rows), "train": int(train.sum()), "held_out": int(test.sum()),
+           "curve": [[round(n, 2), round(s, 6), c] for n, s, c in curve.points()],
+           "mean_reward_per_arm": {a: round(float(te(rewards)[:, i].mean()), 4) for i, a in enumerate(arms)},
+           "mean_wall_speedup_per_arm": {a: round(float(te(walls)[:, i].mean()), 4) for i, a in enumerate(arms)},
+           "best_single_arm": arms[best_single],
+           "fixed": {"none (AR)": round(float(te(rewards)[:, arms.index("none")].mean()), 4), f"best single ({arms[best_single]})": round(float(te(rewards)[:, best_single].mean()), 4),
+                     "oracle": round(float(te(rewards).max(1).values.mean()), 4)}}
+    picks = {}
+    for method in METHODS:
+        for name, dims, use_text in (("both", HIDDEN_DIMS, True), ("states only", HIDDEN_DIMS, False),
+                                     ("text only", 0, True)):
+            enc, w, b = fit(method, tr(states), tr(stats), tr(rewards), seed, dims, use_text, epochs)
+            p = probs(enc, w, b, te(states), te(stats))
+            out.setdefault("ablation", {}).setdefault(method, {})[name] = round(mean_reward(p, te(rewards)), 4)
+            if name == "both":
+                picks[method] = p.argmax(1)
+    cats = sorted({r["category"] for r in rows})
+    cat_of = [r["category"] for r in rows]
+    test_cats = [c for c, t in zip(cat_of, test.tolist()) if t]
+    per_cat = {}
+    for c in cats:
+        idx = torch.tensor([tc == c for tc in test_cats])
+        if not idx.any():
+            continue
+        r = te(rewards)[idx]
+        per_cat[c] = {"prompts": int(idx.sum()), "oracle": round(float(r.max(1).values.mean()), 4),
+                      "best single": round(float(r[:, best_single].mean()), 4),
+                      **{m: round(float(r.gather(1, picks[m][idx][:, None]).mean()), 4) for m in METHODS}}
+    out["per_category"] = per_cat
+    n = int(train.sum())
+    curve_points = {}
+    for share in (0.25, 0.5, 1.0):
+        k = max(2, int(n * share))
+        enc, w, b = fit("reinforce", tr(states)[:k], tr(stats)[:k], tr(rewards)[:k], seed, epochs=epochs)
+        curve_points[k] = round(mean_reward(probs(enc, w, b, te(states), te(stats)), te(rewards)), 4)
+    out["learning_curve_reinforce"] = curve_points
+    return out
+
+
+def train_policy(rows: list[dict], method: str = "reinforce", seed: int = 0, epochs: int | None = None) -> ArmPolicy:
+    """The policy on every usable prompt, with what `auto` needs beside it (priors, drafting costs, curve)."""
+    arms, rows, rewards, _, curve = table(rows)
+    states, stats = features(rows)
+    enc, w, b = fit(method, states, stats, rewards, seed, epochs=epochs)
+    one = curve.seconds(1) or 1.0
+    cost = []
+    for a in arms:
+        drafted = sum(r["arms"][a]["metrics"]["drafted"] for r in rows)
+        draft_s = sum(r["arms"][a]["metrics"]["draft_s"] for r in rows)
+        cost.append(draft_s / drafted / one if drafted else 0.0)
+    return ArmPolicy(arms, enc, w, b, method, [round(float(x), 4) for x in rewards.mean(0)],
+                     [round(c, 5) for c in cost], [(round(n, 3), s) for n, s, _ in curve.points()])
+
+
+def write_card(path: Path, report: dict, collected: dict, method: str, seconds: float) -> None:
+    from ..atomic import atomic_write_text
+
+    card = {"method": method, "trained_in_s": round(seconds, 1), "collection": collected, **report}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=1))
+    fixed = report["fixed"]
+    lines = [f"# Drafter-choice policy (`auto`) for {collected.get('target', '?')}", "",
+             f"Trained with {method} on {report['train']} logged prompts, evaluated on {report['held_out']} held out "
+             f"(one in {HOLDOUT_EVERY} by prompt hash), {time.strftime('%Y-%m-%d')}. Collection: "
+             f"{collected.get('prompts', '?')} prompts in {collected.get('seconds', '?')} s on {collected.get('machine', '?')}, "
+             f"{collected.get('max_new_tokens', '?')} new tokens, greedy; arms skipped: "
+             f"{'; '.join(collected.get('skipped', [])) or 'none'}.", "",
+             "Reward: the speedup expected from tau and this machine's cost curve (metrics.expected_speedup); "
+             "held-out means:", "", "| choice | mean expected speedup |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in fixed.items()]
+    for m, abl in report["ablation"].items():
+        lines += [f"| {m} ({k}) | {v:.3f} |" for k, v in abl.items()]
+    lines += ["", "Per arm (held out): " + ", ".join(f"{a} {v:.3f} (wall {report['mean_wall_speedup_per_arm'][a]:.2f})"
+                                                      for a, v in report["mean_reward_per_arm"].items()), "",
+              "Learning curve (REINFORCE, training prompts -> held-out mean): " +
+              ", ".join(f"{k}: {v:.3f}" for k, v in report["learning_curve_reinforce"].items()), "",
+              "| category | prompts | oracle | best single | reinforce | supervised |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c} | {v['prompts']} | {v['oracle']:.3f} | {v['best single']:.3f} | {v['reinforce']:.3f} | "
+              f"{v['supervised']:.3f} |" for c, v in report["per_category"].items()]
+    atomic_write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+def cmd_train_policy(a) -> int:
+    from ..collect import default_dir, read_outcomes
+
+    data = Path(a.data) if a.data else default_dir(a.target)
+    rows = read_outcomes(data / "outcomes.jsonl")
+    if not rows:
+        raise ValueError(f"no logged outcomes in {data}; run `python -m specviz collect --target {a.target}` first")
+    try:
+        collected = json.loads((data / "card.json").read_text())
+    except (OSError, ValueError):
+        collected = {}
+    start = time.perf_counter()
+    report = evaluate(rows, a.seed, a.epochs or None)
+    policy = train_policy(rows, a.method, a.seed, a.epochs or None)
+    policy.card = {"held_out": report["fixed"], "ablation": report["ablation"], "prompts": report["prompts"]}
+    out = Path(a.out) if a.out else policy_path(a.target)
+    policy.save(out)
+    write_card(out, report, collected, a.method, time.perf_counter() - start)
+    print(out.with_suffix(".md").read_text())
+    print(f"policy written to {out}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train-policy", help="train the drafter-choice policy (auto) on outcomes from collect")
+    t.add_argument("--target", default="smollm2-135m")
+    t.add_argument("--data", help="the collect directory (default: <cache>/policy/<target>)")
+    t.add_argument("--method", choices=sorted(METHODS), default="reinforce")
+    t.add_argument("--epochs", type=int, default=0, help="0: the default")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", help="policy file (default: assets/policy/auto-<target>.safetensors)")
+    t.set_defaults(func=cmd_train_policy)

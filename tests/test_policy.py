@@ -1,0 +1,259 @@
+"""Drafter choice (issue 18): the policy learns the rewarded arm, `auto` stays exact whatever arm drafts.
+
+- REINFORCE (and the supervised best-arm baseline) move probability to the arm a synthetic bandit
+  rewards, deterministically for a seed, and pick plain decoding where it is best;
+- `auto` on tiny models: greedy equals plain decoding token for token with the online switch
+  re-deciding every step; under sampling the joint of the first tokens matches the exact one on a
+  context-dependent target (chi-square, seeded), and a broken verifier fails the same test;
+- events and traces record the arm of every step and the policy's probabilities.
+"""
+from functools import partial
+
+import pytest
+import torch
+from conftest import perturbed, tiny_llama
+from exact import context_llama, pvalue_against_exact
+
+from specviz import trace
+from specviz.choice.arms import build_arms, make_auto_drafter
+from specviz.choice.auto import Arm, AutoDrafter, step_units
+from specviz.choice.bandit import SwitchSettings
+from specviz.choice.features import TEXT_STATS, pooled_states, repeated_share, text_stats
+from specviz.choice.policy import (ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, mean_reward)
+from specviz.drafters.model import ModelDrafter, chain_builder
+from specviz.drafters.ngram import NgramDrafter
+from specviz.drafters.prompt_lookup import PromptLookupDrafter
+from specviz.engine import Engine, Settings
+from specviz.events import RunStarted, StepStarted
+from specviz.verify import verify_sampling
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---- the policy on synthetic bandits
+
+def synthetic(n=300, dims=6, seed=0):
+    """Contexts x and rewards: arm 1 pays where x0 > 0, arm 2 where x0 <= 0, arm 0 (AR) always 1."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dims, generator=gen)
+    high = (x[:, 0] > 0).float()
+    rewards = torch.stack([torch.ones(n), 0.6 + 1.4 * high, 0.6 + 1.4 * (1 - high)], 1)
+    return x, rewards
+
+
+def probs_of(weight, bias, x):
+    return torch.softmax(x @ weight.T + bias, -1)
+
+
+def test_reinforce_moves_probability_to_the_rewarded_arm():
+    x, rewards = synthetic()
+    before = probs_of(torch.zeros(3, x.shape[1]), torch.zeros(3), x)
+    w, b = fit_reinforce(x, rewards, seed=0, epochs=60)
+    after = probs_of(w, b, x)
+    best = rewards.argmax(1)
+    p_best_before = before.gather(1, best[:, None]).mean()
+    p_best_after = after.gather(1, best[:, None]).mean()
+    print(f"probability of the best arm: {p_best_before:.2f} -> {p_best_after:.2f}")
+    assert p_best_after > 0.8 > p_best_before
+    oracle = float(rewards.max(1).values.mean())
+    assert mean_reward(after, rewards) >= 0.95 * oracle
+
+
+def test_reinforce_is_deterministic_for_a_seed_and_differs_across_seeds():
+    x, rewards = synthetic()
+    w1, b1 = fit_reinforce(x, rewards, seed=3, epochs=5)
+    w2, b2 = fit_reinforce(x, rewards, seed=3, epochs=5)
+    w3, _ = fit_reinforce(x, rewards, seed=4, epochs=5)
+    assert torch.equal(w1, w2) and torch.equal(b1, b2)
+    assert not torch.equal(w1, w3)
+
+
+@pytest.mark.parametrize("fit", [fit_reinforce, fit_best_arm])
+def test_where_plain_decoding_is_best_the_policy_picks_it(fit):
+    x, rewards = synthetic()
+    rewards[:, 1:] = 0.7 + 0.25 * rewards[:, 1:] / rewards[:, 1:].max()  # every drafter below 1x
+    w, b = fit(x, rewards, seed=0, epochs=60)
+    assert (probs_of(w, b, x).argmax(1) == 0).all()
+
+
+def test_supervised_baseline_learns_the_best_arm():
+    x, rewards = synthetic()
+    w, b = fit_best_arm(x, rewards, seed=0, epochs=60)
+    assert (probs_of(w, b, x).argmax(1) == rewards.argmax(1)).float().mean() > 0.95
+
+
+def test_text_statistics_and_pooling():
+    assert repeated_share([1, 2, 3, 1, 2, 3], 2) == pytest.approx(2 / 5)
+    stats = text_stats([1, 2, 3, 1, 2, 3], "def f(x):\n    return x[0]\n")
+    assert len(stats) == len(TEXT_STATS) and stats[TEXT_STATS.index("indented")] == pytest.approx(1 / 3)
+    h = torch.arange(6.0).reshape(3, 2)
+    assert pooled_states(h).tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_policy_file_round_trip(tmp_path):
+    states, stats = torch.randn(20, 8), torch.randn(20, len(TEXT_STATS))
+    enc = fit_encoder(states, stats, hidden_dims=4)
+    x = enc(states, stats)
+    w, b = fit_best_arm(x, torch.rand(20, 3), epochs=3)
+    policy = ArmPolicy(["none", "pld:chain:8", "ngram:chain:8"], enc, w, b, "supervised", [1.0, 1.2, 1.1],
+                       [0.0, 0.01, 0.02], [(1.0, 0.05), (4.0, 0.06)], {"prompts": 20})
+    again = ArmPolicy.load(policy.save(tmp_path / "p.safetensors"))
+    assert again.arms == policy.arms and again.curve == policy.curve and again.card == {"prompts": 20}
+    assert torch.allclose(again.probs(states[0], stats[0]), policy.probs(states[0], stats[0]))
+
+
+def test_step_units_read_the_cost_curve():
+    curve = [(1.0, 0.05), (5.0, 0.07), (9.0, 0.09)]
+    assert step_units(curve, 1) == 1.0
+    assert step_units(curve, 3) == pytest.approx(0.06 / 0.05)
+    assert step_units(curve, 40) == pytest.approx(0.09 / 0.05)
+    assert step_units([], 7) == 1.0
+
+
+# ---- `auto` in the engine
+
+VOCAB = 32
+
+
+def tiny_policy(arms: list[str], state_dims: int, favour: str, seed: int = 0) -> ArmPolicy:
+    """A policy that prefers `favour` (by its bias) over a fitted encoder of random states."""
+    gen = torch.Generator().manual_seed(seed)
+    enc = fit_encoder(torch.randn(16, state_dims, generator=gen), torch.randn(16, len(TEXT_STATS), generator=gen), 4)
+    bias = torch.tensor([2.0 if a == favour else 0.0 for a in arms])
+    return ArmPolicy(arms, enc, torch.zeros(len(arms), enc.dims), bias, "test", [1.0] * len(arms),
+                     [0.0] * len(arms), [(1.0, 0.05), (3.0, 0.06), (9.0, 0.08)])
+
+
+def auto_drafter(target, drafter_model, favour="pld", every: int | None = 1, vocab=VOCAB, seed=0) -> AutoDrafter:
+    arms = [Arm("none", None), Arm("pld:chain:3", PromptLookupDrafter(vocab, k=3, min_ngram=1)),
+            Arm("model:chain:2", ModelDrafter(drafter_model, chain_builder(2))),
+            Arm("ngram:chain:4", NgramDrafter(vocab, None, budget=4, min_expected=0.0))]
+    policy = tiny_policy([a.label for a in arms], 2 * target.config.hidden_size, favour)
+    switch = SwitchSettings(every=every, decay=0.5, prior_weight=0.5, noise=1.0, seed=seed) if every else None
+    return AutoDrafter(arms, policy, None, switch)
+
+
+PROMPTS = [[1, 2, 3, 4, 5, 1, 2, 3], [7, 7, 7, 7, 7, 7], [3, 9, 27, 11, 3, 9, 4, 30, 2, 3, 9], list(range(20))]
+
+
+@pytest.mark.parametrize("favour", ["pld:chain:3", "model:chain:2", "none"])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_auto_with_switching_equals_plain_decoding(tiny_target, tiny_drafter, prompt, favour):
+    settings = Settings(max_new_tokens=40)
+    want = Engine(tiny_target, str).run(prompt, settings).token_ids
+    drafter = auto_drafter(tiny_target, tiny_drafter, favour)
+    run = Engine(tiny_target, str, drafter).run(prompt, settings)
+    assert run.token_ids == want
+    arms = [ev.arm for ev in run.events if isinstance(ev, StepStarted)]
+    assert arms[0] == "none" and arms[1] == favour  # the prefill, then the policy's choice
+
+
+def test_greedy_auto_switches_mid_answer_and_records_it(tiny_target, tiny_drafter):
+    run = Engine(tiny_target, str, auto_drafter(tiny_target, tiny_drafter, "pld:chain:3")).run(
+        PROMPTS[0], Settings(max_new_tokens=60))
+    start = run.events[0]
+    assert isinstance(start, RunStarted) and start.policy["online"] and start.policy["every"] == 1
+    steps = [ev for ev in run.events if isinstance(ev, StepStarted)]
+    assert len({ev.arm for ev in steps[1:]}) >= 2  # it switched at least once
+    first = steps[1].choice
+    assert first["by"] == "policy" and first["arm"] == "pld:chain:3"
+    assert sum(first["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+    switched = [ev.choice for ev in steps[2:] if ev.choice]
+    assert switched and all(c["by"] == "online" and c["arm"] != c["from"] for c in switched)
+    assert all(ev.choice is None or ev.arm == ev.choice["arm"] for ev in steps)
+    loaded = trace.loads(trace.dumps(run.events))  # the choices survive a trace
+    assert [e.arm for e in loaded if isinstance(e, StepStarted)] == [e.arm for e in steps]
+    assert loaded[0].policy == start.policy
+
+
+def test_auto_is_deterministic_for_a_seed(tiny_target, tiny_drafter):
+    settings = Settings(max_new_tokens=30, temperature=1.0, seed=5)
+
+    def once():
+        run = Engine(tiny_target, str, auto_drafter(tiny_target, tiny_drafter, "model:chain:2"),
+                     rule="sampling").run(PROMPTS[2], settings)
+        return run.token_ids, [ev.arm for ev in run.events if isinstance(ev, StepStarted)]
+
+    assert once() == once()
+
+
+def test_an_arm_that_cannot_be_built_is_skipped_with_a_note(tiny_target):
+    from specviz.drafters.registry import DraftRequest
+
+    def make(r):
+        if r.name == "eagle3":
+            raise ValueError("no trained head at assets/drafters/eagle3-x.safetensors")
+        return PromptLookupDrafter(VOCAB, k=r.draft_len)
+
+    arms, notes = build_arms(["none", "eagle3:chain:4", "pld:chain:8"], DraftRequest("auto", tiny_target, "x", 4, "chain"),
+                             make)
+    assert [a.label for a in arms] == ["none", "pld:chain:8"]
+    assert notes == ["skipped eagle3:chain:4: no trained head at assets/drafters/eagle3-x.safetensors"]
+
+
+def test_without_a_trained_policy_auto_decodes_plainly(tiny_target, tmp_path):
+    from specviz.drafters.registry import DraftRequest
+
+    request = DraftRequest("auto", tiny_target, "tiny", 4, "chain")
+    drafter = make_auto_drafter(request, lambda r: PromptLookupDrafter(VOCAB, k=r.draft_len),
+                                policy_file=tmp_path / "none.safetensors", decode=str)
+    run = Engine(tiny_target, str, drafter).run(PROMPTS[0], Settings(max_new_tokens=10))
+    steps = [ev for ev in run.events if isinstance(ev, StepStarted)]
+    assert {ev.arm for ev in steps} == {"none"} and "no trained policy" in steps[1].choice["reason"]
+    assert "no trained drafter policy" in run.events[0].policy["skipped"][0]
+
+
+# ---- sampling stays exact under switching (context-dependent target, as in test_stop_rules)
+
+CTX_VOCAB, N, SAMPLES = 6, 3, 8_000
+CTX_PROMPT = [1, 2, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def context_pair():
+    target = context_llama(CTX_VOCAB)
+    return target, perturbed(target, 0.5, seed=4)
+
+
+def context_auto(target, drafter_model):
+    arms = [Arm("pld:chain:3", PromptLookupDrafter(CTX_VOCAB, k=3, min_ngram=1)),
+            Arm("model:chain:2", ModelDrafter(drafter_model, chain_builder(2))), Arm("none", None)]
+    policy = tiny_policy([a.label for a in arms], 2 * target.config.hidden_size, "pld:chain:3")
+    return AutoDrafter(arms, policy, None, SwitchSettings(every=1, decay=0.5, prior_weight=0.5, noise=1.0))
+
+
+def test_auto_sampling_with_switching_matches_a_context_dependent_target(context_pair):
+    target, drafter_model = context_pair
+    engine = Engine(target, str, context_auto(target, drafter_model), rule="sampling")
+    switched = 0
+    for seed in range(200):  # the switch really switches inside the tokens the test compares
+        run = engine.run(CTX_PROMPT, Settings(N, temperature=1.0, seed=seed))
+        switched += len({ev.arm for ev in run.events if isinstance(ev, StepStarted) and ev.step >= 1}) >= 2
+    assert switched >= 50, switched
+    pvalue = pvalue_against_exact(engine, CTX_PROMPT, N, Settings(N, temperature=1.0), SAMPLES)
+    print(f"auto with switching, T=1: p={pvalue:.3g}")
+    assert pvalue > 1e-3
+
+
+def test_a_broken_verifier_fails_the_same_auto_test(context_pair):
+    target, drafter_model = context_pair
+    broken = partial(verify_sampling, residual=lambda p, q: p)  # samples p, not the residual, after a rejection
+    engine = Engine(target, str, context_auto(target, drafter_model), rule=broken)
+    pvalue = pvalue_against_exact(engine, CTX_PROMPT, N, Settings(N, temperature=1.0), SAMPLES)
+    print(f"auto with a broken verifier: p={pvalue:.3g}")
+    assert pvalue < 1e-3
+
+
+def test_the_choice_view_shows_the_choice_switches_and_arms(tiny_target, tiny_drafter):
+    from specviz.views.choice_view import choice_figure, choice_markdown, choices
+
+    run = Engine(tiny_target, str, auto_drafter(tiny_target, tiny_drafter, "pld:chain:3")).run(
+        PROMPTS[0], Settings(max_new_tokens=40))
+    c = choices(run.events)
+    assert c.first["arm"] == "pld:chain:3" and c.arms[0] == "none" and c.switches
+    text = choice_markdown(trace.loads(trace.dumps(run.events)))  # a replay renders the same
+    assert text == choice_markdown(run.events)
+    assert "Chosen: **pld:chain:3**" in text and "→" in text and "Steps drafted by" in text
+    fig = choice_figure(run.events)
+    assert len(fig.data) == 3 and list(fig.data[0].x) == list(c.first["probs"])
+    assert choices(Engine(tiny_target, str).run(PROMPTS[0], Settings(max_new_tokens=4)).events) is None
