@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .events import Emitted, RunFinished, Verified
+from .events import Emitted, RunFinished, StepStarted, Verified
 
 # ANSI styles per token origin: the same legend as the app.
 STYLE = {"accepted": "\033[32m", "resampled": "\033[33m", "bonus": "\033[36m", "target": "", "rejected": "\033[9;2;31m"}
@@ -78,6 +78,8 @@ def cmd_generate(a) -> int:
         print(LEGEND + (" , red strike = rejected draft" if a.show_rejected else ""), file=sys.stderr)
     for ev in engine.stream_text(a.prompt):
         events.append(ev)
+        if isinstance(ev, StepStarted) and ev.choice:  # an `auto` run (re)decided which drafter drafts
+            print(f"\n[auto, step {ev.step}] {ev.choice['arm']}: {ev.choice.get('reason', '')}", file=sys.stderr)
         if isinstance(ev, Verified) and a.show_rejected and color:
             for node in ev.nodes:
                 if node.status == "rejected":

@@ -13,7 +13,8 @@ and the cost curve pooled over the whole collection (metrics.expected_speedup, l
 with wall-clock tokens/s kept beside it.
 
 Resumable: outcomes.jsonl gains one line per finished prompt (flushed and synced); a rerun skips the
-prompts already there and a torn last line is ignored. card.json says what was logged and how long
+prompts already there, runs only the missing arms of a prompt logged before an arm's weights existed
+(eagle3 while it trains), and ignores a torn last line. card.json says what was logged and how long
 it took.
 """
 from __future__ import annotations
@@ -69,18 +70,24 @@ def decode_states(text: str) -> torch.Tensor:
 
 
 def read_outcomes(path: Path) -> list[dict]:
-    """The finished prompts' rows (a torn last line, from an interrupted run, is skipped)."""
-    rows = []
+    """The finished prompts' rows, one per prompt: a later line for the same prompt (arms added when
+    their weights appeared) adds its arms to the earlier one. A torn last line is skipped."""
+    rows: dict[str, dict] = {}
     if not path.exists():
-        return rows
+        return []
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and row.get("format") == FORMAT:
-            rows.append(row)
-    return rows
+        if not isinstance(row, dict) or row.get("format") != FORMAT:
+            continue
+        if row["key"] in rows:
+            rows[row["key"]]["arms"].update(row["arms"])
+            rows[row["key"]]["seconds"] += row["seconds"]
+        else:
+            rows[row["key"]] = row
+    return list(rows.values())
 
 
 def arm_outcome(events, seconds: float) -> dict:
@@ -103,9 +110,8 @@ def collect(target: str, arms: list[str], limit: int, max_new_tokens: int, out: 
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "outcomes.jsonl"
-    done = {row["key"] for row in read_outcomes(path)}
+    done = {row["key"]: row for row in read_outcomes(path)}
     prompts = training_prompts(limit, seed)
-    todo = [p for p in prompts if prompt_key(p["prompt"]) not in done]
     settings = Settings(max_new_tokens=max_new_tokens)
     engines, skipped = {}, []
     for label in arms:
@@ -119,27 +125,38 @@ def collect(target: str, arms: list[str], limit: int, max_new_tokens: int, out: 
     if "none" not in engines:
         raise ValueError("the arms must include 'none' (plain decoding): every reward is relative to it")
     first = engines["none"]
+    # a prompt is to do when it is new, or when an arm that can run now was not logged for it (its weights came later)
+    todo = [p for p in prompts if set(engines) - set(done.get(prompt_key(p["prompt"]), {}).get("arms", {}))]
     model = first.engine.target.model
     log(f"collect: {len(prompts)} training prompts ({len(done)} already logged, {len(todo)} to go), "
         f"arms: {', '.join(engines)}; writing {path}")
     started = time.perf_counter()
     bar = progress(todo) if progress else todo
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "a") as f:  # a torn last line (an interrupted write) stays on its own line
+            f.write("\n")
     with open(path, "a") as f:
         for p in bar:
             ids = first.encode(p["prompt"])
             if len(ids) + max_new_tokens + 128 > first.engine.target.context:
                 continue
             t0 = time.perf_counter()
+            key = prompt_key(p["prompt"])
+            logged = done.get(key, {}).get("arms", {})
             states = prefill_states(model, ids, first.engine.target.fast_path)
             outcomes = {}
             for label, spec in engines.items():
+                if label in logged and label != "none":
+                    continue
                 t1 = time.perf_counter()
                 events = list(spec.engine.stream(ids, settings, p["prompt"]))
                 outcomes[label] = arm_outcome(events, time.perf_counter() - t1)
             ar_tokens = outcomes["none"]["tokens"]
             for o in outcomes.values():
                 o["same_as_ar"] = o.pop("tokens") == ar_tokens
-            row = {"format": FORMAT, "key": prompt_key(p["prompt"]), "category": p["category"],
+            if "none" in logged:
+                del outcomes["none"]  # plain decoding ran again only as the reference of the new arms
+            row = {"format": FORMAT, "key": key, "category": p["category"],
                    "source": p.get("source", ""), "prompt_tokens": len(ids), "prompt": p["prompt"][:200],
                    "stats": [round(x, 6) for x in text_stats(ids, first.engine.decode(ids))],
                    "states": encode_states(states), "arms": outcomes, "seconds": round(time.perf_counter() - t0, 3)}

@@ -7,6 +7,7 @@
   context-dependent target (chi-square, seeded), and a broken verifier fails the same test;
 - events and traces record the arm of every step and the policy's probabilities.
 """
+import json
 from functools import partial
 
 import pytest
@@ -257,3 +258,75 @@ def test_the_choice_view_shows_the_choice_switches_and_arms(tiny_target, tiny_dr
     fig = choice_figure(run.events)
     assert len(fig.data) == 3 and list(fig.data[0].x) == list(c.first["probs"])
     assert choices(Engine(tiny_target, str).run(PROMPTS[0], Settings(max_new_tokens=4)).events) is None
+
+
+# ---- collect (resumable) and train-policy on a tiny model with SmolLM2's tokenizer
+
+def tiny_target_dir(tmp_path):
+    import shutil
+
+    from specviz.models import cache_root
+
+    tok = cache_root() / "hf" / "smollm2-135m"
+    if not (tok / "tokenizer.json").exists():
+        pytest.skip("SmolLM2's tokenizer is not in the cache")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    d = tmp_path / "tiny"
+    LlamaForCausalLM(cfg).eval().save_pretrained(d)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tok / name).exists():
+            shutil.copy(tok / name, d)
+    return str(d)
+
+
+TRAINING = [{"category": c, "prompt": p, "source": "test"} for c, p in [
+    ("code", "Write a Python function that adds two numbers. def add(a, b): return a + b"),
+    ("writing", "Write a short poem about the sea and the sky."),
+    ("summarization", "Summarize: the cat sat on the mat. The cat sat on the mat. The dog did not."),
+    ("qa", "What is a heat pump, in one sentence?"),
+    ("math", "What is 17 times 23? Show the steps."),
+    ("translation", "Translate into French: the weather is nice today."),
+]]
+
+
+def test_training_prompts_never_hold_an_evaluation_prompt(monkeypatch):
+    from specviz import collect
+    from specviz.prompts import evaluation_prompts
+    from specviz.train import sources
+
+    evaluation = evaluation_prompts()[0]
+    monkeypatch.setattr(sources, "wide_instructions", lambda seed=0: TRAINING + [
+        {"category": "qa", "prompt": evaluation, "source": "leak"}])
+    got = [r["prompt"] for r in collect.training_prompts(0)]
+    assert evaluation not in got and set(got) <= {r["prompt"] for r in TRAINING} and len(got) >= 4
+
+
+def test_collect_resumes_and_train_policy_writes_a_policy(tmp_path, monkeypatch):
+    from specviz import collect
+    from specviz.choice.train import train_policy
+    from specviz.paths import DRAFTERS as WEIGHTS
+
+    target = tiny_target_dir(tmp_path)
+    monkeypatch.setattr(collect, "training_prompts", lambda limit, seed=0: TRAINING[:limit] if limit else TRAINING)
+    out = tmp_path / "out"
+    arms = ["none", "pld:chain:8", "ngram:chain:4", "eagle3:chain:4"]
+    path = collect.collect(target, arms, 4, 8, out, log=lambda s: None)
+    rows = collect.read_outcomes(path)
+    assert len(rows) == 4 and set(rows[0]["arms"]) == {"none", "pld:chain:8", "ngram:chain:4"}
+    assert all(o["same_as_ar"] for r in rows for o in r["arms"].values())  # every arm exact
+    card = json.loads((out / "card.json").read_text())
+    assert card["prompts"] == 4 and "eagle3" in card["skipped"][0] and str(WEIGHTS) in card["skipped"][0]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # a torn last line
+    assert len(collect.read_outcomes(path)) == 3
+    collect.collect(target, arms, 6, 8, out, log=lambda s: None)  # resumes: the torn prompt and two new ones
+    rows = collect.read_outcomes(path)
+    assert len(rows) == 6 and [r["key"] for r in rows[:3]] == [json.loads(x)["key"] for x in lines[:3]]
+    policy = train_policy(rows, "reinforce", epochs=5)
+    assert policy.arms == ["none", "pld:chain:8", "ngram:chain:4"] and len(policy.curve) >= 1
+    again = ArmPolicy.load(policy.save(tmp_path / "auto.safetensors"))
+    assert again.probs(collect.decode_states(rows[0]["states"]), torch.tensor(rows[0]["stats"])).shape == (3,)
