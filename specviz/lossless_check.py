@@ -402,8 +402,8 @@ def check_config(config, prompt: str, k: int = 2, n: int = DEFAULT_SAMPLES, brok
         if entry.kind == "model":  # the drafter model is memoized the same way (its own table)
             draft_model, _, _ = api.load_model(config.drafter)
             shape = STRATEGIES.get(config.shape)
-            return ModelDrafter(MemoLM(draft_model, ids, horizon=memo_target.horizon), shape.build(config.draft_len), config.drafter,
-                                greedy_only=shape.greedy_only, fast_path=False)
+            return ModelDrafter(MemoLM(draft_model, ids, horizon=memo_target.horizon), shape.build(config.draft_len),
+                                config.drafter, greedy_only=shape.greedy_only, fast_path=False)
         target_model = model if entry.kind == "trained" else memo_target  # trained heads read the real layers
         return drafter_registry.make_drafter(drafter_registry.DraftRequest(
             config.drafter, target_model, config.target, config.draft_len, config.shape, False))

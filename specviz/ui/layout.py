@@ -133,7 +133,8 @@ def build_demo() -> gr.Blocks:
                                             label="max new tokens", elem_id="specviz-max-new")
                     with gr.Row():
                         temperature = gr.Slider(0, limits.max_temperature, value=DEFAULT.settings.temperature,
-                                                step=0.05, label="temperature (0 = greedy)")
+                                                step=0.05, label="temperature (0 = greedy)",
+                                                elem_id="specviz-temperature")
                         top_p = gr.Slider(0.05, 1, value=DEFAULT.settings.top_p, step=0.05, label="top-p")
                     seed = gr.Number(DEFAULT.settings.seed, precision=0, minimum=0, maximum=limits.max_seed,
                                      label="seed")

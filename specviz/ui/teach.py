@@ -56,7 +56,7 @@ CURVES = ("this machine (measured)", "linear", whatif.FLAT)
 
 def lesson_box() -> dict:
     """The lesson's start button (in the control column) and its card (fixed over the page, hidden until started)."""
-    start = gr.Button("🎓 Guided lesson (7 steps, no model needed)", size="sm", elem_id="specviz-lesson-start")
+    start = gr.Button("Guided lesson ▶ (7 steps, no model needed)", size="sm", elem_id="specviz-lesson-start")
     with gr.Column(visible=False, elem_id="specviz-lesson-card") as card:
         text = gr.Markdown(elem_id="specviz-lesson-text")
         with gr.Row():
@@ -89,7 +89,8 @@ def tabs() -> dict:
     with gr.Tab("What if", id="whatif"):
         gr.Markdown(WHATIF_INTRO)
         with gr.Row():
-            alpha = gr.Slider(0, 0.99, value=0.7, step=0.01, label="acceptance α per draft", elem_id="specviz-wi-alpha")
+            alpha = gr.Slider(0, 0.99, value=0.7, step=0.01, label="acceptance α per draft",
+                              elem_id="specviz-wi-alpha")
             gamma = gr.Slider(1, 16, value=4, step=1, label="draft length γ (chain)", elem_id="specviz-wi-gamma")
             c = gr.Slider(0, 1, value=0.05, step=0.01, label="drafter cost c (per token, in target forwards)",
                           elem_id="specviz-wi-c")
@@ -240,7 +241,7 @@ def lesson_show(i: int, session: Session | None) -> dict:
     i = lesson.STEPS.index(step)
     events = lesson.lesson_events(step)
     at = lesson.pick_step(events, step.want)
-    out = callbacks.replay(events, session, note=f"🎓 Lesson {i + 1}: **{esc(step.title)}** (recorded trace).",
+    out = callbacks.replay(events, session, note=f"Lesson {i + 1}: **{esc(step.title)}** (recorded trace).",
                            source=str(lesson.trace_path(step)))
     session = current(session)
     n = len(views.split_steps(events))

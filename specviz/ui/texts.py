@@ -55,8 +55,8 @@ footer {display: none !important}
 .specviz-menu input {text-overflow: ellipsis; padding-right: 2.2em !important}
 .specviz-menu ul.options li {white-space: normal}
 #specviz-drafter-note p {font-size: 13px; margin: 0}
-/* the guided lesson's card (ui/teach.py), over the page while a lesson runs */
-#specviz-lesson-card {position: fixed; right: 16px; bottom: 16px; width: 400px; max-height: 60vh; overflow: auto;
+/* the guided lesson's card (ui/teach.py): over the control column, so the panels it points at stay in view */
+#specviz-lesson-card {position: fixed; left: 16px; bottom: 16px; width: 400px; max-height: 60vh; overflow: auto;
   z-index: 1000; background: #fffbeb; border: 2px solid #f59e0b; border-radius: 10px; padding: 10px 12px;
   box-shadow: 0 8px 24px rgba(0,0,0,.18)}
 #specviz-lesson-card p {font-size: 14px; margin: 0 0 6px 0}

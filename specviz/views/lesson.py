@@ -73,9 +73,9 @@ STEPS = (
         "Lossless vs lossy",
         "The rules above are **lossless**: the output has exactly the target's distribution, whatever the drafter. "
         "*Lossy* rules (Medusa's typical acceptance, LANTERN) accept more drafts by tolerating a different "
-        "distribution; this run used typical acceptance and is marked **LOSSY**. The **Lossless?** tab samples "
-        "both and tests it (needs the model).",
-        "lesson/lossy-rag-pld-typical-T0.7.trace.json", "specviz-explain", "instructive"),
+        "distribution; this run used typical acceptance, and the status line marks it **LOSSY**. The **Lossless?** "
+        "tab samples both and tests it (needs the model).",
+        "lesson/lossy-rag-pld-typical-T0.7.trace.json", "specviz-status", "instructive"),
 )
 
 

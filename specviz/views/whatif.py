@@ -168,7 +168,8 @@ def figure(alpha: float, gamma: int, c: float, curve: CostCurve, widths: tuple[i
                      line=dict(color="#64748b", dash="dot"))],
         annotations=[dict(text=t, x=x, y=1.0, xref="paper", yref="paper", xanchor="center", yanchor="bottom",
                           showarrow=False, font=dict(size=12))
-                     for t, x in (("speedup by draft length at this α", 0.22), ("chain speedup over α × length", 0.74))],
+                     for t, x in (("speedup by draft length at this α", 0.22),
+                                  ("chain speedup over α × length", 0.74))],
     )
     return go.Figure(data=data, layout=layout)
 
@@ -203,5 +204,6 @@ def verdict(alpha: float, gamma: int, c: float, curve: CostCurve, curve_name: st
                          f"{p.predicted:.2f}×" + (f", measured {p.measured:.2f}×" if p.measured else "") + ".")
     lines.append(f"<small>Verification cost: {curve_name}"
                  + (f"; a one-token forward takes {one * 1000:.0f} ms" if one and curve_name != FLAT else "")
-                 + ". Priced by metrics.expected_speedup, the same function as the metrics table and the bench.</small>")
+                 + ". Priced by metrics.expected_speedup, the same function as the metrics table and the bench."
+                 "</small>")
     return "\n\n".join(lines)
