@@ -330,3 +330,17 @@ def test_collect_resumes_and_train_policy_writes_a_policy(tmp_path, monkeypatch)
     assert policy.arms == ["none", "pld:chain:8", "ngram:chain:4"] and len(policy.curve) >= 1
     again = ArmPolicy.load(policy.save(tmp_path / "auto.safetensors"))
     assert again.probs(collect.decode_states(rows[0]["states"]), torch.tensor(rows[0]["stats"])).shape == (3,)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_auto_pools_the_same_states_as_collect(tiny_target, tiny_drafter, fast_path):
+    from specviz.choice.features import prefill_states
+
+    drafter = auto_drafter(tiny_target, tiny_drafter, every=None)
+    seen = []
+    real = drafter.policy.probs
+    drafter.policy.probs = lambda states, stats: seen.append((states, stats)) or real(states, stats)
+    Engine(tiny_target, str, drafter, fast_path=fast_path).run(PROMPTS[2], Settings(max_new_tokens=4))
+    assert len(seen) == 1
+    assert torch.allclose(seen[0][0], prefill_states(tiny_target, PROMPTS[2], fast_path), atol=1e-5)
+    assert seen[0][1].tolist() == pytest.approx(text_stats(PROMPTS[2], ""))
