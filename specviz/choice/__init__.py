@@ -7,4 +7,10 @@ behind a switch, re-decides as the text goes.
     auto.py       the `auto` drafter: an ordinary Drafter that delegates to the chosen arm
     arms.py       the arms, building them for a target, the policy file's place
     train.py      `python -m specviz train-policy` (collect.py, one level up, logs the outcomes)
+
+At scale (the lead decides when; a progress bar shows the rate, a rerun resumes):
+
+    python -m specviz collect --target smollm2-135m --limit 1000 --max-new-tokens 64
+    python -m specviz train-policy --target smollm2-135m          # writes assets/policy/auto-smollm2-135m.*
+    SPECVIZ_POLICY=/path/to/policy.safetensors python -m specviz generate --drafter auto-online --prompt ...
 """

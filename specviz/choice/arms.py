@@ -8,6 +8,7 @@ note that says why.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,9 @@ POLICY_DIR = ASSETS / "policy"
 
 
 def policy_path(target: str) -> Path:
-    return POLICY_DIR / f"auto-{Path(target).name}.safetensors"
+    """The shipped policy of a target, or the file $SPECVIZ_POLICY names (to try one before shipping it)."""
+    return Path(os.environ["SPECVIZ_POLICY"]) if os.environ.get("SPECVIZ_POLICY") else \
+        POLICY_DIR / f"auto-{Path(target).name}.safetensors"
 
 
 def parse_arm(label: str) -> tuple[str, str, int]:

@@ -76,10 +76,15 @@ class AutoDrafter:
         self.policy_index = [index.get(a.label) for a in arms]  # arm -> its row in the policy (None: unknown)
         prior = [policy.prior[i] if i is not None and i < len(policy.prior) else 1.0 for i in self.policy_index]
         self.switch = ThompsonSwitch(prior, switch) if switch is not None else None
-        self.forward_seconds = 0.0
+        if not arms:
+            raise ValueError("the auto drafter has no arm to choose from")
         self.reset()
 
     # ---- the Drafter contract
+    @property
+    def forward_seconds(self) -> float:
+        return sum(a.drafter.forward_seconds for a in self.arms if a.drafter is not None)
+
     @property
     def reads_target(self) -> tuple[int, ...]:
         if self.step == 0:  # the prefill: pooled final states, and every arm's own layers
@@ -109,10 +114,7 @@ class AutoDrafter:
         drafter = self.arms[self.active].drafter
         if drafter is None:
             return DraftTree()
-        before = drafter.forward_seconds
-        tree = drafter.propose(ids, warp, gen, None)  # each arm drafts in its own shape and length
-        self.forward_seconds += drafter.forward_seconds - before
-        return tree
+        return drafter.propose(ids, warp, gen, None)  # each arm drafts in its own shape and length
 
     def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
         if self.step == 0:

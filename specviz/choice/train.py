@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..metrics import CostCurve, Metrics, expected_speedup
-from .arms import policy_path
+from .arms import POLICY_DIR
 from .policy import HIDDEN_DIMS, ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, mean_reward
 
 HOLDOUT_EVERY = 5
@@ -192,7 +192,7 @@ def cmd_train_policy(a) -> int:
     report = evaluate(rows, a.seed, a.epochs or None)
     policy = train_policy(rows, a.method, a.seed, a.epochs or None)
     policy.card = {"held_out": report["fixed"], "ablation": report["ablation"], "prompts": report["prompts"]}
-    out = Path(a.out) if a.out else policy_path(a.target)
+    out = Path(a.out) if a.out else POLICY_DIR / f"auto-{Path(a.target).name}.safetensors"
     policy.save(out)
     write_card(out, report, collected, a.method, time.perf_counter() - start)
     print(out.with_suffix(".md").read_text())
