@@ -197,11 +197,18 @@ def exact_cells(memo: MemoLM, k: int, warp: Warp, n: int) -> dict[tuple, float]:
 
 
 def chi_square(counts: Counter, cells: dict[tuple, float], n: int) -> tuple[float, int, float]:
-    """(statistic, degrees of freedom, p-value) of n sampled sequences against the cells plus the rest cell."""
+    """(statistic, degrees of freedom, p-value) of n sampled sequences against the cells plus the rest cell. A rest
+    cell expecting fewer than MIN_EXPECTED takes in the least likely cells until it does (or is left out when it
+    can hold nothing at all), so that no cell of the test expects a handful of samples or less."""
+    order = sorted(cells, key=lambda s: cells[s])
     rest_p = max(0.0, 1.0 - sum(cells.values()))
-    obs = [counts[s] for s in cells] + [n - sum(counts[s] for s in cells)]
-    exp = [p * n for p in cells.values()] + [rest_p * n]
-    if exp[-1] < 1e-9:  # nothing outside the cells (a small support): no rest cell
+    rest_obs = n - sum(counts[s] for s in cells)
+    while 0 < rest_p * n < MIN_EXPECTED and len(order) > 1:
+        merged = order.pop(0)
+        rest_p, rest_obs = rest_p + cells[merged], rest_obs + counts[merged]
+    obs = [counts[s] for s in order] + [rest_obs]
+    exp = [cells[s] * n for s in order] + [rest_p * n]
+    if exp[-1] < 1e-9 and rest_obs == 0:  # nothing outside the cells (a small support): no rest cell
         obs, exp = obs[:-1], exp[:-1]
     stat = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
     if any(o > 0 and e <= 0 for o, e in zip(obs, exp)):
@@ -297,8 +304,8 @@ class CheckResult:
         if s.passed:
             return (f"Lossless as far as {s.n:,} samples can tell: the speculative output matches the target's exact "
                     f"distribution (p = {s.pvalue:.3g}, TV {s.tv:.3f} within the noise floor of "
-                    f"{self.noise[1]:.3f}), although {s.accepted:,} of {s.drafted:,} drafted tokens came from the "
-                    "drafter.")
+                    f"{self.noise[1]:.3f}), although {s.accepted:,} of its tokens were the drafter's guesses "
+                    f"({s.drafted:,} drafted).")
         return (f"Not lossless: the speculative samples are not distributed like the target's (p = {s.pvalue:.2g}, "
                 f"TV {s.tv:.3f} against a noise floor of {self.noise[1]:.3f}), while plain decoding matches it "
                 f"(p = {p.pvalue:.2g}).")

@@ -585,3 +585,14 @@ def test_the_status_line_tells_the_phase_while_the_prompt_is_read():
     statuses = [out["status"] for out in callbacks.streamed(Session(), slow_prefill())]
     assert "▶ reading the prompt (5000 tokens)" in statuses[0] and "Ready" not in statuses[0]
     assert any(re.search(r"reading the prompt \(5000 tokens\).* · [12] s$", s) for s in statuses[1:]), statuses
+
+
+def test_the_lossless_check_streams_progress_and_passes_for_speculative_sampling(client):
+    job = client.submit(prompt=PROMPT, target=TARGET, drafter="pld", strategy="chain", draft_len=4, temperature=0.8,
+                        top_p=1.0, seed=0, max_new_tokens=N, rule="auto", ll_k=1, ll_n=200, ll_broken=False,
+                        api_name="/lossless_check")
+    updates = list(job)
+    status, plot, result = job.result()
+    assert any("⏳" in u[0] for u in updates)  # a progress line while it loads and samples
+    assert "The check ✅ **passes**" in result and "chi-square" in result and "200" in result
+    assert plot["type"] == "plotly"

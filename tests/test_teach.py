@@ -203,3 +203,10 @@ def test_the_acceptance_map_reads_every_bench_shape_and_session_runs():
     fig = amap.acceptance_figure(one)
     assert fig.data[0].type == "heatmap" and list(fig.data[0].x) == [1, 2, 3]
     assert amap.category_of(lesson.lesson_events(lesson.STEPS[0])[0].prompt) == "summarization"
+
+
+def test_a_rare_rest_cell_is_merged_instead_of_failing_on_one_sample():
+    cells = {(0,): 0.6, (1,): 0.39, (2,): 0.0099}  # the rest expects 0.1 of 1000 samples
+    counts = Counter({(0,): 600, (1,): 388, (2,): 11, (3,): 1})
+    assert chi_square(counts, cells, 1000)[2] > 0.05
+    assert chi_square(Counter({(0,): 1000}), {(0,): 1.0}, 1000)[:2] == (0.0, 0)
