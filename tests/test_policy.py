@@ -20,7 +20,7 @@ from specviz.choice.arms import build_arms, make_auto_drafter
 from specviz.choice.auto import Arm, AutoDrafter, step_units
 from specviz.choice.bandit import SwitchSettings
 from specviz.choice.features import TEXT_STATS, pooled_states, repeated_share, text_stats
-from specviz.choice.policy import (ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, mean_reward)
+from specviz.choice.policy import ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, fit_values, mean_reward
 from specviz.drafters.model import ModelDrafter, chain_builder
 from specviz.drafters.ngram import NgramDrafter
 from specviz.drafters.prompt_lookup import PromptLookupDrafter
@@ -97,10 +97,19 @@ def test_policy_file_round_trip(tmp_path):
     x = enc(states, stats)
     w, b = fit_best_arm(x, torch.rand(20, 3), epochs=3)
     policy = ArmPolicy(["none", "pld:chain:8", "ngram:chain:8"], enc, w, b, "supervised", [1.0, 1.2, 1.1],
-                       [0.0, 0.01, 0.02], [(1.0, 0.05), (4.0, 0.06)], {"prompts": 20})
+                       [0.0, 0.01, 0.02], [(1.0, 0.05), (4.0, 0.06)], {"prompts": 20},
+                       fit_values(x, torch.rand(20, 3)))
     again = ArmPolicy.load(policy.save(tmp_path / "p.safetensors"))
     assert again.arms == policy.arms and again.curve == policy.curve and again.card == {"prompts": 20}
     assert torch.allclose(again.probs(states[0], stats[0]), policy.probs(states[0], stats[0]))
+    assert torch.allclose(again.expected(states[0], stats[0]), policy.expected(states[0], stats[0]))
+
+
+def test_the_value_model_predicts_each_arms_reward():
+    x, rewards = synthetic()
+    linear = torch.stack([torch.ones(len(x)), 1.2 + 0.3 * x[:, 0], 0.9 - 0.2 * x[:, 1]], 1)
+    v = fit_values(x, linear, ridge=1e-6)
+    assert torch.allclose(torch.cat([x, torch.ones(len(x), 1)], 1) @ v.T, linear, atol=1e-3)
 
 
 def test_step_units_read_the_cost_curve():

@@ -156,7 +156,9 @@ class AutoDrafter:
         text = self.decode(ids) if self.decode is not None else ""
         if hidden is None:
             raise RuntimeError("the auto drafter needs the target's final states of the prefill")
-        p_all = self.policy.probs(pooled_states(hidden), torch.tensor(text_stats(ids, text)))
+        states, stats = pooled_states(hidden), torch.tensor(text_stats(ids, text))
+        p_all = self.policy.probs(states, stats)
+        values = self.policy.expected(states, stats)  # this prompt's expected speedup per arm, if the policy has it
         probs = [float(p_all[i]) if i is not None else 0.0 for i in self.policy_index]
         allowed = self.allowed()
         total = sum(probs[i] for i in allowed)
@@ -164,13 +166,16 @@ class AutoDrafter:
         self.probs = probs
         best = max(allowed, key=lambda i: (probs[i], -i))
         self.active = self.chosen_by_policy = best
-        prior = self.policy.prior
+        prior = [float(v) for v in values] if values is not None else self.policy.prior
         expected = {a.label: round(prior[j], 3) for a, j in zip(self.arms, self.policy_index)
                     if j is not None and j < len(prior)}
+        if self.switch is not None and values is not None:  # the switch starts from this prompt's expectations
+            self.switch.prior = [prior[j] if j is not None else 1.0 for j in self.policy_index]
         self.pending = {
             "by": "policy", "arm": self.arms[best].label,
             "probs": {a.label: round(p, 4) for a, p in zip(self.arms, probs)},
             "expected_speedup": expected,
+            "expected_from": "this prompt" if values is not None else "the logged mean",
             "reason": (f"the policy gives {self.arms[best].label} {probs[best]:.0%} for this prompt"
                        if self.policy.method != "untrained" else "no trained policy yet: plain decoding"),
         }

@@ -8,6 +8,8 @@ Two ways to fit W, b on logged outcomes R[prompt, arm] (every arm was run on eve
   logged reward, step along (r - baseline) * grad log pi(arm | x); the baseline is the batch's mean
   sampled reward. Seeded: the same data and seed give the same weights.
 - `fit_best_arm`: the supervised baseline, cross-entropy towards the arm with the highest reward.
+Beside either, `fit_values` (ridge regression) predicts each arm's reward for a prompt: the expected
+speedups the app shows, and the online switch's prior.
 
 A policy file (safetensors) holds the encoder (PCA basis, means, scales), W, b, the arms, and what
 the online re-decider needs (each arm's mean logged reward and drafting cost, the cost curve).
@@ -128,10 +130,18 @@ class ArmPolicy:
     draft_cost: list[float] = field(default_factory=list)  # drafter seconds per drafted token / one-token forward
     curve: list[tuple[float, float]] = field(default_factory=list)  # (positions, seconds): the cost curve
     card: dict = field(default_factory=dict)  # what it was trained on (data card figures)
+    value_weight: torch.Tensor | None = None  # [arms, dims + 1]: each arm's expected reward for a prompt (ridge)
 
     def probs(self, states: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         x = self.encoder(states, stats)
         return torch.softmax(x @ self.weight.T + self.bias, -1)
+
+    def expected(self, states: torch.Tensor, stats: torch.Tensor) -> torch.Tensor | None:
+        """Each arm's expected reward (speedup) for this prompt, or None without a value model."""
+        if self.value_weight is None:
+            return None
+        x = self.encoder(states, stats)
+        return torch.cat([x, torch.ones(1)]) @ self.value_weight.T
 
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -141,6 +151,8 @@ class ArmPolicy:
         e = self.encoder
         tensors = {"state_mean": e.state_mean, "basis": e.basis, "stat_mean": e.stat_mean,
                    "stat_scale": e.stat_scale, "proj_scale": e.proj_scale, "weight": self.weight, "bias": self.bias}
+        if self.value_weight is not None:
+            tensors["value_weight"] = self.value_weight
         meta = {"format": FORMAT, "arms": self.arms, "method": self.method, "use_text": e.use_text,
                 "text_stats": list(TEXT_STATS), "prior": self.prior, "draft_cost": self.draft_cost,
                 "curve": self.curve, "card": self.card}
@@ -162,7 +174,16 @@ class ArmPolicy:
             t = {k: f.get_tensor(k) for k in f.keys()}
         enc = Encoder(t["state_mean"], t["basis"], t["stat_mean"], t["stat_scale"], t["proj_scale"], meta["use_text"])
         return cls(meta["arms"], enc, t["weight"], t["bias"], meta["method"], meta["prior"], meta["draft_cost"],
-                   [tuple(p) for p in meta["curve"]], meta.get("card", {}))
+                   [tuple(p) for p in meta["curve"]], meta.get("card", {}), t.get("value_weight"))
+
+
+def fit_values(x: torch.Tensor, rewards: torch.Tensor, ridge: float = 1.0) -> torch.Tensor:
+    """Each arm's reward as a linear function of the features (ridge regression, closed form):
+    [arms, dims + 1], the last column the intercept (not penalized)."""
+    xa = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    penalty = ridge * torch.eye(xa.shape[1], dtype=torch.float64)
+    penalty[-1, -1] = 0.0
+    return torch.linalg.solve(xa.T @ xa + penalty, xa.T @ rewards.double()).T.float()
 
 
 def mean_reward(probs: torch.Tensor, rewards: torch.Tensor, greedy: bool = True) -> float:

@@ -23,7 +23,7 @@ import torch
 
 from ..metrics import CostCurve, Metrics, expected_speedup
 from .arms import POLICY_DIR
-from .policy import HIDDEN_DIMS, ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, mean_reward
+from .policy import HIDDEN_DIMS, ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, fit_values, mean_reward
 
 HOLDOUT_EVERY = 5
 METHODS = {"reinforce": fit_reinforce, "supervised": fit_best_arm}
@@ -147,7 +147,8 @@ def train_policy(rows: list[dict], method: str = "reinforce", seed: int = 0, epo
         draft_s = sum(r["arms"][a]["metrics"]["draft_s"] for r in rows)
         cost.append(draft_s / drafted / one if drafted else 0.0)
     return ArmPolicy(arms, enc, w, b, method, [round(float(x), 4) for x in rewards.mean(0)],
-                     [round(c, 5) for c in cost], [(round(n, 3), s) for n, s, _ in curve.points()])
+                     [round(c, 5) for c in cost], [(round(n, 3), s) for n, s, _ in curve.points()],
+                     value_weight=fit_values(enc(states, stats), rewards))
 
 
 def write_card(path: Path, report: dict, collected: dict, method: str, seconds: float) -> None:

@@ -62,7 +62,8 @@ def choice_markdown(events: list[Event], curve: CostCurve | None = None) -> str:
         out.append(f"Chosen: **{_esc(c.first['arm'])}**: {_esc(c.first.get('reason', ''))}")
         probs, expected = c.first.get("probs", {}), c.first.get("expected_speedup", {})
         top = max(expected.values(), default=0.0)
-        rows = ["| arm | probability | | expected speedup (logged mean) |", "|---|---|---|---|"]
+        rows = [f"| arm | probability | | expected speedup ({c.first.get('expected_from', 'the logged mean')}) |",
+                "|---|---|---|---|"]
         for arm, p in sorted(probs.items(), key=lambda kv: -kv[1]):
             e = expected.get(arm)
             rows.append(f"| {_esc(arm)} | `{_bar(p, 1.0)}` | {p:.0%} | "
