@@ -403,3 +403,20 @@ def test_fused_head_round_trips_and_is_lossless(context_target, trained3, tmp_pa
             assert result.token_ids == reference_greedy(context_target, prompt, 30), (shape, prompt)
             accepted += result.metrics.accepted
     assert accepted > 0
+
+
+def test_head_computes_in_the_targets_dtype(trained3):
+    """A CPU cannot show a device slip, but a dtype slip is the same kind of bug: with the target in
+    float64 every tensor the head keeps (buffers, features, cache) is float64, and greedy stays exact."""
+    import copy
+
+    target = copy.deepcopy(tiny_llama(0)).double()
+    head = trained3.head
+    for shape in ("chain", "dynamic"):
+        drafter = make_feature_drafter(target, head=copy.deepcopy(head), shape=shape, draft_len=3)
+        for prompt in PROMPTS[:2]:
+            result = Engine(target, decode, drafter).run(prompt, Settings(20))
+            assert result.token_ids == reference_greedy(target, prompt, 20), (shape, prompt)
+        lm = drafter.lm
+        assert {t.dtype for t in (lm.feats, lm.outs, lm.kv_buf[0], lm.readout)} == {torch.float64}
+        assert all(p.dtype == torch.float64 for p in lm.head.parameters())

@@ -184,8 +184,8 @@ class PackedLinear:
     packed product streams the weight about twice as fast on this CPU), with fused post-ops."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool):
-        self.weight = weight.detach().float().contiguous()
-        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.weight = weight.detach().contiguous()  # in the dtype it is given (the target's)
+        self.bias = None if bias is None else bias.detach().contiguous()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None) if pack else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,14 +221,15 @@ class LeanHead:
         Linear = PackedLinear
         c = self.config = head.config
         pack = (readout.device.type == "cpu" and readout.dtype == torch.float32) if pack is None else pack
-        w = {k: v.detach().float() for k, v in head.state_dict().items()}
+        dtype = readout.dtype  # the target's: the head computes in it, beside the target
+        w = {k: v.detach().to(dtype) for k, v in head.state_dict().items()}
         self.fc = Linear(w["fc.weight"], w["fc.bias"], pack)
         self.qkv = Linear(torch.cat([w["q.weight"], w["k.weight"], w["v.weight"]]) * w["input_norm"], None, pack)
         self.o = Linear(w["o.weight"], None, pack)
         self.gate = Linear(w["gate.weight"] * w["post_norm"], None, pack)
         self.up = Linear(w["up.weight"] * w["post_norm"], None, pack)
         self.down = Linear(w["down.weight"], None, pack)
-        self.readout = Linear(readout.float(), None, pack)
+        self.readout = Linear(readout, None, pack)
         self.inv_freq = head.inv_freq
         self.q_dim, self.kv_dim = c.heads * c.head_dim, c.kv_heads * c.head_dim
 
@@ -246,7 +247,7 @@ class LeanHead:
         v = qkv[:, self.q_dim + self.kv_dim:].view(T, c.kv_heads, c.head_dim).transpose(0, 1)
         angles = positions.float()[:, None] * self.inv_freq
         angles = torch.cat([angles, angles], -1)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = angles.cos().to(emb.dtype), angles.sin().to(emb.dtype)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         keys[0, :, length: length + T] = k
         values[0, :, length: length + T] = v
@@ -268,8 +269,9 @@ class HeadLM:
 
     def __init__(self, head: FeatureHead, target_model: torch.nn.Module, vocab: int, lean: bool = True):
         self.embed = target_model.get_input_embeddings().weight.detach()
-        self.device = self.embed.device  # everything the head keeps lives beside the target's weights
-        self.head = head.eval().to(self.device)
+        self.device = self.embed.device  # everything the head keeps lives beside the target's weights,
+        self.dtype = self.embed.dtype  # in their dtype
+        self.head = head.eval().to(self.device, self.dtype)
         readout = readout_weight(target_model, head.vocab_ids)
         if head.config.fused:  # fold the output norm's weight into the readout; logits() applies its scale
             readout = readout * head.out_norm.detach().to(readout)
@@ -285,22 +287,22 @@ class HeadLM:
     def reset(self) -> None:
         c = self.head.config
         dev = self.device
-        self.feats = torch.empty(0, c.hidden, device=dev)  # the target's features f_0 .. f_{n-1} (fused)
-        self.kv_buf = (torch.zeros(1, c.kv_heads, 512, c.head_dim, device=dev),
-                       torch.zeros(1, c.kv_heads, 512, c.head_dim, device=dev))
+        kw = dict(device=dev, dtype=self.dtype)
+        self.feats = torch.empty(0, c.hidden, **kw)  # the target's features f_0 .. f_{n-1} (fused)
+        self.kv_buf = (torch.zeros(1, c.kv_heads, 512, c.head_dim, **kw), torch.zeros(1, c.kv_heads, 512, c.head_dim, **kw))
         self.length = 0  # rows of kv_buf in use: linear pairs, then tree nodes
-        self.outs = torch.empty(0, c.hidden, device=dev)  # output of each cached linear pair
+        self.outs = torch.empty(0, c.hidden, **kw)  # output of each cached linear pair
         self.lin: list[int] = []  # tokens x_0 .. x_m: cached pairs are 0 .. m - 1
         self.true_pairs = 0  # leading cached pairs that were fed the target's own feature
         self.tree_tokens: list[int] = []
         self.tree_parents: list[int] = []
-        self.node_out = torch.empty(0, c.hidden, device=dev)
+        self.node_out = torch.empty(0, c.hidden, **kw)
 
     # --- the target's features --------------------------------------------------------------
     def set_features(self, start: int, hidden: torch.Tensor) -> None:
         """The target's states of positions start .. start + n - 1 (the head's layers concatenated);
         drops pairs built on guesses."""
-        hidden = hidden.detach().float().to(self.device)
+        hidden = hidden.detach().to(self.device, self.dtype)
         if self.head.config.fused:
             hidden = self.head.fuse(hidden)
         if start > len(self.feats):
