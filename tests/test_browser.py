@@ -233,3 +233,79 @@ def test_trees_stop_step_by_step_and_race(url, browser):
     assert not outside, f"the page tried to reach the network: {outside[:5]}"
     assert not errors, errors
     assert SCREENSHOT.stat().st_size > 20_000
+
+
+def test_lesson_lossless_check_what_if_and_acceptance_map(url, browser):
+    """Teaching mode at 1280x720: the lesson from start to end (each step highlights its panel), one lossless
+    check, the what-if explorer and the acceptance map of this session's run; a screenshot of each."""
+    from specviz.views import lesson
+
+    outside, errors = [], []
+    page = open_page(browser, url, 1280, 720, outside, errors)
+    page.click("#specviz-lesson-start")
+    for i, step in enumerate(lesson.STEPS):
+        page.wait_for_selector(f"#specviz-lesson-card:has-text('Lesson {i + 1} of {len(lesson.STEPS)}')",
+                               timeout=60_000)
+        page.wait_for_selector(f"#{step.panel}.specviz-lesson-hl", timeout=30_000)
+        assert page.locator(".specviz-lesson-hl").count() == 1
+        assert views_prompt(page) == lesson.lesson_events(step)[0].prompt
+        if i in (0, 1, 3, 6):
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ASSETS / f"screenshot-lesson-{i + 1}.png"))
+        if i + 1 < len(lesson.STEPS):
+            page.click("#specviz-lesson-next")
+    page.click("#specviz-lesson-back")
+    page.wait_for_selector(f"#specviz-lesson-card:has-text('Lesson {len(lesson.STEPS) - 1} of')", timeout=60_000)
+    page.click("#specviz-lesson-close")
+    page.wait_for_selector("#specviz-lesson-card", state="hidden", timeout=30_000)
+    assert page.locator(".specviz-lesson-hl").count() == 0
+    assert visible_badges(page) == 0
+    page.close()
+
+    # a fresh visitor (the lesson set the controls to its last trace's lossy rule): a live run, for the
+    # explorer's point and the acceptance map
+    page = open_page(browser, url, 1280, 720, outside, errors)
+    page.fill("#specviz-prompt textarea", PROMPT)
+    page.get_by_text("Decoding knobs").click()
+    set_number(page, "specviz-max-new", 32)
+    page.click("#specviz-run")
+    page.wait_for_selector("#specviz-status:has-text('✔ done')", timeout=300_000)
+
+    # the lossless check, sampling, with a drafter that drafts from the first token on
+    set_number(page, "specviz-temperature", 0.8)
+    pick(page, "#specviz-drafter-menu", "ngram")
+    page.get_by_role("tab", name="Lossless?").click()
+    page.wait_for_selector("#specviz-ll-run", state="visible", timeout=30_000)
+    set_number(page, "specviz-ll-n", 300)
+    page.click("#specviz-ll-run")
+    try:
+        page.wait_for_selector("#specviz-ll-status:has-text('sampling')", timeout=300_000)  # progress
+        page.wait_for_selector("#specviz-ll-result:has-text('The check')", timeout=400_000)
+    finally:
+        page.screenshot(path=str(ASSETS / "screenshot-lossless.png"))
+    result = page.inner_text("#specviz-ll-result")
+    assert "passes" in result and "chi-square" in result and "drafted" in result, result
+    page.locator("#specviz-ll-plot").scroll_into_view_if_needed()
+    page.screenshot(path=str(ASSETS / "screenshot-lossless.png"))
+
+    page.get_by_role("tab", name="What if").click()
+    page.wait_for_selector("#specviz-wi-text:has-text('Chain')", timeout=60_000)
+    page.wait_for_selector("#specviz-wi-plot .js-plotly-plot .heatmaplayer", timeout=60_000)
+    assert "run on display" in page.inner_text("#specviz-wi-text")
+    page.locator("#specviz-wi-plot").scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ASSETS / "screenshot-whatif.png"))
+
+    page.get_by_role("tab", name="Acceptance map").click()
+    page.get_by_role("button", name="From this session's runs").click()
+    page.wait_for_selector("#specviz-am-status:has-text('of this session')", timeout=60_000)
+    page.wait_for_selector("#specviz-am-plot .js-plotly-plot", timeout=30_000)
+    page.screenshot(path=str(ASSETS / "screenshot-acceptance-map.png"))
+    assert visible_badges(page) == 0
+    page.close()
+    assert not outside, f"the page tried to reach the network: {outside[:5]}"
+    assert not errors, errors
+
+
+def views_prompt(page) -> str:
+    return page.eval_on_selector("#specviz-prompt textarea", "el => el.value")

@@ -78,14 +78,13 @@ def tabs() -> dict:
             k = gr.Slider(1, MAX_TOKENS, value=2, step=1, label="k: first tokens compared", elem_id="specviz-ll-k")
             n = gr.Slider(100, limit, value=DEFAULT_SAMPLES, step=100, label="N: samples per side",
                           elem_id="specviz-ll-n")
-            check_btn = gr.Button("Run the check", variant="primary", elem_id="specviz-ll-run", scale=0,
-                                  min_width=140)
+        check_btn = gr.Button("Run the check", variant="primary", elem_id="specviz-ll-run")
         with gr.Accordion("Teacher", open=False):
             broken = gr.Checkbox(False, label="break the verifier: after a rejection, draw from p instead of the "
                                  "residual (a classic bug; the check must catch it)", elem_id="specviz-ll-broken")
         ll_status = gr.Markdown("", elem_id="specviz-ll-status")
-        ll_plot = gr.Plot(lossless_figure(None), show_label=False, elem_id="specviz-ll-plot")
         ll_result = gr.Markdown("", elem_id="specviz-ll-result")
+        ll_plot = gr.Plot(lossless_figure(None), show_label=False, elem_id="specviz-ll-plot")
     with gr.Tab("What if", id="whatif"):
         gr.Markdown(WHATIF_INTRO)
         with gr.Row():
@@ -229,7 +228,7 @@ def map_from_session(form: dict, session: Session | None):
         raise gr.Error("no finished run with drafts in this session yet: press Run with a drafter",
                        print_exception=False)
     table = amap.from_runs(runs)
-    return dict(am_plot=amap.acceptance_figure(table), am_status=f"{len(runs)} runs of this session.")
+    return dict(am_plot=amap.acceptance_figure(table), am_status=f"{len(runs)} run{'s' if len(runs) != 1 else ''} of this session.")
 
 
 # ---------------------------------------------------------------- the guided lesson

@@ -30,8 +30,9 @@ def lossless_markdown(r: CheckResult) -> str:
             + f"\n\n<small>Rule: {rule}. Cells: {len(r.cells)} sequences expecting ≥ 5 samples each, plus one cell "
               f"for every other sequence ({r.rest:.3f} of the probability). The exact probabilities come from the "
               f"target's own logits ({r.real_forwards} forwards in {r.seconds:.0f} s for the whole check). A p-value "
-              f"below {PASS_P:g} fails. Run i uses seed + i on both sides: the same request gives the same result."
-              "</small>")
+              f"below {PASS_P:g} fails. Run i uses seed + i on both sides: the same request gives the same result, "
+              "and where nothing was drafted both sides draw the same tokens (each side is tested against the exact "
+              "distribution, not against the other).</small>")
 
 
 def lossless_figure(r: CheckResult | None) -> go.Figure:

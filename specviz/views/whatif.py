@@ -188,6 +188,10 @@ def verdict(alpha: float, gamma: int, c: float, curve: CostCurve, curve_name: st
     lines = [f"**Chain: {s:.2f}×.** Each step emits τ = {tau:.2f} tokens on average and costs "
              f"{gamma} × c = {gamma * c:.2f} (drafting) + {verify:.2f} (verifying {gamma + 1} positions) = "
              f"{cost:.2f} one-token forwards; {tau:.2f} / {cost:.2f} = {s:.2f}."]
+    if verify < 0.9:
+        lines.append(f"⚠ On this curve verifying {gamma + 1} positions costs *less* than one token ({verify:.2f}×): "
+                     "its one-token forwards were timed while the machine was busier. Such a curve flatters "
+                     "speculation; compare with *linear* or *flat*.")
     if s < 1:
         why = "drafting" if gamma * c > verify - 1 else "verification"
         lines.append(f"Slower than plain decoding: {why} costs more than the {tau - 1:.2f} extra tokens per step pay "
