@@ -247,7 +247,7 @@ def noise_floor(cells: dict[tuple, float], n: int, seed: int = 0) -> tuple[float
 class Progress:
     done: int
     total: int
-    phase: str  # "exact" | "plain" | "speculative"
+    phase: str  # "exact" (the target's distribution), then "both" (done of total runs per side)
 
 
 @dataclass
@@ -339,35 +339,39 @@ def run_check(target: torch.nn.Module, prompt: list[int], settings: Settings, k:
     memo = MemoLM(target, prompt, horizon=k - 1 if walks else None)
     drafter = make_drafter(memo)
     memo.layers = tuple(getattr(drafter, "reads_target", ()) or ())  # before the prompt's forward
-    yield Progress(0, 2 * n, "exact")
+    yield Progress(0, n, "exact")
     cells = exact_cells(memo, k, warp, n)
     ar = Engine(memo, lambda ids: "", None, fast_path=False, max_draft=0)
     spec = Engine(memo, lambda ids: "", drafter, rule=rule, fast_path=False)
-    sides, note = [], ""
-    for name, engine in (("plain", ar), ("speculative", spec)):
-        counts, drafted, accepted, done = Counter(), 0, 0, 0
-        for i in range(n):
-            if cancel is not None and cancel():
-                note = "cancelled"
-            elif deadline is not None and time.perf_counter() > deadline:
-                note = f"time limit of {time_limit_s:g} s"
-            if note:
-                break
-            result = engine.run(prompt, replace(settings, seed=settings.seed + i))
-            counts[tuple(result.token_ids)] += 1
-            drafted += result.metrics.drafted
-            accepted += result.metrics.accepted
-            done += 1
-            if done % progress_every == 0:
-                yield Progress(done + (n if name == "speculative" else 0), 2 * n, name)
-        sides.append(_side(name, counts, max(done, 1), cells, drafted, accepted))
+    # the two sides alternate run by run, so a time limit or a cancel leaves them with the same number of samples
+    counts = {"plain": Counter(), "speculative": Counter()}
+    drafted = accepted = done = 0
+    note = ""
+    for i in range(n):
+        if cancel is not None and cancel():
+            note = "cancelled"
+        elif deadline is not None and time.perf_counter() > deadline:
+            note = f"time limit of {time_limit_s:g} s"
         if note:
             break
-    if len(sides) < 2:
-        sides.append(_side("speculative", Counter(), 1, cells))
-    m = min(s.n for s in sides)
+        run_settings = replace(settings, seed=settings.seed + i)
+        counts["plain"][tuple(ar.run(prompt, run_settings).token_ids)] += 1
+        result = spec.run(prompt, run_settings)
+        counts["speculative"][tuple(result.token_ids)] += 1
+        drafted += result.metrics.drafted
+        accepted += result.metrics.accepted
+        done += 1
+        if done % progress_every == 0:
+            yield Progress(done, n, "both")
+    if not done:
+        raise ValueError(f"the check drew no sample ({note}): allow it more time")
+    m = done
+    if m < n:  # fewer samples than planned: cells that expect MIN_EXPECTED of m (a subset, no new forwards)
+        cells = exact_cells(memo, k, warp, m)
+    plain = _side("plain", counts["plain"], m, cells)
+    speculative = _side("speculative", counts["speculative"], m, cells, drafted, accepted)
     rule_name = rule if isinstance(rule, str) else getattr(rule, "__name__", "auto") if rule else "auto"
-    yield CheckResult(k, m, warp, rule_name, rule_lossless, cells, sides[0], sides[1], noise_floor(cells, m),
+    yield CheckResult(k, m, warp, rule_name, rule_lossless, cells, plain, speculative, noise_floor(cells, m),
                       memo.real_forwards, time.perf_counter() - t0, note)
 
 

@@ -37,7 +37,7 @@ def check(models_pair, rule, shape="chain", n=N) -> CheckResult:
                             fast_path=False)
 
     *progress, result = run_check(target, PROMPT, SETTINGS, K, n, make, rule)
-    assert progress and all(p.total == 2 * n for p in progress)
+    assert progress and all(p.total == n for p in progress)
     return result
 
 
@@ -210,3 +210,20 @@ def test_a_rare_rest_cell_is_merged_instead_of_failing_on_one_sample():
     counts = Counter({(0,): 600, (1,): 388, (2,): 11, (3,): 1})
     assert chi_square(counts, cells, 1000)[2] > 0.05
     assert chi_square(Counter({(0,): 1000}), {(0,): 1.0}, 1000)[:2] == (0.0, 0)
+
+
+def test_a_check_cut_short_keeps_both_sides_equal_and_says_why(models_pair):
+    target, draft = models_pair
+    asked = []
+
+    def cancel():
+        asked.append(1)
+        return len(asked) > 30
+
+    *_, r = run_check(target, PROMPT, SETTINGS, K, 200, lambda memo: ModelDrafter(draft, chain_builder(3), "tiny"),
+                      "sampling", cancel=cancel)
+    assert r.note == "cancelled" and r.n == r.plain.n == r.speculative.n == 30
+    assert sum(r.plain.counts.values()) == sum(r.speculative.counts.values()) == 30
+    assert all(p * 30 >= 5 for p in r.cells.values())  # cells re-chosen for the samples drawn
+    with pytest.raises(ValueError, match="no sample"):
+        list(run_check(target, PROMPT, SETTINGS, K, 200, lambda memo: None, "sampling", cancel=lambda: True))

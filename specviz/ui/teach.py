@@ -128,7 +128,8 @@ def lossless(form: dict, session: Session | None):
                                  time_limit_s=budgets().run_seconds):
             if isinstance(item, Progress):
                 if item.phase != "exact":
-                    yield dict(ll_status=f"⏳ sampling {item.phase} decoding: {item.done:,} of {item.total:,} runs…")
+                    yield dict(ll_status=f"⏳ sampling plain and speculative decoding: {item.done:,} of "
+                                         f"{item.total:,} runs each…")
             elif isinstance(item, CheckResult):
                 yield dict(ll_status="", ll_plot=lossless_figure(item), ll_result=lossless_markdown(item))
     except ValueError as err:
@@ -153,9 +154,15 @@ def cost_curve(choice: str, slope: float, session: Session) -> tuple[CostCurve, 
         curve = measured.curve_of(session.events) if session.events else measured.curve("smollm2-135m")
         if curve.seconds(1) is not None and len(curve.points()) >= 2:
             top = max(curve.sizes())
-            return curve, f"measured on this machine (one-token forward up to {top:.0f} positions)"
-        return whatif.linear_curve(slope), ("linear (this machine has no measured curve yet: run plain decoding "
-                                            "and a drafter once)")
+            cheapest = min(curve.ratio(n) for n in curve.sizes())
+            if cheapest >= 0.9:
+                return curve, f"measured on this machine (one-token forward up to {top:.0f} positions)"
+            return whatif.linear_curve(slope), (
+                f"linear, +{slope:.2f} per extra position: this machine's measured curve is not used, because on it "
+                f"verifying several positions measured {cheapest:.2f}× one token (forwards timed under different "
+                "loads)")
+        return whatif.linear_curve(slope), (f"linear, +{slope:.2f} per extra position (this machine has no measured "
+                                            "curve yet: run plain decoding and a drafter once)")
     if choice == whatif.FLAT:
         return whatif.flat_curve(), whatif.FLAT
     return whatif.linear_curve(slope), f"linear, +{slope:.2f} of a forward per extra position"

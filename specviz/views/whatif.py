@@ -138,17 +138,20 @@ def figure(alpha: float, gamma: int, c: float, curve: CostCurve, widths: tuple[i
         data.append(go.Scatter(x=[gamma], y=[mine], mode="markers", name="your setting",
                                marker=dict(size=14, color="#2563eb", line=dict(color="black", width=1.5)),
                                xaxis="x", yaxis="y", hovertemplate="your setting: %{y:.2f}×<extra></extra>"))
-    for p in points:
+    for j, p in enumerate(points):
         if p.predicted is None:
             continue
         data.append(go.Scatter(x=[p.nodes], y=[p.measured if p.measured is not None else p.predicted],
-                               mode="markers+text", text=[p.label], textposition="top center",
+                               mode="markers+text", text=[p.label],
+                               textposition=("top center", "bottom center", "middle right")[j % 3],
                                name=p.label, marker=dict(symbol="x", size=12, color="#dc2626"), xaxis="x", yaxis="y",
                                hovertemplate=(f"{p.label}: α = {p.alpha:.2f}, c = {p.c:.3f}, "
                                               f"{p.nodes:.1f} nodes, predicted {p.predicted:.2f}×"
                                               + (f", measured {p.measured:.2f}×" if p.measured else "")
                                               + "<extra></extra>")))
-    data.append(go.Heatmap(x=g_axis, y=a_axis, z=z, colorscale="RdBu", zmid=1.0, xaxis="x2", yaxis="y2",
+    top = max([v for row in z for v in row if v is not None] + [2.0])
+    scale = [[0, "#b91c1c"], [1 / top, "#f8fafc"], [1, "#1d4ed8"]]  # red below 1x, white at 1x, blue above
+    data.append(go.Heatmap(x=g_axis, y=a_axis, z=z, colorscale=scale, zmin=0, zmax=top, xaxis="x2", yaxis="y2",
                            colorbar=dict(title="speedup", x=1.0, len=0.9),
                            hovertemplate="α %{y:.2f}, draft length %{x}: %{z:.2f}×<extra></extra>"))
     data.append(go.Contour(x=g_axis, y=a_axis, z=z, showscale=False, contours=dict(start=1, end=1, size=1,
