@@ -36,6 +36,11 @@ HOW_TO_READ = """**How to read this page**
 * **Knobs**: the *verification rule* decides which drafts are kept (rules marked LOSSY trade the target's exact
   distribution for longer accepted runs); the *stopping rule* decides when a drafting round ends (its parameters
   appear under it); the *fast path* uses pre-packed CPU kernels where the model supports them (same results).
+* **Teaching**: the *Guided lesson* walks seven recorded runs (no model needed) and outlines the panel each step is
+  about. *Lossless?* samples the first k tokens N times with plain decoding and with your drafter and rule, and tests
+  both against the target's exact distribution (a lossy rule, or the teacher's broken verifier, fails it). *What if*
+  prices any acceptance, draft length, drafter cost and verification cost with the metrics table's own formula, with
+  your runs as points. *Acceptance map*: β by draft position and prompt category, from a bench JSON or this session.
 * **Step-by-step** runs live, two clicks a step: *Verify ▶* after the drafter's guesses appear (grey, not checked
   yet), *Draft ▶* after the target's verdicts; each step is explained in words.
 * **Stop** ends a run at its next forward; the part decoded so far can be downloaded as a trace marked *partial*.
