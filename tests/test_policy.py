@@ -353,3 +353,20 @@ def test_auto_pools_the_same_states_as_collect(tiny_target, tiny_drafter, fast_p
     assert len(seen) == 1
     assert torch.allclose(seen[0][0], prefill_states(tiny_target, PROMPTS[2], fast_path), atol=1e-5)
     assert seen[0][1].tolist() == pytest.approx(text_stats(PROMPTS[2], ""))
+
+
+def test_arms_sitting_out_are_scored_against_the_text_the_target_committed(tiny_target, tiny_drafter):
+    drafter = auto_drafter(tiny_target, tiny_drafter, "none", every=4)
+    pld = 1  # "pld:chain:3"
+    text = [1, 2, 3, 4, 1, 2]
+    drafter.switch.reset()
+    drafter.greedy, drafter.active = True, 0
+    drafter._draft_shadows(text)  # pld drafts [3, 4, 1] (it copies what followed "1 2"); ngram drafts too
+    shadow = next(tree for i, _, tree in drafter.shadows if i == pld)
+    assert shadow.tokens == [3, 4, 1]
+    drafter._score_shadows(text + [3, 4])  # too early: the draft's positions are not all committed yet
+    assert drafter.switch.count[pld] == 0
+    drafter._score_shadows(text + [3, 4, 9, 9])  # the target went 3, 4, then elsewhere: 2 accepted
+    assert drafter.switch.count[pld] == 1
+    assert drafter.switch.total[pld] == pytest.approx(drafter._reward(pld, 3, 2))
+    assert all(i != pld for i, _, _ in drafter.shadows)

@@ -19,10 +19,10 @@ from typing import Callable
 
 import torch
 
-from ..drafters import Drafter, TargetView
+from ..drafters import Drafter, FreeDrafter, TargetView
 from ..sampling import Warp
 from ..stop_rules import StopRule
-from ..tree import DraftTree
+from ..tree import DraftTree, depths
 from ..verify import Verdict
 from .bandit import SwitchSettings, ThompsonSwitch
 from .features import pooled_states, text_stats
@@ -102,6 +102,7 @@ class AutoDrafter:
         self.greedy = True
         self.probs: list[float] = []
         self.chosen_by_policy: int | None = None
+        self.shadows: list[tuple[int, int, DraftTree]] = []  # (arm, text length, its draft) of arms sitting out
         if self.switch is not None:
             self.switch.reset(seed=self.switch.settings.seed)
 
@@ -130,7 +131,10 @@ class AutoDrafter:
                 if i != self.active and other.reads_target:
                     self.in_step.discard(i)  # it missed this forward's states
             if self.switch is not None:
+                committed = target.committed if target is not None else []
+                self._score_shadows(committed)
                 self._observe_and_switch(tree, verdict)
+                self._draft_shadows(committed)
         self.step += 1
 
     # ---- what the engine records
@@ -180,14 +184,42 @@ class AutoDrafter:
                        if self.policy.method != "untrained" else "no trained policy yet: plain decoding"),
         }
 
+    def _reward(self, arm: int, nodes: int, accepted: int) -> float:
+        """Tokens of a step per unit of its cost (one unit: a one-token target forward)."""
+        j = self.policy_index[arm]
+        cost = self.policy.draft_cost[j] if j is not None and j < len(self.policy.draft_cost) else 0.0
+        return (accepted + 1) / (step_units(self.policy.curve, 1 + nodes) + cost * nodes)
+
+    def _draft_shadows(self, committed: list[int]) -> None:
+        """Free arms sitting out draft the text as it stands (no model runs, no randomness drawn)."""
+        if not committed:
+            return
+        for i in self.allowed():
+            drafter = self.arms[i].drafter
+            if i != self.active and isinstance(drafter, FreeDrafter):
+                self.shadows.append((i, len(committed), drafter.propose(list(committed), Warp(), None, None)))
+
+    def _score_shadows(self, committed: list[int]) -> None:
+        """Shadow drafts whose positions the target has committed since: how many it would have accepted
+        (greedy: the longest path of the draft that the committed text follows)."""
+        keep = []
+        for i, start, tree in self.shadows:
+            deepest = max(depths(tree.parents), default=0)
+            if start + deepest + 1 > len(committed):
+                keep.append((i, start, tree))
+                continue
+            node, accepted = -1, 0
+            for tok in committed[start:start + deepest]:
+                node = next((c for c in tree.children(node) if tree.tokens[c] == tok), None)
+                if node is None:
+                    break
+                accepted += 1
+            self.switch.add(i, self._reward(i, len(tree), accepted))
+        self.shadows = keep
+
     def _observe_and_switch(self, tree: DraftTree, verdict: Verdict) -> None:
         arm = self.arms[self.active]
-        j = self.policy_index[self.active]
-        cost = self.policy.draft_cost[j] if j is not None and j < len(self.policy.draft_cost) else 0.0
-        nodes = len(tree)
-        units = step_units(self.policy.curve, 1 + nodes) + cost * nodes
-        reward = (len(verdict.path) + 1) / units
-        self.switch.observe(self.active, reward)
+        self.switch.observe(self.active, self._reward(self.active, len(tree), len(verdict.path)))
         if not self.switch.due():
             return
         allowed = self.allowed()

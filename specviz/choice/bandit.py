@@ -5,6 +5,8 @@ cost (one unit = a one-token target forward, from the cost curve; the drafter's 
 logged seconds per drafted token). Every `every` steps the switch draws a plausible mean reward for
 each arm from its posterior and keeps the best. Old evidence fades by `decay` per step, so an arm
 that lost while the answer copied the prompt is tried again once the text turns to free writing.
+Arms that draft from the text alone (prompt lookup, n-grams) are also scored while they sit out:
+their draft of the text at each step is matched against what the target then committed (auto.py).
 
 All draws come from the switch's own generator, seeded per run from the run's seed (read, never drawn
 from): the same seed and text give the same choices, and the engine's random stream (verification)
@@ -42,12 +44,17 @@ class ThompsonSwitch:
         self.since = 0  # steps since the last decision
 
     def observe(self, arm: int, reward: float) -> None:
+        """One step of the active arm: older evidence fades, this reward counts."""
         d = self.settings.decay
         self.total = [t * d for t in self.total]
         self.count = [c * d for c in self.count]
+        self.add(arm, reward)
+        self.since += 1
+
+    def add(self, arm: int, reward: float) -> None:
+        """A reward without a step of its own (an arm's draft scored against the text, not drafted)."""
         self.total[arm] += reward
         self.count[arm] += 1.0
-        self.since += 1
 
     def due(self) -> bool:
         return self.since >= self.settings.every
