@@ -281,9 +281,7 @@ def test_lesson_lossless_check_what_if_and_acceptance_map(url, browser):
     try:
         page.wait_for_selector("#specviz-ll-status:has-text('sampling')", timeout=300_000)  # progress
         page.wait_for_selector("#specviz-ll-result:has-text('The check')", timeout=400_000)
-    finally:  # the verdict, its table and the bars
-        page.eval_on_selector("#specviz-ll-result", "el => el.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(500)
+    finally:
         page.screenshot(path=str(ASSETS / "screenshot-lossless.png"))
     result = page.inner_text("#specviz-ll-result")
     assert "passes" in result and "chi-square" in result and "drafted" in result, result
