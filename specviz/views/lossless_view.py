@@ -14,7 +14,7 @@ def readable(text: str) -> str:
 
 
 def lossless_markdown(r: CheckResult) -> str:
-    verdict = "✅ **passes**" if r.passed else "❌ **fails**"
+    verdict = "**passes** ✓" if r.passed else "**fails** ✗"  # no emoji: the browser font may lack them
     rule = f"{esc(r.rule)}" + ("" if r.lossless_rule else " (not a lossless rule)")
     rows = [
         "| | plain decoding | speculative |",
