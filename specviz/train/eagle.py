@@ -104,6 +104,14 @@ def batches(seqs: list[dict], batch_tokens: int, rng: random.Random):
         yield from groups
 
 
+def readout_labels(s: dict, lookup: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's top-K after positions 1.. of a sequence, as readout rows and probabilities
+    renormalized over the tokens the readout has."""
+    sub = lookup[s["ids"][1:]]
+    p = s["logp"][1:].exp() * (sub >= 0)
+    return sub.clamp_min(0), p / p.sum(-1, keepdim=True).clamp_min(1e-9)
+
+
 def collate(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor):
     """Padded tensors for a list of sequences: pair j = (f_j, x_{j+1}) -> f_{j+1}, dist of x_{j+2}."""
     T = max(len(s["tokens"]) for s in seqs) - 1
@@ -119,9 +127,7 @@ def collate(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor):
         h = s["hidden"].float()
         feat_in[b, :n], feat_out[b, :n] = h[:-1], h[1:]
         tok[b, :n] = s["tokens"][1:]
-        sub = lookup[s["ids"][1:]]
-        p = s["logp"][1:].exp() * (sub >= 0)
-        ids[b, :n], probs[b, :n] = sub.clamp_min(0), p / p.sum(-1, keepdim=True).clamp_min(1e-9)
+        ids[b, :n], probs[b, :n] = readout_labels(s, lookup)
         valid[b, :n] = True
     return embed[tok], feat_in, feat_out, ids, probs, valid
 
@@ -171,9 +177,7 @@ def collate3(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor, steps:
         n = len(s["tokens"]) - 1
         states[b, :n] = s["states"][:-1].float()
         tok[b, :n] = s["tokens"][1:]
-        sub = lookup[s["ids"][1:]]
-        p = s["logp"][1:].exp() * (sub >= 0)
-        ids[b, :n], probs[b, :n] = sub.clamp_min(0), p / p.sum(-1, keepdim=True).clamp_min(1e-9)
+        ids[b, :n], probs[b, :n] = readout_labels(s, lookup)
         # x_{i+2} is part of the response from i = prompt_len - 2 on (the first response token's prediction)
         scored[b, max(0, s["prompt_len"] - 2):n] = True
     return embed[tok], states, ids, probs, scored
