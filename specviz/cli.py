@@ -149,6 +149,12 @@ def cmd_bench(a) -> int:
     return run_sweep(a, run_config(a)) if a.budgets else run_bench(a, run_config(a))
 
 
+def cmd_check_device(a) -> int:
+    from .device_check import run_check
+
+    return run_check(a, run_config(a))
+
+
 def cmd_corpus(a) -> int:
     from tqdm import tqdm
 
@@ -228,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=1, help="with --budgets: run the prompt set this many times "
                    "(tokens/s is then the total, with the range over repeats)")
     b.set_defaults(func=cmd_bench)
+    d = sub.add_parser("check-device", help="every drafter on the device the target loads on (a GPU when there is "
+                       "one): runs, and greedy output identical to AR")
+    _add_decoding_args(d)
+    d.set_defaults(max_new_tokens=48)
+    d.add_argument("--prompts", default="assets/prompts-heldout.jsonl", help="JSONL prompt file")
+    d.add_argument("--limit", type=int, default=4, help="the first N prompts")
+    d.add_argument("--drafters", help="drafter:shape:length items, comma-separated (default: every registered drafter)")
+    d.add_argument("--json", help="write the rows here")
+    d.set_defaults(func=cmd_check_device)
     c = sub.add_parser("corpus", help="record the target's greedy outputs on the training prompts (for ngram drafters)")
     c.add_argument("--target", default="smollm2-135m")
     c.add_argument("--max-new-tokens", type=int, default=128)

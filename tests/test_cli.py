@@ -155,3 +155,17 @@ def test_bench_drafters_side_by_side(tmp_path):
     for rows in results.values():
         assert set(rows) == {"a", "b", "overall"} and rows["overall"]["prompts"] == 2
         assert rows["overall"]["speedup"] > 0 and rows["overall"]["tau"] >= 1
+
+
+@needs_smollm2
+def test_check_device_reports_each_drafter_and_keeps_going(tmp_path):
+    """A drafter that cannot be built gets its error in its own row; the others still run; the exit
+    status says not every row is identical."""
+    out = tmp_path / "check.json"
+    run = cli("check-device", "--drafters", "nosuch-drafter:chain:4,pld:chain:4", "--limit", "1",
+              "--max-new-tokens", "8", "--json", str(out))
+    assert run.returncode == 1, run.stderr
+    rows = {r["drafter"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["nosuch-drafter:chain:4"]["verdict"].startswith("ERROR")
+    assert rows["pld:chain:4"]["verdict"] == "identical" and rows["pld:chain:4"]["device"] == "cpu"
+    assert "| pld:chain:4 | cpu | identical (1/1) |" in run.stdout

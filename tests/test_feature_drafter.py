@@ -420,3 +420,30 @@ def test_head_computes_in_the_targets_dtype(trained3):
         lm = drafter.lm
         assert {t.dtype for t in (lm.feats, lm.outs, lm.kv_buf[0], lm.readout)} == {torch.float64}
         assert all(p.dtype == torch.float64 for p in lm.head.parameters())
+
+
+def test_a_time_budget_ends_training_and_writes_the_head(context_target, trained, tmp_path):
+    # max_seconds: the schedule runs on elapsed time, training stops at the budget with the head written
+    cfg = TrainConfig(steps=100_000, batch_tokens=256, vocab=0, seed=0, lr=1e-2, max_seconds=1.0, checkpoint_every=50)
+    result = train(context_target, trained.data, cfg, tmp_path / "budget.safetensors", tmp_path / "work",
+                   log=lambda *_: None, intermediate=64)
+    done = [h["step"] for h in result["history"] if "valid" not in h]
+    assert 0 < done[-1] < 100_000 and done == list(range(1, done[-1] + 1))
+    head = FeatureHead.load(tmp_path / "budget.safetensors")
+    for name, value in result["head"].state_dict().items():
+        torch.testing.assert_close(head.state_dict()[name], value.half().float(), atol=0, rtol=0)
+
+
+def test_rows_of_one_batch_do_not_interact(context_target):
+    # a GPU makes data in batches of 8 shards: a row's greedy response and records must not depend on
+    # which other rows share its batch
+    gen = torch.Generator().manual_seed(3)
+    vocab = context_target.config.vocab_size
+    prompts = [torch.randint(1, vocab, (n,), generator=gen).tolist() for n in (3, 7, 5, 8)]
+    together = distill.generate_batch(context_target, prompts, [0.0] * 4, eos=set(), pad=0, max_new_tokens=12,
+                                      gen=torch.Generator().manual_seed(0), top_k=8)
+    for i, p in enumerate(prompts):
+        alone = distill.generate_batch(context_target, [p], [0.0], eos=set(), pad=0, max_new_tokens=12,
+                                       gen=torch.Generator().manual_seed(0), top_k=8)[0]
+        assert torch.equal(alone["tokens"], together[i]["tokens"])
+        torch.testing.assert_close(alone["hidden"].float(), together[i]["hidden"].float(), atol=2e-2, rtol=2e-2)

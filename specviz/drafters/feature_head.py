@@ -153,9 +153,9 @@ class FeatureHead(torch.nn.Module):
     def save(self, path: str | Path, meta: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
         from ..atomic import atomic_save
 
-        tensors = {k: v.detach().to(dtype) for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().to("cpu", dtype) for k, v in self.state_dict().items()}
         if self.vocab_ids is not None:
-            tensors["vocab_ids"] = self.vocab_ids.int()
+            tensors["vocab_ids"] = self.vocab_ids.int().cpu()
         info = {"config": json.dumps(asdict(self.config)), **{k: str(v) for k, v in (meta or {}).items()}}
         return atomic_save(tensors, Path(path), metadata=info)
 
@@ -176,7 +176,7 @@ class FeatureHead(torch.nn.Module):
 def readout_weight(target_model: torch.nn.Module, vocab_ids: torch.Tensor | None) -> torch.Tensor:
     """The target's LM head rows the head reads tokens through (a copy of the subset, or the head itself)."""
     weight = target_model.get_output_embeddings().weight.detach()
-    return weight if vocab_ids is None else weight.index_select(0, vocab_ids).contiguous()
+    return weight if vocab_ids is None else weight.index_select(0, vocab_ids.to(weight.device)).contiguous()
 
 
 class PackedLinear:

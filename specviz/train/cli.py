@@ -38,6 +38,12 @@ def add_train_parser(sub) -> None:
     t.add_argument("--data-only", action="store_true")
     t.add_argument("--parts", type=int, default=1, help="make the data in this many single-threaded processes "
                    "side by side (use the core count: one multi-threaded process stalls whenever anything else runs)")
+    t.add_argument("--device", default="cpu", help="where the data is made and the head trained (eagle, eagle3): "
+                   "cpu (default) or cuda")
+    t.add_argument("--group", type=int, help="shards generated as one batch (default 1 on the CPU, 8 on a GPU)")
+    t.add_argument("--minutes", type=float, default=0.0, help="eagle, eagle3: a training time budget; the learning-rate "
+                   "schedule runs on the larger of step and time fraction and training ends at either limit")
+    t.add_argument("--lr", type=float, help="eagle, eagle3: peak learning rate (default 1e-3)")
     t.add_argument("--out", help="weights file (default assets/drafters/eagle-<target>.safetensors)")
     t.add_argument("--work", help="checkpoints and loss curve (default <cache>/distill/<target>/eagle-work)")
     t.set_defaults(func=cmd_train_drafter)
@@ -63,9 +69,11 @@ def cmd_train_drafter(a: argparse.Namespace) -> int:
     if not a.no_corpus:
         roots.append(data.build_from_corpus(a.target, a.seed, progress=bar("corpus data"), log=log))
     new = a.max_new_tokens or data.MAX_NEW
-    if a.parts > 1:
+    if a.parts > 1 and a.device == "cpu":
         data.build_in_parts(a.target, a.shards, a.seed, new, a.parts, log=log)
-    roots.append(data.build(a.target, a.shards, a.seed, new, progress=bar("distill data"), log=log))
+    group = a.group or (1 if a.device == "cpu" else 8)
+    roots.append(data.build(a.target, a.shards, a.seed, new, progress=bar("distill data"), log=log,
+                            device=a.device, group=group))
     log(f"data ready in {time.perf_counter() - t0:.0f} s")
     if a.data_only:
         return 0
@@ -83,7 +91,9 @@ def cmd_train_drafter(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else default_weights(a.target, a.kind)
     work = Path(a.work) if a.work else data.data_dir(a.target).parent / f"{a.kind}-work"
     cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, vocab=a.vocab, seed=a.seed,
-                      recipe="eagle3" if a.kind == "eagle3" else "eagle1")
+                      recipe="eagle3" if a.kind == "eagle3" else "eagle1", device=a.device,
+                      max_seconds=60 * a.minutes, checkpoint_every=100 if a.device == "cpu" else 500,
+                      **({"lr": a.lr} if a.lr else {}))
     result = train(model, sets, cfg, out, work, progress=bar(f"train {a.kind}"), log=log)
     last = [h for h in result["history"] if "valid" in h][-1:]
     log(f"head written to {out} ({result['seconds']:.0f} s of training in this run); loss curve {work / 'loss.png'}")

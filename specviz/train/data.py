@@ -116,15 +116,18 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
                    max_new_tokens: int, gen: torch.Generator, top_k: int = TOP_K,
                    layers: tuple[int, ...] = ()) -> list[dict]:
     """Left-padded batched generation; returns per row tokens, hidden, topk_ids, topk_logp, prompt_len
-    (and `layer{L}` fp16 states for each extra layer L asked for).
+    (and `layer{L}` fp16 states for each extra layer L asked for), on the CPU.
 
     One prefill for the batch, then one cached step per token for the rows still going: a row that
     stops (EOS or max_new_tokens) leaves the batch and its cache rows are dropped, so the step cost
     follows the rows that remain. Greedy rows take the argmax, sampled rows draw at their temperature
-    with `gen` (sequentially seeded by row order, so a batch is reproducible)."""
+    with `gen` (on the model's device; sequentially seeded by row order, so a batch is reproducible).
+    Runs on the model's device; each step's records leave it as one batched copy (per-row slicing
+    on a GPU would cost a launch per row and step)."""
     from transformers import DynamicCache
 
     base = model.model
+    dev = next(model.parameters()).device
     rows = len(prompts)
     width = max(map(len, prompts))
     ids = torch.full((rows, width), pad, dtype=torch.long)
@@ -132,55 +135,64 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
     for r, p in enumerate(prompts):
         ids[r, width - len(p):] = torch.tensor(p)
         mask[r, width - len(p):] = 1
-    temps = torch.tensor(temperatures, dtype=torch.float32)
+    ids, mask = ids.to(dev), mask.to(dev)
+    temps = torch.tensor(temperatures, dtype=torch.float32, device=dev)
     cache = DynamicCache(config=model.config)
     out: list[dict[str, list]] = [{"hidden": [], "ids": [], "logp": [], **{f"layer{L}": [] for L in layers}}
                                   for _ in range(rows)]
+    steps: list[tuple] = []  # (alive rows, hidden, top ids, top logp, {L: states}) of each cached step, on the CPU
     fed: list[list[int]] = [list(p) for p in prompts]
-    alive = torch.arange(rows)  # original row of each batch row
+    alive = list(range(rows))  # original row of each batch row
     feed, step = ids, 0
     while True:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -feed.shape[1]:]
         res = base(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
                    use_cache=True, output_hidden_states=bool(layers))
         h = res.last_hidden_state
-        keep = mask[:, -feed.shape[1]:].bool()
         logits = model.lm_head(h[:, -1:]).float()  # [B, 1, V]: the next token of every row, one GEMM
-        step_top = logits[:, 0].log_softmax(-1).topk(top_k, dim=-1) if feed.shape[1] == 1 else None
-        for b, r in enumerate(alive.tolist()):
-            kb = keep[b]
-            o = out[r]
-            hb = h[b][kb]
-            if step_top is not None:
-                o["ids"].append(step_top.indices[b:b + 1].int())
-                o["logp"].append(step_top.values[b:b + 1].half())
-            else:  # the prefill: top-K in slices (a [B, T, V] logits tensor would take gigabytes)
+        if feed.shape[1] == 1:
+            top = logits[:, 0].log_softmax(-1).topk(top_k, dim=-1)
+            steps.append((alive, h[:, 0].half().cpu(), top.indices.int().cpu(), top.values.half().cpu(),
+                          {L: res.hidden_states[L][:, 0].half().cpu() for L in layers}))
+        else:  # the prefill: per row, its real positions; top-K in slices (a [B, T, V] tensor would take gigabytes)
+            keep = mask.bool()
+            for b, r in enumerate(alive):
+                kb = keep[b]
+                o = out[r]
+                hb = h[b][kb]
                 tops = [model.lm_head(hb[i:i + 256]).float().log_softmax(-1).topk(top_k, dim=-1)
                         for i in range(0, len(hb), 256)]
-                o["ids"].append(torch.cat([t.indices for t in tops]).int())
-                o["logp"].append(torch.cat([t.values for t in tops]).half())
-            o["hidden"].append(hb.half())
-            for L in layers:
-                o[f"layer{L}"].append(res.hidden_states[L][b][kb].half())
+                o["ids"].append(torch.cat([t.indices for t in tops]).int().cpu())
+                o["logp"].append(torch.cat([t.values for t in tops]).half().cpu())
+                o["hidden"].append(hb.half().cpu())
+                for L in layers:
+                    o[f"layer{L}"].append(res.hidden_states[L][b][kb].half().cpu())
         # a row is done once the token it was just fed is EOS or its max_new_tokens-th response token
-        going = [b for b, r in enumerate(alive.tolist())
-                 if not (step > 0 and (fed[r][-1] in eos or step >= max_new_tokens))]
+        going = [b for b, r in enumerate(alive) if not (step > 0 and (fed[r][-1] in eos or step >= max_new_tokens))]
         if not going:
             break
-        sel = torch.tensor(going)
         if len(going) < len(alive):
+            sel = torch.tensor(going, device=dev)
             for layer in cache.layers:
                 layer.batch_select_indices(sel)
-            mask, alive, logits = mask[sel], alive[sel], logits[sel]
+            mask, logits, temps = mask[sel], logits[sel], temps[sel]
+            alive = [alive[b] for b in going]
         last = logits[:, -1]
-        t = temps[alive]
-        sampled = torch.multinomial((last / t.clamp_min(1e-6)[:, None]).softmax(-1), 1, generator=gen)[:, 0]
-        nxt = torch.where(t > 0, sampled, last.argmax(-1))
-        for b, r in enumerate(alive.tolist()):
-            fed[r].append(int(nxt[b]))
+        sampled = torch.multinomial((last / temps.clamp_min(1e-6)[:, None]).softmax(-1), 1, generator=gen)[:, 0]
+        nxt = torch.where(temps > 0, sampled, last.argmax(-1))
+        for r, t in zip(alive, nxt.tolist()):
+            fed[r].append(t)
         feed = nxt[:, None]
-        mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=torch.long)], 1)
+        mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=torch.long, device=dev)], 1)
         step += 1
+    for rows_alive, hid, tid, tlp, st in steps:  # scatter the batched step records to their rows
+        for b, r in enumerate(rows_alive):
+            o = out[r]
+            o["hidden"].append(hid[b:b + 1])
+            o["ids"].append(tid[b:b + 1])
+            o["logp"].append(tlp[b:b + 1])
+            for L in layers:
+                o[f"layer{L}"].append(st[L][b:b + 1])
     result = []
     for r in range(rows):
         o = out[r]
@@ -194,12 +206,15 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
 
 def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_tokens: int = MAX_NEW,
           out: str | os.PathLike | None = None, progress=None, log=print, batch: int = BATCH,
-          part: tuple[int, int] = (0, 1)) -> Path:
+          part: tuple[int, int] = (0, 1), device: str | None = None, group: int = 1) -> Path:
     """Generate (or continue generating) the first `shards` shards (0 = all jobs) of data v2.
 
     `part=(i, n)` makes only shards s with s % n == i: n single-threaded processes side by side
-    use n cores without the stalls a multi-threaded one suffers whenever anything else runs."""
-    from ..api import encode_prompt, eos_ids, load_model
+    use n cores without the stalls a multi-threaded one suffers whenever anything else runs.
+    `device` (default: the CPU) runs the target there; `group` shards are generated as one batch
+    (on a GPU, 8 x 64 rows cost about what 64 do) and written as separate shards. Shards are the
+    same jobs whatever the device; sampled rows draw from that device's generator."""
+    from ..api import encode_prompt, eos_ids
     from .sources import shares_material, wide_instructions
 
     root = Path(out) if out else data_dir(target)
@@ -209,7 +224,9 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
     jobs = make_jobs([len(r["prompt"]) for r in rows], seed, batch)
     n_shards = jobs[-1]["shard"] + 1
     shards = min(shards or n_shards, n_shards)
-    model, tokenizer, _ = load_model(target)
+    from ..models import load
+
+    model, tokenizer, _ = load(target, device=device or "cpu")
     layers = feature_layers(model.config.num_hidden_layers)
     manifest = {"version": VERSION, "target": target, "seed": seed, "top_k": TOP_K, "max_new_tokens": max_new_tokens,
                 "batch": batch, "layers": list(layers), "jobs": jobs, "instructions": rows}
@@ -230,25 +247,31 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
         return root
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    bar = progress(todo) if progress else todo
+    dev = next(model.parameters()).device
+    groups = [todo[i:i + group] for i in range(0, len(todo), group)]
+    bar = progress(groups) if progress else groups
     made, t_all = 0, time.perf_counter()
-    for s in bar:
+    for chunk in bar:
         t0 = time.perf_counter()
-        mine = [j for j, job in enumerate(jobs) if job["shard"] == s]
-        prompts = [encode_prompt(tokenizer, rows[jobs[j]["prompt"]]["prompt"], True) for j in mine]
-        gen = torch.Generator().manual_seed(seed * 100_003 + s)
+        mine = {s: [j for j, job in enumerate(jobs) if job["shard"] == s] for s in chunk}
+        every = [j for s in chunk for j in mine[s]]
+        prompts = [encode_prompt(tokenizer, rows[jobs[j]["prompt"]]["prompt"], True) for j in every]
+        gen = torch.Generator(device=dev).manual_seed(seed * 100_003 + chunk[0])
         with packed_linears(model):
-            seqs = generate_batch(model, prompts, [jobs[j]["temperature"] for j in mine], eos, pad, max_new_tokens,
+            seqs = generate_batch(model, prompts, [jobs[j]["temperature"] for j in every], eos, pad, max_new_tokens,
                                   gen, layers=layers)
-        save_shard(root, s, seqs, mine, layers)
+        at = 0
+        for s in chunk:
+            save_shard(root, s, seqs[at:at + len(mine[s])], mine[s], layers)
+            at += len(mine[s])
         new = sum(len(q["tokens"]) - q["prompt_len"] + 1 for q in seqs)
         made += new
         rate = made / (time.perf_counter() - t_all)
-        msg = dict(resp_tok_s=f"{rate:.0f}", shard_s=f"{time.perf_counter() - t0:.0f}", resp_tokens=made)
+        msg = dict(resp_tok_s=f"{rate:.0f}", batch_s=f"{time.perf_counter() - t0:.0f}", resp_tokens=made)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(**msg)
         else:
-            log(f"shard {s}: {msg}")
+            log(f"shards {chunk}: {msg}")
     return root
 
 

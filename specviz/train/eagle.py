@@ -47,6 +47,9 @@ class TrainConfig:
     lr: float = LR
     recipe: str = "eagle1"  # "eagle1": last-layer feature regression (+ depth 2); "eagle3": fused layers, TTT
     ttt_steps: int = 3  # eagle3: unrolled steps on the head's own outputs, loss at every one
+    device: str = "cpu"  # where the head trains (the data is moved there once)
+    max_seconds: float = 0.0  # > 0: the schedule runs on max(step / steps, time / max_seconds) and ends at 1
+    checkpoint_every: int = CHECKPOINT_EVERY
     history: list = field(default_factory=list)
 
 
@@ -60,9 +63,10 @@ def frequent_tokens(sets: list[DistillSet], size: int, vocab: int) -> torch.Tens
     return counts.topk(size).indices.sort().values
 
 
-def split(sets: list[DistillSet]) -> tuple[list, list]:
+def split(sets: list[DistillSet], device: str = "cpu") -> tuple[list, list]:
     """(train, validation) sequences: validation = every VALID_EVERY_PROMPT-th instruction. A greedy
-    response to the same instruction found in an earlier set (e.g. the corpus) is used once."""
+    response to the same instruction found in an earlier set (e.g. the corpus) is used once.
+    The tensors go to `device` (fp16 states: ~3.5 kB a token for EAGLE-3)."""
     train, valid, seen = [], [], set()
     for data in sets:
         jobs = data.manifest["jobs"]
@@ -82,6 +86,8 @@ def split(sets: list[DistillSet]) -> tuple[list, list]:
                 layers = [L for L in data.manifest.get("layers", []) if L != -1]
                 if layers and all(f"layer{L}" in t for L in layers):  # EAGLE-3: low, middle, last
                     row["states"] = torch.cat([t[f"layer{L}"][a:b] for L in layers] + [row["hidden"]], -1)
+                if device != "cpu":
+                    row = {k: v.to(device) if torch.is_tensor(v) else v for k, v in row.items()}
                 (valid if job["prompt"] % VALID_EVERY_PROMPT == 0 else train).append(row)
     return train, valid
 
@@ -116,12 +122,13 @@ def collate(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor):
     """Padded tensors for a list of sequences: pair j = (f_j, x_{j+1}) -> f_{j+1}, dist of x_{j+2}."""
     T = max(len(s["tokens"]) for s in seqs) - 1
     B, d, K = len(seqs), embed.shape[1], seqs[0]["ids"].shape[1]
-    feat_in = torch.zeros(B, T, d)
-    feat_out = torch.zeros(B, T, d)
-    tok = torch.zeros(B, T, dtype=torch.long)
-    ids = torch.zeros(B, T, K, dtype=torch.long)
-    probs = torch.zeros(B, T, K)
-    valid = torch.zeros(B, T, dtype=torch.bool)
+    on = {"device": embed.device}
+    feat_in = torch.zeros(B, T, d, **on)
+    feat_out = torch.zeros(B, T, d, **on)
+    tok = torch.zeros(B, T, dtype=torch.long, **on)
+    ids = torch.zeros(B, T, K, dtype=torch.long, **on)
+    probs = torch.zeros(B, T, K, **on)
+    valid = torch.zeros(B, T, dtype=torch.bool, **on)
     for b, s in enumerate(seqs):
         n = len(s["tokens"]) - 1
         h = s["hidden"].float()
@@ -134,7 +141,7 @@ def collate(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor):
 
 def depth_losses(head: FeatureHead, readout: torch.Tensor, emb, feat_in, feat_out, ids, probs, valid):
     """(feature loss, token loss, top-1 agreement, predicted features) of one pass."""
-    positions = torch.arange(emb.shape[1])
+    positions = torch.arange(emb.shape[1], device=emb.device)
     out, _, _ = head(emb, feat_in, positions, causal=True)
     m = valid
     reg = F.smooth_l1_loss(out[m], feat_out[m])
@@ -148,7 +155,7 @@ def step_loss(head, readout, batch, noise: float, gen: torch.Generator | None, d
     emb, feat_in, feat_out, ids, probs, valid = batch
     if noise and gen is not None:
         scale = feat_in.pow(2).mean().sqrt() * noise
-        feat_in = feat_in + (torch.rand(feat_in.shape, generator=gen) * 2 - 1) * scale
+        feat_in = feat_in + (torch.rand(feat_in.shape, generator=gen, device=gen.device) * 2 - 1) * scale
     reg1, ce1, acc1, out1 = depth_losses(head, readout, emb, feat_in, feat_out, ids, probs, valid)
     stats = {"reg1": reg1.item(), "ce1": ce1.item(), "acc1": acc1.item()}
     loss = reg1 + W_TOKEN * ce1
@@ -168,11 +175,12 @@ def collate3(seqs: list[dict], lookup: torch.Tensor, embed: torch.Tensor, steps:
     (the distribution of x_{i+2} at i), and `scored` [B, T + steps]: response positions that exist."""
     T = max(len(s["tokens"]) for s in seqs) - 1
     B, K, W = len(seqs), seqs[0]["ids"].shape[1], T + steps
-    states = torch.zeros(B, T, seqs[0]["states"].shape[1])
-    tok = torch.zeros(B, W, dtype=torch.long)
-    ids = torch.zeros(B, W, K, dtype=torch.long)
-    probs = torch.zeros(B, W, K)
-    scored = torch.zeros(B, W, dtype=torch.bool)
+    on = {"device": embed.device}
+    states = torch.zeros(B, T, seqs[0]["states"].shape[1], **on)
+    tok = torch.zeros(B, W, dtype=torch.long, **on)
+    ids = torch.zeros(B, W, K, dtype=torch.long, **on)
+    probs = torch.zeros(B, W, K, **on)
+    scored = torch.zeros(B, W, dtype=torch.bool, **on)
     for b, s in enumerate(seqs):
         n = len(s["tokens"]) - 1
         states[b, :n] = s["states"][:-1].float()
@@ -190,7 +198,7 @@ def ttt_outputs(head: FeatureHead, batch, steps: int) -> list[torch.Tensor]:
     emb, states = batch[0], batch[1]
     T = states.shape[1]
     feat = head.fuse(states)
-    base = torch.arange(T)
+    base = torch.arange(T, device=states.device)
     outs, keys, values = [], None, None
     for k in range(1, steps + 1):
         e = emb[:, k - 1:k - 1 + T]
@@ -198,7 +206,7 @@ def ttt_outputs(head: FeatureHead, batch, steps: int) -> list[torch.Tensor]:
             out, keys, values = head(e, feat, base, causal=True)
         else:
             allowed = torch.cat([base[None, :] <= base[:, None]]
-                                + [torch.eye(T, dtype=torch.bool)] * (k - 1), 1)  # [T, k*T]
+                                + [torch.eye(T, dtype=torch.bool, device=states.device)] * (k - 1), 1)  # [T, k*T]
             out, kk, vv = head(e, feat, base + k - 1, past=(keys, values), mask=allowed)
             keys, values = torch.cat([keys, kk], 2), torch.cat([values, vv], 2)
         outs.append(out)
@@ -255,10 +263,14 @@ def plot(history: list[dict], path: Path) -> Path | None:
         return None
     train = [h for h in history if "valid" not in h]
     valid = [h for h in history if "valid" in h]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, keys, title in ((axes[0], ("reg1", "reg2"), "feature loss (smooth L1)"),
-                            (axes[1], ("ce1", "ce2", "ce3", "ce4"), "token loss (CE vs target top-K)"),
-                            (axes[2], ("acc1", "acc2", "acc3", "acc4"), "top-1 agreement with the target")):
+    panels = [(keys, title) for keys, title in ((("reg1", "reg2"), "feature loss (smooth L1)"),
+                                                (("ce1", "ce2", "ce3", "ce4"), "token loss (CE vs target top-K)"),
+                                                (("acc1", "acc2", "acc3", "acc4"), "top-1 agreement with the target"))
+              if any(k in h for h in history for k in keys)]  # EAGLE-3 has no feature loss: no empty panel
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, (keys, title) in zip(axes[0], panels):
         for k in keys:
             xs = [h["step"] for h in train if k in h]
             ys = [h[k] for h in train if k in h]
@@ -296,15 +308,16 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
     sets = data if isinstance(data, list) else [data]
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = torch.device(cfg.device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     vocab = int(target_model.config.vocab_size)
     ckpt = work / "checkpoint.pt"
-    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    state = torch.load(ckpt, weights_only=False, map_location=dev) if ckpt.exists() else None
     if state is not None and "vocab_ids" in state:  # a resumed run keeps its readout tokens
-        vocab_ids = state["vocab_ids"]
+        vocab_ids = None if state["vocab_ids"] is None else state["vocab_ids"].cpu()
     else:
         vocab_ids = frequent_tokens(sets, cfg.vocab, vocab) if cfg.vocab else None
-    train_seqs, valid_seqs = split(sets)
+    train_seqs, valid_seqs = split(sets, cfg.device)
     layers = (-1,)
     if cfg.recipe == "eagle3":
         if not all("states" in q for q in train_seqs[:1]):
@@ -312,16 +325,23 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
         layers = tuple(L for L in sets[-1].manifest["layers"] if L != -1) + (-1,)
         train_seqs = [q for q in train_seqs if "states" in q]
         valid_seqs = [q for q in valid_seqs if "states" in q]
-    head = FeatureHead(HeadConfig.for_target(target_model.config, intermediate, layers), vocab_ids)
-    embed = target_model.get_input_embeddings().weight.detach()
-    readout = readout_weight(target_model, vocab_ids)
+    head = FeatureHead(HeadConfig.for_target(target_model.config, intermediate, layers), vocab_ids).to(dev)
+    embed = target_model.get_input_embeddings().weight.detach().float().to(dev)
+    readout = readout_weight(target_model, vocab_ids).float().to(dev)
     lookup = torch.full((vocab,), -1, dtype=torch.long)
     lookup[vocab_ids if vocab_ids is not None else torch.arange(vocab)] = torch.arange(readout.shape[0])
+    lookup = lookup.to(dev)
     log(f"{len(train_seqs)} training / {len(valid_seqs)} validation sequences, "
         f"{sum(len(s['tokens']) for s in train_seqs)} training tokens; readout {readout.shape[0]} tokens")
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY)
+    clock = {"t0": time.perf_counter(), "before": 0.0}  # seconds trained, across resumed runs
+
+    def done(s: int) -> float:  # the fraction of the run behind us, by steps or by the time budget
+        spent = clock["before"] + time.perf_counter() - clock["t0"]
+        return min(1.0, max(s / cfg.steps, spent / cfg.max_seconds if cfg.max_seconds else 0.0))
+
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))))
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done(s)))))
     history: list[dict] = []
     start = 0
     if state is not None:
@@ -329,6 +349,7 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         history, start = state["history"], state["step"]
+        clock["before"] = state.get("seconds", 0.0)
         rng.setstate(state["rng"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
@@ -339,7 +360,7 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
     head.train()
     steps = range(start, cfg.steps)
     bar = progress(steps, initial=start, total=cfg.steps) if progress else steps
-    t0 = time.perf_counter()
+    t0 = clock["t0"] = time.perf_counter()
     for step in bar:
         group = [train_seqs[i] for i in next(it)]
         if cfg.recipe == "eagle3":
@@ -355,8 +376,8 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc1=f"{stats['acc1']:.2f}",
                             acc2=f"{stats.get('acc2', 0):.2f}")
-        last = step + 1 == cfg.steps
-        if (step + 1) % CHECKPOINT_EVERY == 0 or last:
+        last = step + 1 == cfg.steps or done(step + 1) >= 1.0
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
             if valid_seqs:
                 history.append({"step": step + 1, "valid": True,
                                 **evaluate(head, readout, valid_seqs, lookup, embed, cfg.batch_tokens, cfg)})
@@ -366,13 +387,17 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
             tmp = work / ".checkpoint.pt.tmp"
             torch.save({"head": head.state_dict(), "vocab_ids": vocab_ids, "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "history": history, "step": step + 1, "rng": rng.getstate(), "gen": gen.get_state(),
-                        "torch_rng": torch.get_rng_state()}, tmp)
+                        "torch_rng": torch.get_rng_state(),
+                        "seconds": clock["before"] + time.perf_counter() - clock["t0"]}, tmp)
             os.replace(tmp, ckpt)
             (work / "history.json").write_text(json.dumps(history))
+            head.save(out, {"steps": step + 1, "recipe": cfg.recipe, "checkpoint": True})  # usable if stopped here
             plot(history, work / "loss.png")
+        if last:
+            break
     seconds = time.perf_counter() - t0
-    head.eval()
-    meta = {"steps": cfg.steps, "batch_tokens": cfg.batch_tokens, "vocab": cfg.vocab, "seed": cfg.seed,
+    head.eval().cpu()
+    meta = {"steps": history[-1]["step"] if history else cfg.steps, "batch_tokens": cfg.batch_tokens, "vocab": cfg.vocab, "seed": cfg.seed,
             "recipe": cfg.recipe, "ttt_steps": cfg.ttt_steps if cfg.recipe == "eagle3" else 0,
             "shards": "+".join(str(len(d.paths)) for d in sets), "train_seconds_this_run": round(seconds)}
     head.save(out, meta)
