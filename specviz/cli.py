@@ -155,6 +155,42 @@ def cmd_check_device(a) -> int:
     return run_check(a, run_config(a))
 
 
+def cmd_check_lossless(a) -> int:
+    """One line per frequent sequence (exact probability, plain and speculative frequencies), then the
+    tests and the verdict in a sentence; exit status 1 when the speculative side fails."""
+    from tqdm import tqdm
+
+    from .lossless_check import CheckResult, check_config
+
+    if not 1 <= a.k <= 3:
+        raise ValueError(f"--k must be 1 to 3, got {a.k}")
+    if not 10 <= a.samples <= 20_000:
+        raise ValueError(f"--samples must be 10 to 20000, got {a.samples}")
+    bar, result = None, None
+    for item in check_config(run_config(a), a.prompt, a.k, a.samples, a.broken):
+        if isinstance(item, CheckResult):
+            result = item
+        else:
+            if bar is None or bar.desc != item.phase:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=item.total, desc=item.phase, unit="run", file=sys.stderr)
+            bar.n = item.done
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    r = result
+    print(f"| sequence | exact | plain | speculative |\n|---|---|---|---|")
+    for seq, prob in sorted(r.cells.items(), key=lambda kv: -kv[1])[: a.top]:
+        print(f"| {r.labels.get(seq, str(seq))!r} | {prob:.3f} | {r.plain.counts[seq] / r.n:.3f} | "
+              f"{r.speculative.counts[seq] / r.n:.3f} |")
+    for side in (r.plain, r.speculative):
+        print(f"{side.name}: chi-square {side.chi2:.1f} on {side.df} df, p = {side.pvalue:.3g}, TV {side.tv:.3f} "
+              f"(noise floor {r.noise[0]:.3f}, 95th percentile {r.noise[1]:.3f})")
+    print(r.sentence())
+    return 0 if r.passed else 1
+
+
 def cmd_corpus(a) -> int:
     from tqdm import tqdm
 
@@ -243,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--drafters", help="drafter:shape:length items, comma-separated (default: every registered drafter)")
     d.add_argument("--json", help="write the rows here")
     d.set_defaults(func=cmd_check_device)
+    lc = sub.add_parser("check-lossless", help="is it really lossless? N samples of the first k tokens from plain and "
+                        "from speculative decoding against the target's exact distribution")
+    _add_decoding_args(lc)
+    lc.set_defaults(temperature=0.8, drafter="pld")
+    lc.add_argument("--prompt", required=True)
+    lc.add_argument("--k", type=int, default=2, help="tokens per sample (1-3)")
+    lc.add_argument("--samples", type=int, default=1000, help="runs per side")
+    lc.add_argument("--broken", action="store_true", help="a deliberately broken verifier (it must fail)")
+    lc.add_argument("--top", type=int, default=8, help="sequences to list")
+    lc.set_defaults(func=cmd_check_lossless)
     c = sub.add_parser("corpus", help="record the target's greedy outputs on the training prompts (for ngram drafters)")
     c.add_argument("--target", default="smollm2-135m")
     c.add_argument("--max-new-tokens", type=int, default=128)

@@ -17,8 +17,9 @@ from ..paths import ASSETS
 from .auto import PLAIN, Arm, AutoDrafter
 from .bandit import SwitchSettings
 
-DEFAULT_ARMS = ("none", "pld:chain:8", "pld-tree:chain:8", "ngram:chain:8", "ngram-tree:chain:4",
-                "eagle3:chain:4", "eagle:chain:4", "distill-kd:chain:4", "del:chain:4")
+# the arms that were fastest somewhere on the tuning prompts (docs/benchmarks.md): plain decoding, the
+# two copying drafters, the EAGLE-3 head as a tree (greedy) and as a chain (any temperature)
+DEFAULT_ARMS = ("none", "pld:chain:8", "ngram-tree:chain:8", "eagle3:dynamic:2", "eagle3:chain:3")
 POLICY_DIR = ASSETS / "policy"
 
 
