@@ -22,6 +22,9 @@ from .metrics import Metrics
 from .prompts import read_prompts
 
 
+ORACLE = "oracle (best fixed arm per prompt)"
+
+
 def parse_configs(text: str) -> list[tuple[str, str, int]]:
     """"name[:shape[:length]]" items, comma-separated -> (drafter, shape, draft length)."""
     out = []
@@ -66,18 +69,29 @@ def run_drafters(a, config) -> int:
     ar_m: dict[str, Metrics] = defaultdict(Metrics)
     spec_m: dict[tuple[str, str], Metrics] = defaultdict(Metrics)
     identical: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    oracle = getattr(a, "oracle", False)
+    if oracle and not greedy:
+        raise ValueError("--oracle compares arms that write the same text: use temperature 0")
     bar = tqdm(total=len(prompts) * (1 + len(engines)), desc="bench drafters", unit="run", file=sys.stderr)
     for p, ids in zip(prompts, encoded):
         r_ar = ar.run(ids, settings)
         bar.update()
         for cat in (p["category"], "overall"):
             ar_m[cat].add(r_ar.metrics)
+        fixed = [r_ar.metrics]  # what each fixed arm (AR included) did on this prompt, for the oracle
         for name, spec in engines.items():
             r = spec.engine.run(ids, settings)
             bar.update()
             for cat in (p["category"], "overall"):
                 spec_m[name, cat].add(r.metrics)
                 identical[name, cat].append(r.token_ids == r_ar.token_ids)
+            if not name.startswith("auto"):
+                fixed.append(r.metrics)
+        if oracle:  # the best fixed arm of this prompt in hindsight (greedy: every arm writes the same tokens)
+            best = max(fixed, key=lambda m: m.tokens_per_s)
+            for cat in (p["category"], "overall"):
+                spec_m[ORACLE, cat].add(best)
+                identical[ORACLE, cat].append(True)
     bar.close()
     results = {}
     for (name, cat), m in spec_m.items():

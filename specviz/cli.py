@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write results here")
     b.add_argument("--drafters", help="several configurations side by side against AR, e.g. "
                    "pld:chain:8,eagle3:chain:4,eagle3:dynamic:8 (drafter[:shape[:length]], comma-separated)")
+    b.add_argument("--oracle", action="store_true", help="with --drafters, greedy: also the per-prompt oracle, "
+                   "the fastest of AR and the fixed configurations on each prompt in hindsight")
     b.add_argument("--budgets", help="fixed-budget sweep: comma-separated node counts, e.g. 4,8,16,32")
     b.add_argument("--strategies", default="chain", help="with --budgets: comma-separated strategies of the --drafter model, "
                    "or model-free drafters (pld, pld-tree, ngram, ngram-tree)")

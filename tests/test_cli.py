@@ -147,10 +147,12 @@ def test_bench_drafters_side_by_side(tmp_path):
                        '{"category": "b", "prompt": "List four colors."}\n')
     out = tmp_path / "r.json"
     run = cli("bench", "--drafters", "pld:chain:4,pld-tree:chain:4", "--prompts", str(prompts),
-              "--max-new-tokens", "12", "--json", str(out))
+              "--max-new-tokens", "12", "--json", str(out), "--oracle")
     assert run.returncode == 0, run.stderr
     assert "pld:chain:4" in run.stdout and "pld-tree:chain:4" in run.stdout
     results = json.loads(out.read_text())["results"]
+    oracle = results.pop("oracle (best fixed arm per prompt)")  # the fastest of AR and each arm, per prompt
+    assert oracle["overall"]["tokens_per_s"] >= max(r["overall"]["tokens_per_s"] for r in results.values()) * 0.999
     assert set(results) == {"pld:chain:4", "pld-tree:chain:4"}
     for rows in results.values():
         assert set(rows) == {"a", "b", "overall"} and rows["overall"]["prompts"] == 2
