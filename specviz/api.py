@@ -105,7 +105,7 @@ def eos_ids(model, tokenizer) -> set[int]:
 def build(config: RunConfig) -> TextEngine:
     """An engine for a run description (validated here against the engine's own limits)."""
     config = config.checked()
-    model, tokenizer, preset = load_model(config.target)
+    model, tokenizer, preset = load_model(config.target, config.dtype)
     if tokenizer is None:
         raise models.ModelError(f"'{config.target}' has no tokenizer files")
     fast = None if config.fast_path else False  # fast_path=True means "where the model supports it"

@@ -43,6 +43,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="no chat template")
+    p.add_argument("--dtype", default="float32", help="the target's weights and compute: float32 (default), bfloat16, "
+                   "or float64 (a check: every drafter tensor that meets the target's follows it)")
 
 
 def _settings(a):
@@ -62,7 +64,7 @@ def run_config(a, drafter: str | None = None):
             raise ValueError(f"--stop-param takes NAME=VALUE, got {item!r}")
         params[name.strip()] = value.strip()
     return RunConfig(a.target, a.drafter if drafter is None else drafter, a.strategy, a.draft_len, a.rule or "auto",
-                     a.stop, params, _settings(a), not a.no_fast_path, a.raw, parallel=a.parallel)
+                     a.stop, params, _settings(a), not a.no_fast_path, a.raw, parallel=a.parallel, dtype=a.dtype)
 
 
 def cmd_generate(a) -> int:

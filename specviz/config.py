@@ -20,6 +20,9 @@ from .rules import VERIFY_RULES
 from .stop_rules import STOP_RULES
 
 
+DTYPES = ("float32", "bfloat16", "float64")  # float64: the CPU-visible check of device/dtype discipline
+
+
 @dataclass(frozen=True)
 class RunConfig:
     target: str = "smollm2-135m"
@@ -33,6 +36,7 @@ class RunConfig:
     fast_path: bool = True  # the CPU fast path where the model supports it (specviz/lm.py)
     raw: bool = False  # no chat template
     parallel: bool = False  # PEARL: drafter and target run at the same time (specviz/parallel.py)
+    dtype: str = "float32"  # the target's (and a model drafter's) weights and compute: float32, bfloat16, float64
 
     def checked(self, limits: Limits = ENGINE, presets_only: bool = False) -> "RunConfig":
         """This config with defaults filled in, or ValueError naming the first bad field.
@@ -59,6 +63,8 @@ class RunConfig:
             raise ValueError(f"the '{self.stop}' stopping rule reads the drafter's distribution; "
                              f"drafter '{self.drafter}' has none (pick a model or trained drafter)")
         settings = check_settings(self.settings, limits)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.parallel:
             check_parallel(self, entry)
         if settings.temperature > 0 and (entry.greedy_only or entry.takes_shape and shape.greedy_only):

@@ -406,12 +406,12 @@ def check_config(config, prompt: str, k: int = 2, n: int = DEFAULT_SAMPLES, brok
         raise ValueError("the check compares a drafter's speculative decoding with plain decoding: pick a drafter")
     if config.parallel:
         raise ValueError("the check runs one sample at a time: switch parallel (PEARL) off")
-    model, tokenizer, _ = api.load_model(config.target)
+    model, tokenizer, _ = api.load_model(config.target, config.dtype)
     entry = drafter_registry.drafter_entry(config.drafter)
 
     def make_drafter(memo_target):
         if entry.kind == "model":  # the drafter model is memoized the same way (its own table)
-            draft_model, _, _ = api.load_model(config.drafter)
+            draft_model, _, _ = api.load_model(config.drafter, config.dtype)
             shape = STRATEGIES.get(config.shape)
             return ModelDrafter(MemoLM(draft_model, ids, horizon=memo_target.horizon), shape.build(config.draft_len),
                                 config.drafter, greedy_only=shape.greedy_only, fast_path=False)
@@ -419,7 +419,7 @@ def check_config(config, prompt: str, k: int = 2, n: int = DEFAULT_SAMPLES, brok
         return drafter_registry.make_drafter(drafter_registry.DraftRequest(
             config.drafter, target_model, config.target, config.draft_len, config.shape, False))
 
-    preset = api.load_model(config.target)[2]
+    preset = api.load_model(config.target, config.dtype)[2]
     chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
     ids = api.encode_prompt(tokenizer, prompt, chat and not config.raw)
     name = resolve(None if config.rule == "auto" else config.rule, config.settings.warp.greedy)

@@ -507,17 +507,19 @@ def loaded_bytes() -> int:
     return sum(model_bytes(v[0]) for v in list(_CACHE.values()))
 
 
-def load_cached(name: str):
-    """load(name), once per process (the 4 most recent, within the memory budget if one is set);
-    concurrent first calls (the app's warm-up and a first Run) wait for one load instead of racing
-    (two loads at once broke on meta tensors)."""
+def load_cached(name: str, dtype: str = "float32"):
+    """load(name) in `dtype` (float32, bfloat16, float64), once per process (the 4 most recent, within
+    the memory budget if one is set); concurrent first calls (the app's warm-up and a first Run) wait
+    for one load instead of racing (two loads at once broke on meta tensors). A float32 model is
+    cached under its name, another dtype under "name@dtype"."""
+    key = name if dtype == "float32" else f"{name}@{dtype}"
     with _LOAD_LOCK:
-        if name in _CACHE:
-            _CACHE.move_to_end(name)
-            return _CACHE[name]
-        value = load(name)
-        _CACHE[name] = value
-        _evict(name)
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        value = load(name, dtype=getattr(torch, dtype))
+        _CACHE[key] = value
+        _evict(key)
         return value
 
 

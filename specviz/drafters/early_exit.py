@@ -207,10 +207,11 @@ class ExitLM:
         eps = adapters.eps
         self.eps = eps
         # per adapter: W with RMSNorm_in folded into its columns, and RMSNorm_out's weight
-        dev = self.fm.device  # the adapters load on the CPU; they run beside the target
-        self.proj = [PackedLinear((adapters.proj[i].weight.detach().float() * adapters.norm_in[i].detach().float()).to(dev),
-                                  None, pack) for i in range(len(adapters.layers))]
-        self.norm_out = [w.detach().float().to(dev) for w in adapters.norm_out]
+        # the adapters load on the CPU in fp32; they run beside the target, in its dtype
+        dev, dt = self.fm.device, self.fm.dtype
+        self.proj = [PackedLinear((adapters.proj[i].weight.detach().float() * adapters.norm_in[i].detach().float()
+                                   ).to(dev, dt), None, pack) for i in range(len(adapters.layers))]
+        self.norm_out = [w.detach().to(dev, dt) for w in adapters.norm_out]
         self.known = 0  # leading positions whose keys/values (all lmax layers) came from the target
 
     def reset(self) -> None:
@@ -252,7 +253,8 @@ class ExitLM:
     def logits(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """[n, d] states after `layer` -> fp32 logits over the whole vocabulary (-inf off the kept ids)."""
         i = self.adapters.index(layer)
-        x = self.proj[i].plus(rms(h.float(), None, self.eps), h.float())
+        h = h.to(self.fm.dtype)
+        x = self.proj[i].plus(rms(h, None, self.eps), h)
         sub = self.readout(rms(x, self.norm_out[i], self.eps))
         full = torch.full((h.shape[0], self.vocab), float("-inf"), device=sub.device)
         full[:, self.vocab_ids] = sub.float()

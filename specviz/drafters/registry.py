@@ -72,7 +72,8 @@ def _model_drafter(r: DraftRequest) -> Drafter:
     from .model import ModelDrafter
     from .strategies import STRATEGIES
 
-    model, _, _ = load_cached(r.name)
+    dtype = str(next(r.target_model.parameters()).dtype).removeprefix("torch.")
+    model, _, _ = load_cached(r.name, dtype)  # the drafter computes in the target's dtype
     if model.config.vocab_size != r.target_model.config.vocab_size:
         raise ValueError(f"drafter '{r.name}' has vocabulary {model.config.vocab_size}, "
                          f"the target {r.target_model.config.vocab_size}: they must share one tokenizer")
