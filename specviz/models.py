@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from .paths import cache_root  # noqa: F401  (where converted models and measurements live; re-exported)
+
 __all__ = [
     "ModelError",
     "Preset",
@@ -111,12 +113,6 @@ PRESETS: dict[str, Preset] = {
 
 
 # ---------------------------------------------------------------- paths / lookup
-
-
-def cache_root() -> Path:
-    """`$SPECVIZ_CACHE`, else `~/.cache/specviz` (read on every call so tests can redirect it)."""
-    env = os.environ.get("SPECVIZ_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "specviz"
 
 
 def get_preset(name: str) -> Preset:

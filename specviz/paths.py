@@ -25,3 +25,10 @@ def assets_dir() -> Path:
 
 ASSETS = assets_dir()
 DRAFTERS = ASSETS / "drafters"  # trained drafter weights, their cards and loss curves
+
+
+def cache_root() -> Path:
+    """`$SPECVIZ_CACHE`, else `~/.cache/specviz` (read on every call so tests can redirect it): converted
+    models, distillation data, measurements of this machine."""
+    env = os.environ.get("SPECVIZ_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "specviz"

@@ -353,3 +353,28 @@ def test_gemm_routes_agree_and_report_every_route(one_thread):
 
     full = profile_target("tiny", load=lambda name: (model, None, None), repeats=1, kernels=True)
     assert full["gemm_routes"]["routes"] == g["routes"] and "fastest" in format_profile(full)
+
+
+def test_one_row_route_is_measured_once_per_machine_and_both_routes_agree(monkeypatch, tmp_path, one_thread):
+    from specviz.fast import routes
+
+    monkeypatch.setenv("SPECVIZ_CACHE", str(tmp_path))
+    monkeypatch.delenv(routes.ENV, raising=False)
+    monkeypatch.setattr(routes, "_KNOWN", {})
+    calls = []
+    monkeypatch.setattr(routes, "measure", lambda fm: calls.append(1) or {"plain": 2.0, "packed": 1.0})
+    model = tiny_llama(0)
+    fm = fast.prepare(model, pack=True)
+    assert calls == [1] and {lin.min_rows for lin in routes.linears(fm)} == {1}  # packed was faster
+    assert '"route": "packed"' in (tmp_path / "measured" / "routes.json").read_text()
+    monkeypatch.setattr(routes, "_KNOWN", {})  # a new process: reads the stored verdict, measures nothing
+    assert fast.prepare(copy.deepcopy(model), pack=True) is not None and calls == [1]
+    prompt = [1, 5, 7, 3, 9, 2, 11]
+    outs = {}
+    for route in routes.ROUTES:  # the forced choice, each on its own preparation
+        monkeypatch.setenv(routes.ENV, route)
+        twin = copy.deepcopy(model)
+        assert {lin.min_rows for lin in routes.linears(fast.prepare(twin, pack=True))} == {1 if route == "packed" else 2}
+        outs[route] = scenario(CachedLM(twin, fast_path=True), prompt)[0]
+    for a, b in zip(outs["plain"], outs["packed"]):
+        torch.testing.assert_close(b, a, atol=TINY_ATOL, rtol=0)

@@ -3,8 +3,8 @@
 Nothing here changes the transformers model. The fast path reads its weights in two ways:
 
 - one-row forwards (a one-token step) multiply by the model's own matrices, in place, with
-  MKL's GEMV (q, k and v from one plain fused copy, one call instead of three): streaming each
-  weight once is all a one-token step can do, and these calls have the least per-call overhead;
+  MKL's GEMV (q, k and v from one plain fused copy, one call instead of three), or by the packed
+  copies where those are faster for one row on this machine (measured once: fast/routes.py);
 - forwards of several rows (prefill, verifying drafts) use copies pre-packed for oneDNN
   (`_reorder_linear_weight`), with q, k and v fused into one matrix and the SiLU, the gate * up
   product and the residual adds fused into the GEMMs as post-ops. oneDNN's blocked layout keeps a
@@ -38,7 +38,8 @@ class Linear:
         self.parts = [(m.weight.detach(), None if m.bias is None else m.bias.detach()) for m in modules]
         self.weight_t = self.parts[0][0].t()  # for addmm (x @ W.T + residual in one call)
         self.sizes = [m.out_features for m in modules]
-        self.packed = None  # oneDNN copy, for rows >= PACKED_FROM_ROWS
+        self.packed = None  # oneDNN copy, for rows >= min_rows
+        self.min_rows = PACKED_FROM_ROWS  # fast/routes.py lowers it to 1 where packed is faster for one row too
         self.fused = None  # plain copy of side-by-side modules (q, k, v), for fewer rows
         self.bias = None
         if pack:
@@ -55,7 +56,7 @@ class Linear:
         return sum(w.numel() * w.element_size() for w, _ in self.parts)
 
     def _packed(self, x: torch.Tensor) -> bool:
-        return self.packed is not None and x.shape[0] >= PACKED_FROM_ROWS
+        return self.packed is not None and x.shape[0] >= self.min_rows
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each module's output (views of one product when packed)."""
@@ -218,6 +219,12 @@ def prepare(model: torch.nn.Module, pack: bool | None = None) -> FastModel:
         _PREPARED.pop(model, None)
         fm = None  # drop stale copies before building new ones
         fm = _build(model, should_pack(model) if pack is None else pack)
+        if fm.packed:
+            from . import routes
+
+            if routes.choose(fm) == "packed":  # one-row products: the route measured fastest here
+                for lin in routes.linears(fm):
+                    lin.min_rows = 1
         _PREPARED[model] = fm
         return fm
 

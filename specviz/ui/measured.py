@@ -12,10 +12,8 @@ cache only means nothing is remembered across restarts.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models, views
+from ..machine import machine  # noqa: F401  (re-exported: the store is named by it)
 from ..events import Event
 from ..metrics import CostCurve
 
@@ -33,20 +32,6 @@ PLAIN = "none"  # the drafter name of plain (autoregressive) decoding in a run c
 
 _LOCK = threading.Lock()
 _STORE: dict | None = None
-
-
-def machine() -> str:
-    """This machine, as a short stable name: host, CPU model, torch threads."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import torch
-
-    key = f"{platform.node()}|{cpu}|{torch.get_num_threads()}|{torch.__version__}"
-    return f"{platform.node() or 'machine'}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 def path() -> Path:
