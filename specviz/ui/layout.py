@@ -17,6 +17,7 @@ from ..config import RunConfig
 from ..examples import EXAMPLE_PROMPTS, LANDING_PROMPT, example_traces, landing_example
 from ..registry import Param
 from ..stop_rules import STOP_RULES
+from ..views.choice_view import choice_figure
 from ..views.race_view import EXPLAINER as RACE_EXPLAINER
 from . import callbacks, menus, teach
 from ..views.entropy_figure import CAPTION as CAPTION_ENTROPY, CAPTION_BOUND
@@ -197,6 +198,8 @@ def build_demo() -> gr.Blocks:
                                                elem_id="specviz-metrics-plot")
                         with gr.Accordion("Drafter choice", open=True):
                             drafter_md = gr.Markdown(views.drafter_markdown([]), elem_id="specviz-drafter")
+                            choice_plot = gr.Plot(choice_figure([]), show_label=False, visible=False,
+                                                  elem_id="specviz-choice-plot")  # an `auto` run's choices
                     with gr.Tab("Race", id="race"):
                         gr.Markdown(RACE_EXPLAINER)
                         race_score = gr.Markdown("Press **Race** to start.", elem_id="specviz-race-score")
@@ -220,7 +223,8 @@ def build_demo() -> gr.Blocks:
         view = dict(status=status, tokens=tokens, text=text, step=step, tree=tree, explain=explain, entropy=entropy,
                     metrics=metrics, metrics_plot=metrics_plot, drafter_panel=drafter_md, download=download)
         assert tuple(view) == VIEWS
-        more = dict(timeline=timeline, lengths=lengths, next_btn=next_btn)  # newer: after every documented output
+        more = dict(timeline=timeline, lengths=lengths, next_btn=next_btn,  # newer: after every documented output
+                    choice_plot=choice_plot)
         core, view = view, merged(view, more)
         controls = dict(zip(CONTROLS, (prompt, target, drafter, strategy, draft_len, temperature, top_p, seed, max_new,
                                        rule)))

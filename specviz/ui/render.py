@@ -15,6 +15,7 @@ import gradio as gr
 from .. import trace, views
 from ..events import Event
 from ..rules import VERIFY_RULES
+from ..views.choice_view import choice_figure, choice_markdown, choices
 from ..views.labels import esc
 from . import measured
 from .session import Session, ar_reference
@@ -136,13 +137,12 @@ def render(session: Session, note: str = "", index: int | None = None, figures: 
     if download is not False:
         out["download"] = gr.DownloadButton(value=download, interactive=download is not None)
     out["next_btn"] = gr.Button(NEXT)  # a live step-by-step run says Verify ▶ / Draft ▶ instead (callbacks.advance)
+    out["choice_plot"] = gr.Plot(choice_figure(events), visible=choices(events) is not None)
     return out
 
 
 def _with_choices(panel: str, events) -> str:
     """The drafter panel, with an `auto` run's choices first (views/choice_view.py)."""
-    from ..views.choice_view import choice_markdown
-
     choice = choice_markdown(events, measured.curve_of(events))
     return f"{choice}\n\n{panel}" if choice else panel
 
