@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models, views
-from ..machine import machine  # noqa: F401  (re-exported: the store is named by it)
+from ..machine import machine  # the store is named by it
 from ..events import Event
 from ..metrics import CostCurve
 
