@@ -44,6 +44,12 @@ def parse_configs(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
+def plain_engine(spec) -> Engine:
+    """Plain decoding on the same target (and the same fast-path choice) as a built TextEngine."""
+    e = spec.engine
+    return Engine(e.target.model, e.decode, None, e.eos_ids, e.target_name, fast_path=e.target.fast_path)
+
+
 def label(name: str, shape: str, length: int) -> str:
     return f"{name}:{shape}:{length}"
 
@@ -60,7 +66,7 @@ def run_drafters(a, config) -> int:
     engines = {label(*c): build(replace(config, drafter=c[0], shape=c[1], draft_len=c[2])) for c in configs}
     first = next(iter(engines.values()))
     target = first.engine.target
-    ar = Engine(target.model, first.engine.decode, None, first.engine.eos_ids, a.target, fast_path=target.fast_path)
+    ar = plain_engine(first)
     encoded = [first.encode(p["prompt"]) for p in prompts]
     warm = replace(settings, max_new_tokens=8)
     ar.run(encoded[0], warm)

@@ -23,12 +23,11 @@ DEFAULT = ("pld:chain:8,pld-tree:chain:8,ngram:chain:8,ngram-tree:chain:8,eagle3
 
 def check(config, drafters: str, prompts: list[dict], sampled: bool = True, log=print) -> list[dict]:
     from .api import build
-    from .bench_drafters import parse_configs
-    from .engine import Engine
+    from .bench_drafters import parse_configs, plain_engine
 
     base = build(replace(config, drafter="none"))
     target = base.engine.target
-    ar = Engine(target.model, base.engine.decode, None, base.engine.eos_ids, config.target, fast_path=target.fast_path)
+    ar = plain_engine(base)
     encoded = [base.encode(p["prompt"]) for p in prompts]
     settings = replace(config.settings, temperature=0.0)
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 A one-token step multiplies one row by every weight matrix. MKL's GEMV on the model's own matrices
 streams each weight once with little per-call overhead, and on some CPUs that is the fastest route;
 on others oneDNN's pre-packed copies (the route the fast path takes for several rows) are faster even
-for one row (a Zen 4 with AVX-512: 39 ms against 57 ms for all of SmolLM2's products). So the first
+for one row (a Zen 4 with AVX-512, quiet: 25 ms against 45 ms for all of SmolLM2's products). So the first
 fast-path model of a shape on a machine times one pass over all its products through each route,
 interleaved (the best of REPEATS rounds), and keeps the faster; the verdict is stored per CPU model, torch
 version, thread count and model shape in <cache>/measured/routes.json, so later processes read it.
