@@ -46,14 +46,19 @@ def check_settings(s: Settings) -> None:
     check_warp(s.warp)
 
 
-def interrupter(cancel: Callable[[], bool] | None, time_limit_s: float | None) -> Callable[[], str | None]:
-    """Why a run that starts now must end ("cancelled", "time limit"), or None to go on."""
-    started = time.monotonic()
+def interrupter(cancel: Callable[[], bool] | None, time_limit_s: float | None,
+                clock: Callable[[], float] | None = None) -> Callable[[], str | None]:
+    """Why a run that starts now must end ("cancelled", "time limit"), or None to go on. `clock()`: the
+    seconds the run has used (default: wall clock since now); a scheduler that takes turns between runs
+    counts only each run's own turns (scheduler.RunClock)."""
+    if clock is None:
+        started = time.monotonic()
+        clock = lambda: time.monotonic() - started  # noqa: E731
 
     def interrupted() -> str | None:
         if cancel is not None and cancel():
             return "cancelled"
-        if time_limit_s is not None and time.monotonic() - started > time_limit_s:
+        if time_limit_s is not None and clock() > time_limit_s:
             return "time limit"
         return None
 
@@ -119,14 +124,15 @@ class Engine:
 
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
                config: dict | None = None, cancel: Callable[[], bool] | None = None,
-               time_limit_s: float | None = None) -> Iterator[Event]:
+               time_limit_s: float | None = None, clock: Callable[[], float] | None = None) -> Iterator[Event]:
         """The run's events. `config` (a RunConfig as a dict) is recorded in RunStarted as given.
 
         `cancel()` is asked before every target forward (and every step); when it says so, or when
-        `time_limit_s` of wall clock have passed, the run ends there with what it has, stop_reason
-        "cancelled" or "time limit". Every run starts from fresh caches, so the next one is right."""
+        `time_limit_s` have passed (wall clock, or the run's own `clock()`), the run ends there with what
+        it has, stop_reason "cancelled" or "time limit". Every run starts from fresh caches, so the next
+        one is right."""
         clock0 = time.perf_counter()
-        interrupted = interrupter(cancel, time_limit_s)
+        interrupted = interrupter(cancel, time_limit_s, clock)
         rule_name, rule = self._start(prompt_ids, settings)
         warp = settings.warp
         drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"

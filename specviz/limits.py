@@ -59,8 +59,9 @@ class Budgets:
     """What one deployment of the app allows, beyond a run's settings (Limits). Each field is read
     from SPECVIZ_<NAME> when set; the defaults depend on where the app runs (`budgets()`)."""
 
-    run_seconds: float = 600.0  # wall clock per run (the run ends with stop_reason "time limit")
-    queue_size: int = 64  # requests waiting for the decode slot; more are refused with "busy"
+    run_seconds: float = 600.0  # decoding seconds per run, its own turns (the run ends with "time limit")
+    queue_size: int = 64  # requests waiting for a decoding place; more are refused with "busy"
+    active_runs: int = 32  # runs decoding at once, taking turns one step each (scheduler.py)
     tree_nodes: int = 256  # draft nodes per step (draft length x branches of the chosen shape)
     model_memory_gb: float = 12.0  # loaded models beyond this are evicted, least recently used first
     step_idle_s: float = 900.0  # a step-by-step run idle this long releases its engine (its trace stays)
@@ -70,7 +71,7 @@ class Budgets:
         return self.heavy_presets or preset not in HEAVY_PRESETS
 
 
-SPACE = Budgets(run_seconds=60.0, queue_size=24, tree_nodes=128, model_memory_gb=4.0, step_idle_s=120.0,
+SPACE = Budgets(run_seconds=60.0, queue_size=24, active_runs=32, tree_nodes=128, model_memory_gb=4.0, step_idle_s=120.0,
                 heavy_presets=False)  # a free CPU Space: 2 cores, 16 GB, thirty visitors at once
 LOCAL = Budgets()
 
@@ -86,7 +87,7 @@ def _has_gpu() -> bool:
 
 def budgets(prefix: str = "SPECVIZ_") -> Budgets:
     """The budgets of this process: SPACE when SPACE_ID is set (heavy presets on where a GPU is),
-    LOCAL otherwise; SPECVIZ_RUN_SECONDS, SPECVIZ_QUEUE_SIZE, SPECVIZ_TREE_NODES,
+    LOCAL otherwise; SPECVIZ_RUN_SECONDS, SPECVIZ_QUEUE_SIZE, SPECVIZ_ACTIVE_RUNS, SPECVIZ_TREE_NODES,
     SPECVIZ_MODEL_MEMORY_GB, SPECVIZ_STEP_IDLE_S, SPECVIZ_HEAVY_PRESETS=0/1 set any of them."""
     base = SPACE if os.environ.get("SPACE_ID") else LOCAL
     if os.environ.get("SPACE_ID") and _has_gpu():

@@ -264,10 +264,10 @@ class ParallelEngine(Engine):
 
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
                config: dict | None = None, cancel: Callable[[], bool] | None = None,
-               time_limit_s: float | None = None) -> Iterator[Event]:
+               time_limit_s: float | None = None, clock: Callable[[], float] | None = None) -> Iterator[Event]:
         """The run's events, as Engine.stream gives them; drafting and verification overlap."""
         clock0 = time.perf_counter()
-        interrupted = interrupter(cancel, time_limit_s)
+        interrupted = interrupter(cancel, time_limit_s, clock)
         self._settle()  # a run abandoned mid-way may have left work queued
         rule_name, rule = self._start(prompt_ids, settings)
         target_lane, _ = self.lanes()

@@ -32,7 +32,7 @@ from .render import NEXT, export_trace, render, status_line, status_only, step_v
 from .request import Request, app_limits, param_key, read_form
 from ..limits import budgets
 from .session import Session, ar_reference, current, remember_ar
-from .streaming import TICK_S, Stop, Throttle, in_background, start_stream
+from .streaming import TICK_S, Stop, Throttle, in_background, on_decoder, start_stream, waiting
 
 
 
@@ -180,11 +180,13 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
     """A run's events into session.events, as streamed updates: the status line's clock while the prompt
     is read, then the light views at most every UPDATES_EVERY_S; the figures wait for the end."""
     session.events = events = []
-    throttle, began, shown = Throttle(), time.monotonic(), False
+    throttle, began, shown, ticket = Throttle(), time.monotonic(), False, []
     try:
-        for batch in in_background(stream, tick_s=TICK_S):
+        for batch in in_background(stream, tick_s=TICK_S, on_ticket=ticket.append):
             events += batch
-            if not shown and events:  # the run has started: clear the last run's views once
+            if not events and ticket and (place := waiting(ticket[0])):  # every place taken: where it stands
+                yield status_only(place)
+            elif not shown and events:  # the run has started: clear the last run's views once
                 shown = True
                 yield render(session, note=note, download=None)
             elif views.latest_metrics(events) is None and events and throttle.due():
@@ -272,9 +274,25 @@ VERIFIED_NOTE = ("Step-by-step, step {step}: verified, {k} token{s} emitted (gre
                  "Press **Draft ▶** for the drafter's next guesses.")
 
 
+def pull(stepper) -> list[Event]:
+    """A step-by-step run's events up to its next pause: a drafted tree, the end of a step, or the end.
+    Made on the decoding thread (on_decoder), between other visitors' turns; the time it takes counts
+    against the run's time limit like a turn."""
+    out, t0 = [], time.perf_counter()
+    for ev in stepper:
+        out.append(ev)
+        if (isinstance(ev, Drafted) and ev.nodes) or isinstance(ev, (StepFinished, RunFinished)):
+            break
+    clock = getattr(stepper, "clock", None)
+    if clock is not None:
+        clock.used += time.perf_counter() - t0
+    return out
+
+
 def advance(session: Session) -> dict:
     """Two clicks per step: up to the draft (the tree appears), then through the verification (the verdicts)."""
-    for ev in session.stepper:
+    stepper = session.stepper
+    for ev in on_decoder(lambda: pull(stepper)):
         session.events.append(ev)
         if isinstance(ev, Drafted) and ev.nodes:  # nothing drafted: straight on to the target's own token
             n = len(ev.nodes)

@@ -15,7 +15,10 @@ try:  # on a Hugging Face ZeroGPU Space, decoding functions borrow a GPU; elsewh
     import spaces
 
     gpu = spaces.GPU
+    ZERO_GPU = True
 except ImportError:
+    ZERO_GPU = False
+
     def gpu(fn):
         return fn
 
@@ -32,8 +35,9 @@ def server_address() -> tuple[str, int]:
 
 def launch_kwargs() -> dict:
     host, port = server_address()
+    # a worker thread per streaming visitor (each waits on the decoding thread), and room for the rest
     return dict(server_name=host, server_port=port, css=CSS, max_file_size=trace.MAX_BYTES, show_error=True,
-                allowed_paths=[str(ASSETS)])  # the example traces are offered for download as they are
+                allowed_paths=[str(ASSETS)], max_threads=2 * budgets().active_runs + 16)  # the example traces are offered for download as they are
 
 
 def prepare_environment() -> None:
@@ -65,7 +69,8 @@ def _quiet(fn, *args):
 
 
 def queue_kwargs() -> dict:
-    """demo.queue() arguments: one decode at a time, at most `queue_size` requests waiting.
+    """demo.queue() arguments: decoding requests up to `decode_slots()` at once (taking turns on one
+    decoding thread, scheduler.py), at most `queue_size` more waiting.
 
     What a visitor sees (gradio 6.31's own queue, checked against `python app.py`; tests/test_http_api.py):
     - waiting behind other runs: every output of the request shows `queue: k/n | t/ETA s` in its corner
@@ -97,10 +102,15 @@ def health() -> str:
 
     b = budgets()
     loaded = ", ".join(models.loaded()) or "none"
+    from .streaming import decoder, scheduling
+
     live, stepping = live_runs()
+    turns = decoder().load() if scheduling() else None
+    taking = (f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most)"
+              if turns else "")
     return (f"ok · RSS {rss_bytes() / 2**20:.0f} MB · models loaded: {loaded} "
             f"({models.loaded_bytes() / 2**30:.2f} of {b.model_memory_gb:g} GB budget) · "
-            f"decoding {live}, step-by-step runs holding an engine {stepping} · "
+            f"decoding {live}{taking}, step-by-step runs holding an engine {stepping} · "
             f"budgets: {b.run_seconds:g} s per run, queue {b.queue_size}, {b.tree_nodes} draft nodes per step, "
             f"step-by-step idle release {b.step_idle_s:g} s, heavy presets {'on' if b.heavy_presets else 'off'}")
 

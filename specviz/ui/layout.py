@@ -27,6 +27,7 @@ from .render import NEXT, VIEWS
 from .request import CONTROLS, app_limits, stop_params
 from .launch import health
 from .session import Session, SESSION_TTL_S, closed
+from .streaming import decode_slots
 from .texts import HEADER, HOW_TO_READ, INTRO
 
 DEFAULT = RunConfig()  # the widgets start at RunConfig's defaults (except for a shorter output)
@@ -235,7 +236,7 @@ def build_demo() -> gr.Blocks:
         to_watch = dict(fn=lambda: gr.Tabs(selected="watch"), outputs=[tabs], queue=False, api_visibility="private")
         to_race = dict(to_watch, fn=lambda: gr.Tabs(selected="race"))
         # one decoding job at a time on this machine; streamed views stay visible while they update
-        decode = dict(concurrency_id="decode", concurrency_limit=1, show_progress="minimal")
+        decode = dict(concurrency_id="decode", concurrency_limit=decode_slots(), show_progress="minimal")
 
         # Run, Race and Step-by-step are checked first (no outputs, no concurrency limit, so no wait behind a
         # decoding run): a bad request is one toast and no panel is marked as failed; only a request that passes

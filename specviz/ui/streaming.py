@@ -1,11 +1,14 @@
-"""Running the engine for the page: the event stream in its own thread, and how often to redraw."""
+"""Running the engine for the page: every run's events through the process's one decoding thread
+(scheduler.py: runs take turns, one step each), and how often to redraw."""
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
+from .. import scheduler
 from ..api import TextEngine
 from ..events import Drafted, Event
 from ..limits import budgets
@@ -41,7 +44,8 @@ def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None) -> I
     nodes per step); input errors (prompt vs context, settings) surface here, before any output."""
     limits = budgets()
     stop = stop if stop is not None else Stop()
-    stream = engine.stream_text(prompt, cancel=stop, time_limit_s=limits.run_seconds)
+    clock = scheduler.RunClock() if scheduling() else None  # the time limit counts the run's own turns
+    stream = engine.stream_text(prompt, cancel=stop, time_limit_s=limits.run_seconds, clock=clock)
     first = next(stream)
 
     def chained():
@@ -56,14 +60,15 @@ def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None) -> I
             stop.set()  # a closed stream: the engine, if still mid-step, ends at its next forward
             stream.close()
 
-    return Stream(chained(), stop)
+    return Stream(chained(), stop, clock)
 
 
 class Stream:
-    """An event stream with its stop signal (`stop`); closing it stops the run."""
+    """An event stream with its stop signal (`stop`) and the clock its time limit reads (`clock`, None:
+    wall clock); closing it stops the run."""
 
-    def __init__(self, events: Iterator[Event], stop: Stop):
-        self.events, self.stop = events, stop
+    def __init__(self, events: Iterator[Event], stop: Stop, clock: scheduler.RunClock | None = None):
+        self.events, self.stop, self.clock = events, stop, clock
 
     def __iter__(self):
         return self
@@ -79,16 +84,61 @@ class Stream:
             pass
 
 
-_DONE = object()
+def scheduling() -> bool:
+    """Whether runs go through the shared decoding thread: everywhere but a ZeroGPU Space (where each
+    decoding function borrows the GPU in its own process) or with SPECVIZ_SCHEDULER=0 (one thread per
+    run, the way to measure what the scheduler changes)."""
+    from .launch import ZERO_GPU
+
+    return not ZERO_GPU and os.environ.get("SPECVIZ_SCHEDULER", "1") != "0"
 
 
-def in_background(stream: Iterator[Event], tick_s: float | None = None) -> Iterator[list[Event]]:
-    """Run an event stream in its own thread and yield the events as they pile up, in batches (an
-    empty batch every `tick_s` seconds in which none came, if given).
+def decoder() -> scheduler.Scheduler:
+    b = budgets()
+    return scheduler.shared(b.active_runs, b.active_runs)
+
+
+def decode_slots() -> int:
+    """Decoding requests gradio lets in at once: every one the decoding thread can take in turns (more
+    wait in gradio's queue, their place shown), or one where each run decodes in a thread of its own."""
+    return budgets().active_runs if scheduling() else 1
+
+
+def on_decoder(fn: Callable[[], object]) -> object:
+    """fn() where forwards run: between two turns of the decoding thread (a step-by-step click)."""
+    return decoder().call(fn) if scheduling() else fn()
+
+
+def waiting(ticket) -> str:
+    """The status line of a run waiting for a decoding place: its place and expected wait."""
+    place = ticket.place() if ticket is not None else None
+    if place is None:
+        return ""
+    ahead, wait = place
+    return f"⏳ waiting for a decoding place: {ahead} run{'s' if ahead != 1 else ''} ahead, about {wait:.0f} s"
+
+
+def in_background(stream: Iterator[Event], tick_s: float | None = None,
+                  on_ticket: Callable[[object], None] | None = None,
+                  ends_turn: Callable[[object], bool] = scheduler.end_of_step) -> Iterator[list[Event]]:
+    """The events of a stream as they pile up, in batches (an empty batch every `tick_s` seconds in which
+    none came, if given), decoded on the shared decoding thread (`on_ticket` gets its Ticket, whose
+    place() says how many runs are ahead while it waits; a turn ends after an item `ends_turn` says
+    so), or where that is off, in a thread of its own.
 
     Decoding then never waits for the page: while a batch is rendered and sent, the engine goes on.
     Closing this generator (Stop, or the visitor leaving) stops the engine after its current event.
     """
+    if scheduling():
+        try:
+            ticket = decoder().submit(stream, getattr(stream, "clock", None), ends_turn)
+        except scheduler.Busy:
+            getattr(stream, "close", lambda: None)()
+            raise
+        if on_ticket is not None:
+            on_ticket(ticket)
+        yield from ticket.batches(tick_s)
+        return
     box: queue.Queue = queue.Queue()
     stop = getattr(stream, "stop", None) or Stop()
 

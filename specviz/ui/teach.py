@@ -19,6 +19,7 @@ from ..views.labels import esc
 from ..views.lossless_view import lossless_figure, lossless_markdown
 from . import callbacks, measured
 from .render import step_slider, step_views
+from .streaming import decode_slots, in_background
 from .session import Session, current
 
 HIGHLIGHT_JS = """(id) => {
@@ -124,8 +125,10 @@ def lossless(form: dict, session: Session | None):
     yield dict(ll_status=f"⏳ loading **{esc(req.config.target)}** and computing the exact distribution…",
                ll_result="")
     try:
-        for item in check_config(req.config, req.prompt, k, n, bool(form.get("ll_broken")),
-                                 time_limit_s=budgets().run_seconds):
+        checking = check_config(req.config, req.prompt, k, n, bool(form.get("ll_broken")),
+                                time_limit_s=budgets().run_seconds)
+        # on the decoding thread, a turn per progress report, so runs of other visitors go on between them
+        for item in (item for batch in in_background(checking, ends_turn=lambda _: True) for item in batch):
             if isinstance(item, Progress):
                 if item.phase != "exact":
                     yield dict(ll_status=f"⏳ sampling plain and speculative decoding: {item.done:,} of "
@@ -278,7 +281,7 @@ def lesson_close(form: dict, session: Session | None):
 
 def wire(wire_fn, session: gr.State, form: dict, replayed: dict, tabs: gr.Tabs, box: dict, parts: dict) -> None:
     """Every teaching event, with layout.wire (named inputs and outputs)."""
-    decode = dict(concurrency_id="decode", concurrency_limit=1, show_progress="minimal")
+    decode = dict(concurrency_id="decode", concurrency_limit=decode_slots(), show_progress="minimal")
     p = parts
     wire_fn(p["ll_run"].click, lossless, form | {k: p[k] for k in ("ll_k", "ll_n", "ll_broken")},
             {k: p[k] for k in ("ll_status", "ll_plot", "ll_result")}, session, api_name="lossless_check", **decode)

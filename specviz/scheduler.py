@@ -1,0 +1,245 @@
+"""One decoding thread for every visitor: active runs take turns, one engine step each.
+
+A page serving many visitors cannot give each run its own thread: on a small CPU, torch calls made
+from several threads at once fight over the same cores (oneDNN's one-row products stall 15-100x
+under that contention; shared/NOTES.md), and runs served one after another make the last visitor
+wait for everyone's whole answer. Here one thread owns every forward. Each admitted run's event
+stream is advanced up to the end of its next step (StepFinished or RunFinished), then the next run
+has its turn (round robin), so a visitor who arrives while thirty others decode sees their first
+token after one round, not after thirty answers.
+
+A run's events are exactly those it produces alone (each engine has its own caches and its own
+seeded generator; the models are only read), and the time limit counts the run's own turns
+(RunClock), not its wait. Beyond `max_active` runs, arrivals wait in order (place and expected wait
+on `Ticket.place()`); beyond `max_waiting`, they are refused at once with `Busy`. Short jobs that
+must not run beside a forward (a step-by-step click) go through `call`, between two turns.
+
+The engine knows nothing of this: a run is any iterator of events.
+"""
+from __future__ import annotations
+
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterator
+
+from .events import RunFinished, StepFinished
+
+class Busy(RuntimeError):
+    """Every decoding place and every waiting place is taken."""
+
+
+class RunClock:
+    """The seconds a run has had the decoding thread: its time limit counts these, not its wait."""
+
+    def __init__(self):
+        self.used = 0.0
+
+    def __call__(self) -> float:
+        return self.used
+
+
+_DONE = object()
+
+
+def end_of_step(item: object) -> bool:
+    """An engine run's turn: one decoding step (the prefill is part of the first)."""
+    return isinstance(item, StepFinished)
+
+
+class Ticket:
+    """One submitted run, seen from the visitor's side: `batches()` yields its events as they pile up;
+    `place()` says how many runs are ahead while it waits; `close()` (or leaving the loop) drops it."""
+
+    def __init__(self, scheduler: "Scheduler", stream: Iterator, clock: RunClock | None,
+                 ends_turn: Callable[[object], bool]):
+        self.scheduler, self.stream, self.ends_turn = scheduler, stream, ends_turn
+        self.clock = clock if clock is not None else RunClock()
+        self.box: queue.Queue = queue.Queue()
+        self.closed = False
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+
+    def place(self) -> tuple[int, float] | None:
+        """(runs ahead of this one, expected seconds until it starts) while it waits; None once started."""
+        return self.scheduler.place(self)
+
+    def batches(self, tick_s: float | None = None) -> Iterator[list[Event]]:
+        """The run's events in batches as they come (an empty batch every `tick_s` s in which none came)."""
+        try:
+            while True:
+                try:
+                    batch = [self.box.get(timeout=tick_s)]
+                except queue.Empty:
+                    yield []
+                    continue
+                while not self.box.empty():
+                    batch.append(self.box.get_nowait())
+                for item in batch:
+                    if isinstance(item, BaseException):
+                        raise item
+                events = [item for item in batch if item is not _DONE]
+                if events:
+                    yield events
+                if len(events) < len(batch):
+                    return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """The visitor left (Stop, a closed tab): the run's stop signal is set and the scheduler drops it
+        at its next turn (an engine asked to stop ends at its next forward)."""
+        self.closed = True
+        stop = getattr(self.stream, "stop", None)
+        if stop is not None:
+            stop.set()
+        self.scheduler.wake()
+
+
+class Scheduler:
+    def __init__(self, max_active: int = 32, max_waiting: int = 64, name: str = "specviz-decode"):
+        self.max_active, self.max_waiting, self.name = max_active, max_waiting, name
+        self._cond = threading.Condition()
+        self._active: deque[Ticket] = deque()
+        self._waiting: deque[Ticket] = deque()
+        self._calls: deque = deque()
+        self._durations: deque[float] = deque(maxlen=32)  # wall seconds of recent runs, for expected waits
+        self._thread: threading.Thread | None = None
+        self._turning: Ticket | None = None  # the run having its turn (out of the round meanwhile)
+        self.turns = 0
+
+    def _decoding(self) -> int:
+        return len(self._active) + (self._turning is not None)
+
+    # -------------------------------------------------------------- the visitors' side
+
+    def submit(self, stream: Iterator, clock: RunClock | None = None,
+               ends_turn: Callable[[object], bool] = end_of_step) -> Ticket:
+        """Queue a run (its events come from `stream`; `clock`, if the engine's time limit reads one,
+        is advanced by this run's turns; a turn ends after an item `ends_turn` says so, by default an
+        engine step's StepFinished). Raises Busy when every place is taken."""
+        ticket = Ticket(self, stream, clock, ends_turn)
+        with self._cond:
+            if self._decoding() >= self.max_active and len(self._waiting) >= self.max_waiting:
+                raise Busy(f"the server is busy: {self._decoding()} runs decoding and {len(self._waiting)} "
+                           "waiting; try again in a minute")
+            self._waiting.append(ticket)
+            self._ensure_thread()
+            self._cond.notify()
+        return ticket
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """fn() on the decoding thread, between two turns (so it never runs beside a forward); its result,
+        or its exception raised here."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done, out = threading.Event(), {}
+        with self._cond:
+            self._calls.append((fn, done, out))
+            self._ensure_thread()
+            self._cond.notify()
+        done.wait()
+        if "error" in out:
+            raise out["error"]
+        return out.get("value")
+
+    def place(self, ticket: Ticket) -> tuple[int, float] | None:
+        with self._cond:
+            if ticket not in self._waiting:
+                return None
+            ahead = self._waiting.index(ticket)
+            typical = statistics.median(self._durations) if self._durations else 10.0
+            # a place opens when an active run ends: about one run's duration per max_active runs ahead
+            return ahead, typical * (ahead // max(1, self.max_active) + 1)
+
+    def load(self) -> dict:
+        """How busy the decoding thread is (for /health and the status line)."""
+        with self._cond:
+            return dict(active=self._decoding(), waiting=len(self._waiting), max_active=self.max_active,
+                        max_waiting=self.max_waiting, turns=self.turns)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # -------------------------------------------------------------- the decoding thread
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, daemon=True, name=self.name)
+            self._thread.start()
+
+    def _next(self) -> tuple[list, Ticket | None]:
+        """Wait for work: (calls to make, the run whose turn it is, if any)."""
+        with self._cond:
+            while True:
+                while self._waiting and self._decoding() < self.max_active:
+                    ticket = self._waiting.popleft()
+                    ticket.started = time.monotonic()
+                    self._active.append(ticket)
+                calls = list(self._calls)
+                self._calls.clear()
+                turn = self._active.popleft() if self._active else None
+                if calls or turn is not None:
+                    self._turning = turn
+                    return calls, turn
+                self._cond.wait()
+
+    def _loop(self) -> None:
+        while True:
+            calls, ticket = self._next()
+            for fn, done, out in calls:
+                try:
+                    out["value"] = fn()
+                except BaseException as err:  # handed to the caller
+                    out["error"] = err
+                done.set()
+            if ticket is None:
+                continue
+            more = self._turn(ticket)
+            with self._cond:
+                self._turning = None
+                if more:
+                    self._active.append(ticket)  # to the back of the round
+                else:
+                    self._durations.append(time.monotonic() - ticket.submitted)
+
+    def _turn(self, ticket: Ticket) -> bool:
+        """Advance one run up to the end of its next step; False when the run is over."""
+        self.turns += 1
+        t0 = time.perf_counter()
+        try:
+            if ticket.closed:  # nobody is reading: close the engine's generator (it frees its caches)
+                getattr(ticket.stream, "close", lambda: None)()
+                ticket.box.put(_DONE)
+                return False
+            for item in ticket.stream:
+                ticket.box.put(item)
+                if isinstance(item, RunFinished):
+                    break
+                if ticket.ends_turn(item):
+                    return True
+            getattr(ticket.stream, "close", lambda: None)()  # the stream's own clean-up, now, on this thread
+            ticket.box.put(_DONE)
+            return False
+        except BaseException as err:  # the visitor's handler raises it (one message, the others go on)
+            ticket.box.put(err)
+            ticket.box.put(_DONE)
+            return False
+        finally:
+            ticket.clock.used += time.perf_counter() - t0
+
+
+_SHARED: Scheduler | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(max_active: int = 32, max_waiting: int = 64) -> Scheduler:
+    """This process's scheduler (created on first use with these bounds)."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = Scheduler(max_active, max_waiting)
+        return _SHARED
