@@ -19,6 +19,7 @@ step-by-step engines released by SPECVIZ_STEP_IDLE_S). Asserts correctness and b
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -103,7 +104,7 @@ def expected_texts() -> dict:
 
 
 def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable, imports: int = IMPORTS,
-         heavy: bool = False) -> dict:
+         heavy: bool = False, scheduler: bool = True) -> dict:
     import tempfile
 
     from gradio_client import Client, handle_file
@@ -115,12 +116,14 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
 
     port = free_port()
     env = {**os.environ, "SPECVIZ_HOST": "127.0.0.1", "SPECVIZ_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "SPECVIZ_RUN_SECONDS": str(RUN_SECONDS), "SPECVIZ_STEP_IDLE_S": "5", "SPECVIZ_QUEUE_SIZE": "64"}
+           "SPECVIZ_RUN_SECONDS": str(RUN_SECONDS), "SPECVIZ_STEP_IDLE_S": "5", "SPECVIZ_QUEUE_SIZE": "64",
+           "SPECVIZ_SCHEDULER": "1" if scheduler else "0"}
     env.pop("SPACE_ID", None)
     server = subprocess.Popen([python, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
-    stats = dict(completed=0, cancelled=0, abandoned=0, errors=0, mismatches=0, first=[], waits=[], error_text=[],
-                 imports=[])
+    stats = dict(completed=0, cancelled=0, abandoned=0, errors=0, mismatches=0, first=[], token=[], run=[],
+                 error_text=[], imports=[])
+    rss_log: list[tuple[float, float]] = []  # (seconds since the sessions began, RSS MB)
     lock = threading.Lock()
     try:
         deadline = time.time() + 600  # a busy shared machine starts it slowly
@@ -171,15 +174,19 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                     if kind == 0:  # a full run: its text must be the engine's
                         t0 = time.perf_counter()
                         job = client.submit(*args(prompt), False, api_name="/run")
-                        first = None
-                        for _ in job:
-                            if first is None:
-                                first = time.perf_counter() - t0
+                        first = token = None
+                        for update in job:
+                            now = time.perf_counter() - t0
+                            first = now if first is None else first
+                            if token is None and update and str(update[NAMES.index("text")] or "").strip():
+                                token = now  # the first update that shows generated text
                         out = dict(zip(NAMES, job.result()))
+                        took = time.perf_counter() - t0
                         with lock:
                             stats["completed"] += 1
                             stats["first"].append(first or 0.0)
-                            stats["waits"].append(first or 0.0)
+                            stats["token"].append(token if token is not None else took)
+                            stats["run"].append(took)
                             if out["text"] != expected[prompt]:
                                 stats["mismatches"] += 1
                     elif kind == 1:  # cancelled midway
@@ -228,11 +235,20 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
         if heavy:
             threads.append(threading.Thread(target=heaviest))
         t0 = time.time()
+        sampling = threading.Event()
+
+        def sample_rss():
+            while not sampling.wait(5.0):
+                rss_log.append((round(time.time() - t0), round(rss_mb(server.pid))))
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.time() - t0
+        sampling.set()
         time.sleep(12)  # idle step-by-step runs are released (SPECVIZ_STEP_IDLE_S=5, reaper every ~1.25 s)
         health = warm.predict(api_name="/health")
         rss_end = rss_mb(server.pid)
@@ -247,10 +263,18 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                   cancelled=stats["cancelled"], abandoned=stats["abandoned"], errors=stats["errors"],
                   mismatches=stats["mismatches"], first_update_p50_s=round(pct(stats["first"], .5), 2),
                   first_update_p95_s=round(pct(stats["first"], .95), 2),
+                  first_token_p50_s=round(pct(stats["token"], .5), 2),
+                  first_token_p95_s=round(pct(stats["token"], .95), 2),
+                  run_p50_s=round(pct(stats["run"], .5), 2),
+                  # full runs' tokens only (cancelled and step-by-step runs decode more, uncounted)
+                  tokens_per_s_total=round(stats["completed"] * N_TOKENS / wall, 1),
+                  scheduler=scheduler,
                   imports_asked=imports, imports=len(stats["imports"]),
                   import_p50_s=round(pct(stats["imports"], .5), 2),
                   import_max_s=round(max(stats["imports"], default=float("nan")), 2),
                   limited_status=limited.get("status", ""), rss_start_mb=round(rss_start), rss_end_mb=round(rss_end),
+                  rss_2min_mb=next((mb for s, mb in rss_log if s >= 120), None),
+                  rss_max_mb=max((mb for _, mb in rss_log), default=None), rss_log=rss_log,
                   rss_bound_mb=RSS_BOUND_MB, health=health, error_text=stats["error_text"][:5],
                   uptime=os.popen("uptime").read().strip())
     if heavy:
@@ -275,13 +299,21 @@ if __name__ == "__main__":
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--imports", type=int, default=IMPORTS, help="trace imports at the size limit (session 0)")
+    ap.add_argument("--no-scheduler", action="store_true",
+                    help="one run at a time, each in its own thread (SPECVIZ_SCHEDULER=0): the before")
+    ap.add_argument("--json", help="write the report here too")
     ap.add_argument("--heavy", action="store_true",
                     help="also send the heaviest request (Qwen 1.5B + 0.5B beam, draft length 32, 512 tokens)")
     a = ap.parse_args()
     if a.heavy and (why := heavy_available()):
         ap.error(f"--heavy: {why}")
-    rep = main(a.sessions, a.seconds, imports=a.imports, heavy=a.heavy)
+    rep = main(a.sessions, a.seconds, imports=a.imports, heavy=a.heavy, scheduler=not a.no_scheduler)
     for key, value in rep.items():
-        print(f"{key}: {value}")
+        if key != "rss_log":
+            print(f"{key}: {value}")
+    if a.json:
+        from specviz.atomic import atomic_write_text
+
+        atomic_write_text(a.json, json.dumps(rep, indent=1))
     check(rep)
     print("OK")

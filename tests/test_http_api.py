@@ -27,7 +27,8 @@ from specviz.limits import APP  # noqa: E402
 
 TARGET = "smollm2-135m"
 ROOT = Path(__file__).resolve().parents[1]
-QUEUE = 2  # requests waiting for the decode slot
+QUEUE = 2  # requests waiting for a decoding place
+ACTIVE = 2  # runs decoding at once, taking turns (scheduler.py)
 RAW = ("Traceback", "unhashable", "TextEncodeInput", "RecursionError", "object has no attribute", "NoneType",
        "not subscriptable", "unsupported operand", "Exception", "Error(")
 NAMES = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metrics", "metrics_plot", "drafter",
@@ -51,7 +52,7 @@ def server(tmp_path_factory):
     """`python app.py` as users start it; yields its URL; stopped at the end of the module."""
     port = free_port()
     env = {**os.environ, "SPECVIZ_HOST": "127.0.0.1", "SPECVIZ_PORT": str(port), "SPECVIZ_QUEUE_SIZE": str(QUEUE),
-           "GRADIO_ANALYTICS_ENABLED": "False", "SPECVIZ_HEAVY_PRESETS": "0"}  # as on a CPU Space
+           "SPECVIZ_ACTIVE_RUNS": str(ACTIVE), "GRADIO_ANALYTICS_ENABLED": "False", "SPECVIZ_HEAVY_PRESETS": "0"}  # as on a CPU Space
     env.pop("SPACE_ID", None)
     log = tmp_path_factory.mktemp("app") / "app.log"
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=open(log, "w"),
@@ -114,12 +115,19 @@ def test_a_waiting_client_sees_its_place_and_a_full_queue_is_refused_in_one_line
     import httpx
     from gradio_client.utils import QueueError
 
-    busy, waiting = Client(server, verbose=False), [Client(server, verbose=False) for _ in range(QUEUE)]
-    long = busy.submit(*run_args("Write the numbers from 1 to 500 separated by commas.", drafter="none",
-                                 max_new_tokens=400), api_name="/run")
-    deadline = time.time() + 60
-    while not long.outputs() and time.time() < deadline:  # its first update: the decode slot is taken
+    busy, waiting = [Client(server, verbose=False) for _ in range(ACTIVE)], [Client(server, verbose=False)
+                                                                             for _ in range(QUEUE)]
+    longs = [c.submit(*run_args("Write the numbers from 1 to 500 separated by commas.", drafter="none",
+                                max_new_tokens=400), api_name="/run") for c in busy]
+
+    def shows_text(job) -> bool:
+        return any(str(dict(zip(NAMES, out)).get("text") or "").strip() for out in job.outputs())
+
+    deadline = time.time() + 120
+    while not all(shows_text(j) for j in longs) and time.time() < deadline:  # both decoding places taken
         time.sleep(0.1)
+    # they take turns: each streams its text while the other is still running (not one after the other)
+    assert all(shows_text(j) and not j.done() for j in longs), [j.status() for j in longs]
     jobs = []
     for c in waiting:  # one after the other, so their places are known
         jobs.append(c.submit(*run_args("Hi.", max_new_tokens=2), api_name="/run"))
@@ -139,8 +147,9 @@ def test_a_waiting_client_sees_its_place_and_a_full_queue_is_refused_in_one_line
         assert raw.status_code == 503, raw.text
         assert raw.json()["detail"] == f"Queue is full. Max size is {QUEUE} and size is {QUEUE}.", raw.text
     finally:
-        long.cancel()
-        busy.predict(api_name="/stop")
+        for c, j in zip(busy, longs):
+            j.cancel()
+            c.predict(api_name="/stop")
     for j in jobs:  # the waiting requests then run as usual
         assert "done" in dict(zip(NAMES, j.result(timeout=120)))["status"]
     assert Client(server, verbose=False).predict(api_name="/health").startswith("ok")

@@ -46,7 +46,9 @@ def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None) -> I
     stop = stop if stop is not None else Stop()
     clock = scheduler.RunClock() if scheduling() else None  # the time limit counts the run's own turns
     stream = engine.stream_text(prompt, cancel=stop, time_limit_s=limits.run_seconds, clock=clock)
-    first = next(stream)
+    # on the decoding thread: the run's caches are allocated where every forward runs (one malloc arena
+    # for the big buffers, not one per visitor's thread); a bad prompt still raises here, before any output
+    first = on_decoder(lambda: next(stream))
 
     def chained():
         try:
