@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from .drafters import Drafter, TargetView
-from .events import Drafted, Emitted, Event, Node, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
+from .events import Drafted, Emitted, Event, Node, Prefilled, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
 from .limits import ENGINE
 from .lm import CachedLM
 from .metrics import Metrics
@@ -24,6 +24,8 @@ from .rules import make_rule, resolve
 from .verify import ACCEPTED, UNVISITED, Rule
 
 MAX_NEW_TOKENS = ENGINE.max_new_tokens
+# a longer prompt is read in chunks of this many tokens, with a Prefilled event (and, served, a turn) between
+PREFILL_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,17 @@ class Engine:
         stop_reason = "length"
         yield RunStarted(self.target_name, drafter_name, rule_name, settings.__dict__.copy(), prompt, len(ids),
                          config, self.drafter.policy_info() if choosing else None)
+        read_s = 0.0  # a long prompt's chunks read ahead: counted in the first step, which reads the rest
+        for done in range(PREFILL_CHUNK, len(ids), PREFILL_CHUNK):
+            if reason := interrupted():
+                stop_reason = reason
+                break
+            t = time.perf_counter()
+            self.target.prefill(ids[:done], tuple(self.drafter.reads_target) if self.drafter else ())
+            read_s += time.perf_counter() - t
+            yield Prefilled(done, len(ids))
         step = 0
-        while len(new) < settings.max_new_tokens:
+        while len(new) < settings.max_new_tokens and stop_reason not in ("cancelled", "time limit"):
             if reason := interrupted():
                 stop_reason = reason
                 break
@@ -168,7 +179,7 @@ class Engine:
             logits = torch.cat([root[None], node_logits]) if len(tree) else root[None]
             p_rows = probs(logits, warp).cpu()
             ent_rows = entropy(logits).cpu()
-            t_verify = time.perf_counter() - t1
+            t_verify = time.perf_counter() - t1 + read_s
             verdict = rule(tree, p_rows, gen)
             self.target.accept(verdict.path)
             if self.drafter:
@@ -185,11 +196,12 @@ class Engine:
             accepted = sum(t.kind == ACCEPTED for t in tokens)
             metrics.record_step(len(tokens), len(tree), accepted, betas)
             metrics.wasted_forwards += tree.wasted_forwards
-            elapsed = (pause - t0) + (time.perf_counter() - t1)
+            elapsed = (pause - t0) + (time.perf_counter() - t1) + read_s
             metrics.elapsed_s += elapsed
             metrics.draft_s += t_draft
             metrics.record_verify(t_verify, len(tree))
-            metrics.forward_s += self._forward_seconds() - fwd0
+            metrics.forward_s += self._forward_seconds() - fwd0 + read_s
+            read_s = 0.0
             yield Verified(step, nodes, verdict.path, verdict.kind)
             yield Emitted(step, tokens)
             yield StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify), metrics.snapshot(),
@@ -229,7 +241,7 @@ class Engine:
                      layers: tuple[int, ...]) -> TargetView:
         """The target's states of the positions this forward committed (fed rows, then the path)."""
         hidden, start = {}, len(ids)
-        if layers:
+        if layers and self.target.hidden:
             fed = next(iter(self.target.hidden.values())).shape[0] - len(tree)
             rows = list(range(fed)) + [fed + n for n in verdict.path]
             index = torch.tensor(rows, device=self.target.device)

@@ -103,7 +103,16 @@ class RunFinished:
     metrics: Metrics
 
 
-Event = RunStarted | StepStarted | Drafted | Verified | Emitted | StepFinished | RunFinished
+@dataclass
+class Prefilled:
+    """Progress while a long prompt is read in chunks before the first step: `done` of its `total` tokens
+    are in the target's cache. Progress only: the first step's metrics count the reading, and traces leave
+    these events out (trace.dumps)."""
+    done: int
+    total: int
+
+
+Event = RunStarted | Prefilled | StepStarted | Drafted | Verified | Emitted | StepFinished | RunFinished
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, StepStarted, Drafted, Verified, Emitted, StepFinished, RunFinished)}
 _NESTED = {"nodes": (Node, list), "tokens": (Token, list), "metrics": (Metrics, dict)}
 

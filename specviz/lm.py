@@ -43,6 +43,7 @@ class CachedLM:
         self.forward_seconds = 0.0
         self.forwards = 0
         self.hidden: dict[int, torch.Tensor] = {}  # layer -> [fed rows, hidden] of the last forward
+        self._read: dict[int, list[torch.Tensor]] = {}  # layer -> states of prompt chunks read ahead (prefill)
         reason = fast.unsupported_reason(model)
         if fast_path and reason:
             raise ValueError(f"the fast path does not support this model: {reason}")
@@ -65,6 +66,7 @@ class CachedLM:
             self.kv.length = 0  # keeps the capacity of earlier runs
         else:
             self.cache = DynamicCache(config=self.model.config)
+        self._read = {}
         self.lin: list[int] = []  # tokens whose KV sits in cache slots 0..len-1
         self.tree_tokens: list[int] = []  # tree nodes after them, fed but not yet accepted
         self.tree_parents: list[int] = []
@@ -91,6 +93,17 @@ class CachedLM:
             else:
                 layer.keys = layer.keys.index_select(2, index)
                 layer.values = layer.values.index_select(2, index)
+
+    @torch.inference_mode()
+    def prefill(self, committed: list[int], hidden_layers: tuple[int, ...] = ()) -> None:
+        """Read `committed` (a prefix of the prompt) into the cache ahead of the first forward, which then
+        feeds only the rest. The states of `hidden_layers` are kept and handed out with that forward's
+        (`self.hidden` then covers every row read since the cache was empty), so a drafter that reads the
+        target's layers sees the whole prompt as if it had been read in one forward."""
+        self.forward(committed, (), (), hidden_layers)
+        for layer, h in self.hidden.items():
+            self._read.setdefault(layer, []).append(h)
+        self.hidden = {}
 
     @torch.inference_mode()
     def forward(
@@ -140,6 +153,10 @@ class CachedLM:
         else:
             logits = self._hf_forward(ids_t, pos_t, allowed, keep_rows, hidden_layers)
         logits = logits.float()
+        if self._read:  # the prompt's chunks read ahead come first (layers they did not read are dropped)
+            self.hidden = {layer: torch.cat([*self._read[layer], h]) for layer, h in self.hidden.items()
+                           if layer in self._read}
+            self._read = {}
         self.forward_seconds += time.perf_counter() - start
         self.forwards += 1
         self.lin = list(committed)

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import Callable, Iterator
 
-from .events import RunFinished, StepFinished
+from .events import Prefilled, RunFinished, StepFinished
 
 class Busy(RuntimeError):
     """Every decoding place and every waiting place is taken."""
@@ -45,8 +45,8 @@ _DONE = object()
 
 
 def end_of_step(item: object) -> bool:
-    """An engine run's turn: one decoding step (the prefill is part of the first)."""
-    return isinstance(item, StepFinished)
+    """An engine run's turn: one decoding step, or one chunk of a long prompt (Prefilled)."""
+    return isinstance(item, (StepFinished, Prefilled))
 
 
 class Ticket:

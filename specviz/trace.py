@@ -34,7 +34,7 @@ from .atomic import atomic_write_text  # noqa: F401  (re-exported: callers use t
 
 import numpy as np
 
-from .events import (EVENT_TYPES, Drafted, Emitted, Event, Node, Recording, RunFinished, RunStarted, StepFinished,
+from .events import (EVENT_TYPES, Drafted, Emitted, Event, Node, Prefilled, Recording, RunFinished, RunStarted, StepFinished,
                      StepStarted, Token, Verified, to_dict)
 from .metrics import Metrics
 
@@ -69,7 +69,9 @@ DRAWS = ("iid", "without_replacement")
 
 
 def dumps(events: list[Event]) -> str:
-    return json.dumps({"format": FORMAT, "version": VERSION, "events": [to_dict(e) for e in events]})
+    """The trace of a run: every event but the prompt-reading progress (Prefilled), which records nothing."""
+    kept = [to_dict(e) for e in events if not isinstance(e, Prefilled)]
+    return json.dumps({"format": FORMAT, "version": VERSION, "events": kept})
 
 
 def save(events: list[Event], path: str | os.PathLike) -> Path:

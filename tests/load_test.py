@@ -178,8 +178,9 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                         for update in job:
                             now = time.perf_counter() - t0
                             first = now if first is None else first
-                            if token is None and update and str(update[NAMES.index("text")] or "").strip():
-                                token = now  # the first update that shows generated text
+                            text = str(update[NAMES.index("text")] or "") if update else ""
+                            if token is None and text.strip() and expected[prompt].startswith(text):
+                                token = now  # the first update that shows this run's text (not the last view's)
                         out = dict(zip(NAMES, job.result()))
                         took = time.perf_counter() - t0
                         with lock:

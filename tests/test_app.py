@@ -596,3 +596,24 @@ def test_the_lossless_check_streams_progress_and_passes_for_speculative_sampling
     assert any("⏳" in u[0] for u in updates)  # a progress line while it loads and samples
     assert "The check **passes**" in result and "chi-square" in result and "200" in result
     assert plot["type"] == "plotly"
+
+
+def test_a_failure_after_the_first_update_keeps_the_views():
+    """After a handler's first update a failure is one toast and the status line (no panel marked failed);
+    before it, the refusal stays an error (API clients see it as one)."""
+    import gradio as gr
+
+    from specviz.ui import callbacks
+
+    def late(form, session):
+        yield dict(status="loading")
+        raise gr.Error("the model files are damaged")
+
+    def early(form, session):
+        raise gr.Error("the prompt is empty")
+        yield {}
+
+    out = list(callbacks.views_kept(late)({}, None))
+    assert out == [dict(status="loading"), dict(status="✖ the model files are damaged")]
+    with pytest.raises(gr.Error, match="the prompt is empty"):
+        list(callbacks.views_kept(early)({}, None))

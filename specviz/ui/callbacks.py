@@ -7,6 +7,7 @@ stream into the session, which every view renders.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import replace
@@ -197,10 +198,36 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
         raise fail(err) from None
 
 
+def views_kept(handler):
+    """A streaming handler whose failure after its first update is one toast and the status line: the views
+    keep what they showed (gradio marks every output of a failed event, a dozen panels for one model
+    that would not load). A refusal before any update (a bad request) stays an error for API clients."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        started = False
+        try:
+            for out in handler(*args, **kwargs):
+                started = True
+                yield out
+        except Exception as err:
+            if not started:
+                raise
+            text = err.message if isinstance(err, gr.Error) else (str(err).strip().splitlines() or [""])[0]
+            text = text or type(err).__name__
+            gr.Warning(text, duration=10)
+            yield status_only(f"✖ {esc(text)}")
+
+    return wrapped
+
+
 @gpu
+@views_kept
 def run(form: dict, session: Session | None):
     """Stream one speculative run into every view; optionally measure the AR reference afterwards."""
     session, req = current(session), read(form)
+    check_vocabularies(req)  # API clients skip check_run: their refusals come before any update
+    check_prompt_fits(req)
     yield status_only(f"▶ loading {esc(req.config.target)} with drafter {esc(req.config.drafter)}…")
     engine, stream = prepare(req, session)  # a bad prompt fails here and leaves the last run on display
     yield from streamed(session, stream)
@@ -228,6 +255,7 @@ def run(form: dict, session: Session | None):
 
 
 @gpu
+@views_kept
 def race(form: dict, session: Session | None):
     """AR and speculative decoding of one prompt, one after the other, each alone on the machine (so each
     reports its own engine's speed), streamed into its own pane; the timeline puts both on one clock."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .. import models, trace
+from .. import memory, models, trace
 from ..config import RunConfig
 from ..examples import ASSETS
 from ..limits import budgets
@@ -108,7 +108,8 @@ def health() -> str:
     turns = decoder().load() if scheduling() else None
     taking = (f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most)"
               if turns else "")
-    return (f"ok · RSS {rss_bytes() / 2**20:.0f} MB · models loaded: {loaded} "
+    heap = memory.describe()
+    return (f"ok · RSS {rss_bytes() / 2**20:.0f} MB{f' ({heap})' if heap else ''} · models loaded: {loaded} "
             f"({models.loaded_bytes() / 2**30:.2f} of {b.model_memory_gb:g} GB budget) · "
             f"decoding {live}{taking}, step-by-step runs holding an engine {stepping} · "
             f"budgets: {b.run_seconds:g} s per run, queue {b.queue_size}, {b.tree_nodes} draft nodes per step, "

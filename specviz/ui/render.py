@@ -90,7 +90,9 @@ def status_line(events: list[Event], note: str = "", state: str | None = None, w
         state = f"■ recorded run ended early (incomplete trace: no RunFinished) · {m.tokens if m else 0} tokens"
     elif state is None and m is None:
         clock = f" · {waited_s:.0f} s" if waited_s is not None else ""
-        state = f"▶ reading the prompt ({start.prompt_tokens} tokens) and drafting the first step…{clock}"
+        read = next((ev for ev in reversed(events) if isinstance(ev, Prefilled)), None)
+        read = f"{read.done:,} of {start.prompt_tokens:,} tokens read" if read else f"{start.prompt_tokens} tokens"
+        state = f"▶ reading the prompt ({read}) and drafting the first step…{clock}"
     elif state is None:
         state = f"▶ decoding: step {m.steps} · {m.tokens} tokens" + (f" · {figures}" if figures else "")
     return f"{what} · {state}" + (f"  \n{note}" if note else "")

@@ -1,0 +1,68 @@
+"""What the C heap holds, and giving freed memory back (glibc; elsewhere every call is a no-op).
+
+A server's RSS can grow two ways: objects kept alive (in use on the heap), or memory freed but kept by
+the allocator (free on the heap, still resident). glibc's mallinfo2 tells the two apart: `in_use` is
+what live objects hold, `free_held` what was freed and not returned. torch's CPU tensors come from the
+same heap, so both views count them.
+
+glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed in one
+arena is reused only by the threads allocating there; a server whose request threads each touch
+large buffers keeps a high-water mark per arena. `limit_arenas` caps them (the Space runs `python
+app.py`, not a shell, so the limit is set in the process itself, before threads start) and `trim`
+returns free pages to the system.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from functools import lru_cache
+
+M_ARENA_MAX = -8  # mallopt parameter number (malloc.h)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        lib.mallinfo2.restype = _MallInfo2
+        lib.malloc_trim.argtypes = [ctypes.c_size_t]
+        lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        return lib
+    except (OSError, AttributeError):  # not glibc, or older than 2.33 (no mallinfo2)
+        return None
+
+
+def heap() -> dict | None:
+    """{'in_use', 'free_held', 'mmapped'} in bytes (main and thread arenas together), None off glibc."""
+    lib = _libc()
+    if lib is None:
+        return None
+    m = lib.mallinfo2()
+    return dict(in_use=m.uordblks, free_held=m.fordblks, mmapped=m.hblkhd)
+
+
+def trim() -> bool:
+    """Return free heap pages to the system (malloc_trim(0)); True when some were."""
+    lib = _libc()
+    return bool(lib.malloc_trim(0)) if lib is not None else False
+
+
+def limit_arenas(n: int) -> bool:
+    """At most `n` malloc arenas from now on (set it before threads start); True where it took effect."""
+    lib = _libc()
+    return bool(lib.mallopt(M_ARENA_MAX, n)) if lib is not None else False
+
+
+def describe() -> str:
+    """'heap in use X MB, freed but held Y MB' for a status line ('' off glibc)."""
+    h = heap()
+    if h is None:
+        return ""
+    return (f"heap in use {(h['in_use'] + h['mmapped']) / 2**20:.0f} MB, "
+            f"freed but held {h['free_held'] / 2**20:.0f} MB")
