@@ -7,6 +7,10 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 
+from specviz import memory  # noqa: E402
+
+memory.configure_for_server()  # before any thread starts: two malloc arenas, a fixed mmap threshold
+
 from specviz.ui import build_demo, launch_kwargs, prepare_environment, warm_up  # noqa: E402
 from specviz.ui.launch import queue_kwargs, start_housekeeping  # noqa: E402
 

@@ -17,7 +17,10 @@ import ctypes
 import ctypes.util
 from functools import lru_cache
 
-M_ARENA_MAX = -8  # mallopt parameter number (malloc.h)
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt parameter numbers (malloc.h)
+SERVER_ARENAS = 2
+SERVER_MMAP_BYTES = 1 << 20  # blocks this large or larger come from mmap and go back whole when freed
+TRIM_ABOVE_BYTES = 64 << 20  # trim when this much freed memory is held
 
 
 class _MallInfo2(ctypes.Structure):
@@ -57,6 +60,23 @@ def limit_arenas(n: int) -> bool:
     """At most `n` malloc arenas from now on (set it before threads start); True where it took effect."""
     lib = _libc()
     return bool(lib.mallopt(M_ARENA_MAX, n)) if lib is not None else False
+
+
+def configure_for_server() -> dict:
+    """A long-running server's allocator: at most SERVER_ARENAS arenas, and a fixed mmap threshold (glibc
+    otherwise raises it after every large free, up to 32 MB, so freed logits and activation buffers
+    end up in arenas that keep them). Call it before threads start. {setting: whether it took effect}."""
+    lib = _libc()
+    if lib is None:
+        return {}
+    return dict(arenas=bool(lib.mallopt(M_ARENA_MAX, SERVER_ARENAS)),
+                mmap_threshold=bool(lib.mallopt(M_MMAP_THRESHOLD, SERVER_MMAP_BYTES)))
+
+
+def trim_if_held(above: int = TRIM_ABOVE_BYTES) -> bool:
+    """trim() when more than `above` bytes are freed but held (a server's housekeeping calls this)."""
+    h = heap()
+    return h is not None and h["free_held"] > above and trim()
 
 
 def describe() -> str:

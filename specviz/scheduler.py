@@ -5,8 +5,9 @@ from several threads at once fight over the same cores (oneDNN's one-row product
 under that contention; shared/NOTES.md), and runs served one after another make the last visitor
 wait for everyone's whole answer. Here one thread owns every forward. Each admitted run's event
 stream is advanced up to the end of its next step (StepFinished or RunFinished), then the next run
-has its turn (round robin), so a visitor who arrives while thirty others decode sees their first
-token after one round, not after thirty answers.
+has its turn (round robin); a newly admitted run has its first turn next, so a visitor who arrives
+while thirty others decode sees a first token after one step of someone else's, not after thirty
+answers.
 
 A run's events are exactly those it produces alone (each engine has its own caches and its own
 seeded generator; the models are only read), and the time limit counts the run's own turns
@@ -178,7 +179,9 @@ class Scheduler:
                 while self._waiting and self._decoding() < self.max_active:
                     ticket = self._waiting.popleft()
                     ticket.started = time.monotonic()
-                    self._active.append(ticket)
+                    # a newcomer's first turn comes next (its prompt and first tokens), then it joins the round:
+                    # the wait for a first token is one turn, not one round of everyone's steps
+                    self._active.appendleft(ticket)
                 calls = list(self._calls)
                 self._calls.clear()
                 turn = self._active.popleft() if self._active else None

@@ -145,6 +145,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
         if heavy:  # loads both Qwen models before RSS is taken (they stay, within the memory budget)
             warm.predict(*heavy_args(max_new_tokens=1), api_name="/run")
         rss_start = rss_mb(server.pid)
+        health_start = warm.predict(api_name="/health")
 
         def import_trace(client):
             t0 = time.perf_counter()
@@ -168,6 +169,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                             stats["errors"] += 1
                             stats["error_text"].append(f"import {type(err).__name__}: {str(err)[:200]}")
                 kind = i % 3
+                what = ("run", "cancelled run", "step-by-step")[kind]
                 prompt = PROMPTS[(k + i) % len(PROMPTS)]
                 i += 1
                 try:
@@ -207,7 +209,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                 except Exception as err:  # noqa: BLE001 - counted and reported
                     with lock:
                         stats["errors"] += 1
-                        stats["error_text"].append(f"{type(err).__name__}: {str(err)[:200]}")
+                        stats["error_text"].append(f"{what}: {type(err).__name__}: {str(err)[:200]}")
 
         limited = {}
 
@@ -276,7 +278,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                   limited_status=limited.get("status", ""), rss_start_mb=round(rss_start), rss_end_mb=round(rss_end),
                   rss_2min_mb=next((mb for s, mb in rss_log if s >= 120), None),
                   rss_max_mb=max((mb for _, mb in rss_log), default=None), rss_log=rss_log,
-                  rss_bound_mb=RSS_BOUND_MB, health=health, error_text=stats["error_text"][:5],
+                  rss_bound_mb=RSS_BOUND_MB, health_start=health_start, health=health, error_text=stats["error_text"][:10],
                   uptime=os.popen("uptime").read().strip())
     if heavy:
         report.update(heavy_status=limited.get("heavy_status", ""), heavy_run_s=limited.get("heavy_run_s"))

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .. import views
+from .. import memory, views
 from ..events import Event
 from ..limits import budgets
 from ..metrics import Metrics
@@ -109,6 +109,7 @@ def start_reaper(every_s: float = 10.0) -> None:
                 time.sleep(min(every_s, max(1.0, budgets().step_idle_s / 4)))
                 try:
                     release_idle()
+                    memory.trim_if_held()  # freed memory back to the system (memory.py)
                 except Exception:  # never let the reaper die
                     pass
 
