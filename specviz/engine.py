@@ -68,6 +68,17 @@ def interrupter(cancel: Callable[[], bool] | None, time_limit_s: float | None,
 
 
 @dataclass
+class TargetForward:
+    """A verification forward a batched stream asks its scheduler to run: CachedLM.forward's arguments
+    (lm.forward(committed, tokens, parents, hidden_layers)). Not an event: no view ever sees it."""
+    lm: CachedLM
+    committed: list[int]
+    tokens: list[int]
+    parents: list[int]
+    hidden_layers: tuple[int, ...]
+
+
+@dataclass
 class Result:
     text: str
     token_ids: list[int]
@@ -126,8 +137,13 @@ class Engine:
 
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
                config: dict | None = None, cancel: Callable[[], bool] | None = None,
-               time_limit_s: float | None = None, clock: Callable[[], float] | None = None) -> Iterator[Event]:
+               time_limit_s: float | None = None, clock: Callable[[], float] | None = None,
+               batched: bool = False) -> Iterator[Event]:
         """The run's events. `config` (a RunConfig as a dict) is recorded in RunStarted as given.
+
+        batched=True (for a scheduler only): before each verification forward the stream yields a
+        TargetForward instead of running it, and waits to be sent (root logits, node logits, seconds of
+        this run's share), so that one forward can serve several runs (scheduler.py).
 
         `cancel()` is asked before every target forward (and every step); when it says so, or when
         `time_limit_s` have passed (wall clock, or the run's own `clock()`), the run ends there with what
@@ -175,7 +191,12 @@ class Engine:
                 stop_reason = reason
                 break
             t1 = time.perf_counter()
-            root, node_logits = self.target.forward(ids, tree.tokens, tree.parents, layers)
+            if batched:  # the scheduler runs this forward together with other runs' and sends back our part
+                root, node_logits, shared_s = yield TargetForward(self.target, list(ids), list(tree.tokens),
+                                                                  list(tree.parents), layers)
+                t1 = time.perf_counter() - shared_s  # the wait for the others is not this run's time
+            else:
+                root, node_logits = self.target.forward(ids, tree.tokens, tree.parents, layers)
             logits = torch.cat([root[None], node_logits]) if len(tree) else root[None]
             p_rows = probs(logits, warp).cpu()
             ent_rows = entropy(logits).cpu()

@@ -62,6 +62,7 @@ class Budgets:
     run_seconds: float = 600.0  # decoding seconds per run, its own turns (the run ends with "time limit")
     queue_size: int = 64  # requests waiting for a decoding place; more are refused with "busy"
     active_runs: int = 32  # runs decoding at once, taking turns one step each (scheduler.py)
+    batch_runs: int = 16  # runs whose verification forwards run as one batched forward (1: each alone)
     tree_nodes: int = 256  # draft nodes per step (draft length x branches of the chosen shape)
     model_memory_gb: float = 12.0  # loaded models beyond this are evicted, least recently used first
     step_idle_s: float = 900.0  # a step-by-step run idle this long releases its engine (its trace stays)
@@ -87,7 +88,7 @@ def _has_gpu() -> bool:
 
 def budgets(prefix: str = "SPECVIZ_") -> Budgets:
     """The budgets of this process: SPACE when SPACE_ID is set (heavy presets on where a GPU is),
-    LOCAL otherwise; SPECVIZ_RUN_SECONDS, SPECVIZ_QUEUE_SIZE, SPECVIZ_ACTIVE_RUNS, SPECVIZ_TREE_NODES,
+    LOCAL otherwise; SPECVIZ_RUN_SECONDS, SPECVIZ_QUEUE_SIZE, SPECVIZ_ACTIVE_RUNS, SPECVIZ_BATCH_RUNS, SPECVIZ_TREE_NODES,
     SPECVIZ_MODEL_MEMORY_GB, SPECVIZ_STEP_IDLE_S, SPECVIZ_HEAVY_PRESETS=0/1 set any of them."""
     base = SPACE if os.environ.get("SPACE_ID") else LOCAL
     if os.environ.get("SPACE_ID") and _has_gpu():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -29,6 +30,46 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+@dataclass
+class _Plan:
+    committed: list[int]
+    tokens: list[int]
+    all_parents: list[int]
+    fed: bool  # committed tokens were fed (the first logits row follows the last of them)
+    ids: torch.Tensor
+    positions: torch.Tensor
+    allowed: torch.Tensor | None
+    keep: int
+    hidden_layers: tuple[int, ...]
+
+
+@torch.inference_mode()
+def forward_together(calls: list[tuple["CachedLM", list[int], list[int], list[int], tuple[int, ...]]]) -> list:
+    """CachedLM.forward for several caches at once (runs of different visitors over one model): each
+    call's (lm, committed, tokens, parents, hidden_layers) gives what its own forward would return. Caches
+    over the same fast-path model share one batched forward (fast.forward_many); any other goes alone."""
+    results: list = [None] * len(calls)
+    groups: dict[int, list[tuple[int, CachedLM, _Plan]]] = {}
+    for i, (lm, committed, tokens, parents, layers) in enumerate(calls):
+        if not lm.fast_path:
+            results[i] = lm.forward(committed, tokens, parents, layers)
+            continue
+        plan = lm._plan(committed, tokens, parents, layers)
+        if plan is None:
+            results[i] = (None, torch.empty(0, lm.vocab))
+            continue
+        groups.setdefault(id(lm._fast), []).append((i, lm, plan))
+    for members in groups.values():
+        fm = members[0][1]._fast
+        start = time.perf_counter()
+        outs = fast.forward_many(fm, [fast.Rows(lm.kv, p.ids, p.positions, p.allowed, p.keep, p.hidden_layers)
+                                      for _, lm, p in members])
+        share = (time.perf_counter() - start) / len(members)  # each run's part of the shared forward
+        for (i, lm, plan), (logits, hidden) in zip(members, outs):
+            results[i] = lm._finish(plan, logits, hidden, share)
+    return results
 
 
 class CachedLM:
@@ -116,6 +157,19 @@ class CachedLM:
         `self.hidden` then holds those layers' states (transformers' hidden_states[L]; -1 = final,
         normed) for every row fed: the uncached committed tokens first, then the new nodes.
         """
+        plan = self._plan(committed, tokens, parents, hidden_layers)
+        if plan is None:
+            return None, torch.empty(0, self.vocab)
+        start = time.perf_counter()
+        if self.fast_path:
+            logits, hidden = fast.forward(self._fast, self.kv, plan.ids, plan.positions, plan.allowed, plan.keep,
+                                          plan.hidden_layers)
+        else:
+            logits, hidden = self._hf_forward(plan.ids, plan.positions, plan.allowed, plan.keep, plan.hidden_layers)
+        return self._finish(plan, logits, hidden, time.perf_counter() - start)
+
+    def _plan(self, committed: list[int], tokens, parents, hidden_layers) -> "_Plan | None":
+        """What a forward feeds (ids, positions, mask, rows to keep); the cache is cropped to match."""
         tokens, parents = list(tokens), list(parents)
         if self.tree_tokens:
             if committed != self.lin:
@@ -135,7 +189,7 @@ class CachedLM:
         positions = list(range(len(self.lin), lin_len)) + node_pos
         ids = feed + tokens
         if not ids:
-            return None, torch.empty(0, self.vocab)
+            return None
         allowed = None  # None: plain causal attention
         if not is_chain(all_parents):
             # rows: fed linear tokens see the causal prefix; nodes see the prefix and their ancestors
@@ -144,30 +198,29 @@ class CachedLM:
             allowed[len(feed):, :lin_len] = True
             allowed[len(feed):, lin_len:] = ancestor_mask(all_parents)[n_old:]
             allowed = allowed.to(self.device)
-        keep_rows = len(tokens) + (1 if feed else 0)
-        start = time.perf_counter()
-        ids_t = torch.tensor(ids, device=self.device)
-        pos_t = torch.tensor(positions, device=self.device)
-        if self.fast_path:
-            logits, self.hidden = fast.forward(self._fast, self.kv, ids_t, pos_t, allowed, keep_rows, tuple(hidden_layers))
-        else:
-            logits = self._hf_forward(ids_t, pos_t, allowed, keep_rows, hidden_layers)
+        return _Plan(list(committed), tokens, all_parents, bool(feed), torch.tensor(ids, device=self.device),
+                     torch.tensor(positions, device=self.device), allowed, len(tokens) + (1 if feed else 0),
+                     tuple(hidden_layers))
+
+    def _finish(self, plan: "_Plan", logits: torch.Tensor, hidden: dict, seconds: float):
+        """The bookkeeping after a forward: states handed out, the fed text and tree remembered."""
         logits = logits.float()
+        self.hidden = hidden
         if self._read:  # the prompt's chunks read ahead come first (layers they did not read are dropped)
             self.hidden = {layer: torch.cat([*self._read[layer], h]) for layer, h in self.hidden.items()
                            if layer in self._read}
             self._read = {}
-        self.forward_seconds += time.perf_counter() - start
+        self.forward_seconds += seconds
         self.forwards += 1
-        self.lin = list(committed)
-        self.tree_tokens += tokens
-        self.tree_parents = all_parents
-        if feed:
+        self.lin = plan.committed
+        self.tree_tokens += plan.tokens
+        self.tree_parents = plan.all_parents
+        if plan.fed:
             return logits[0], logits[1:]
         return None, logits
 
     def _hf_forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None, keep: int,
-                    hidden_layers: tuple[int, ...]) -> torch.Tensor:
+                    hidden_layers: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         mask = None
         if allowed is not None:  # additive float mask [1, 1, n, cached + n]
             mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
@@ -182,8 +235,7 @@ class CachedLM:
             output_hidden_states=bool(hidden_layers),
             **{self._cache_kw: self.cache},
         )
-        self.hidden = {layer: out.hidden_states[layer][0] for layer in hidden_layers}
-        return out.logits[0]
+        return out.logits[0], {layer: out.hidden_states[layer][0] for layer in hidden_layers}
 
     def accept(self, path: list[int]) -> None:
         """Keep the committed text plus the fed nodes on `path` (root to leaf); drop the rest."""

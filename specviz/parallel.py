@@ -264,8 +264,10 @@ class ParallelEngine(Engine):
 
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
                config: dict | None = None, cancel: Callable[[], bool] | None = None,
-               time_limit_s: float | None = None, clock: Callable[[], float] | None = None) -> Iterator[Event]:
-        """The run's events, as Engine.stream gives them; drafting and verification overlap."""
+               time_limit_s: float | None = None, clock: Callable[[], float] | None = None,
+               batched: bool = False) -> Iterator[Event]:
+        """The run's events, as Engine.stream gives them; drafting and verification overlap (its own
+        threads: `batched` is ignored, its forwards are never shared)."""
         clock0 = time.perf_counter()
         interrupted = interrupter(cancel, time_limit_s, clock)
         self._settle()  # a run abandoned mid-way may have left work queued

@@ -100,19 +100,17 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, max_active: int = 32, max_waiting: int = 64, name: str = "specviz-decode"):
-        self.max_active, self.max_waiting, self.name = max_active, max_waiting, name
+    def __init__(self, max_active: int = 32, max_waiting: int = 64, max_batch: int = 1, name: str = "specviz-decode"):
+        # max_batch: runs per round; above 1, the verification forwards of a round's batched streams run as one
+        self.max_active, self.max_waiting, self.max_batch, self.name = max_active, max_waiting, max(1, max_batch), name
         self._cond = threading.Condition()
         self._active: deque[Ticket] = deque()
         self._waiting: deque[Ticket] = deque()
         self._calls: deque = deque()
         self._durations: deque[float] = deque(maxlen=32)  # wall seconds of recent runs, for expected waits
         self._thread: threading.Thread | None = None
-        self._turning: Ticket | None = None  # the run having its turn (out of the round meanwhile)
-        self.turns = 0
-
-    def _decoding(self) -> int:
-        return len(self._active) + (self._turning is not None)
+        self._turning: list[Ticket] = []  # the runs having their turn (out of the round meanwhile)
+        self.turns = self.forwards_shared = 0
 
     # -------------------------------------------------------------- the visitors' side
 
@@ -159,7 +157,8 @@ class Scheduler:
         """How busy the decoding thread is (for /health and the status line)."""
         with self._cond:
             return dict(active=self._decoding(), waiting=len(self._waiting), max_active=self.max_active,
-                        max_waiting=self.max_waiting, turns=self.turns)
+                        max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.turns,
+                        shared_forwards=self.forwards_shared)
 
     def wake(self) -> None:
         with self._cond:
@@ -172,8 +171,9 @@ class Scheduler:
             self._thread = threading.Thread(target=self._loop, daemon=True, name=self.name)
             self._thread.start()
 
-    def _next(self) -> tuple[list, Ticket | None]:
-        """Wait for work: (calls to make, the run whose turn it is, if any)."""
+    def _next(self) -> tuple[list, list[Ticket]]:
+        """Wait for work: (calls to make, the runs of this round: up to max_batch from the front of the
+        round when forwards are shared, else one)."""
         with self._cond:
             while True:
                 while self._waiting and self._decoding() < self.max_active:
@@ -184,65 +184,116 @@ class Scheduler:
                     self._active.appendleft(ticket)
                 calls = list(self._calls)
                 self._calls.clear()
-                turn = self._active.popleft() if self._active else None
-                if calls or turn is not None:
+                take = min(len(self._active), self.max_batch)
+                turn = [self._active.popleft() for _ in range(take)]
+                if calls or turn:
                     self._turning = turn
                     return calls, turn
                 self._cond.wait()
 
+    def _decoding(self) -> int:
+        return len(self._active) + len(self._turning)
+
     def _loop(self) -> None:
         while True:
-            calls, ticket = self._next()
+            calls, tickets = self._next()
             for fn, done, out in calls:
                 try:
                     out["value"] = fn()
                 except BaseException as err:  # handed to the caller
                     out["error"] = err
                 done.set()
-            if ticket is None:
+            if not tickets:
                 continue
-            more = self._turn(ticket)
+            going = self._round(tickets)
             with self._cond:
-                self._turning = None
-                if more:
-                    self._active.append(ticket)  # to the back of the round
-                else:
-                    self._durations.append(time.monotonic() - ticket.submitted)
+                self._turning = []
+                for ticket in tickets:
+                    if ticket in going:
+                        self._active.append(ticket)  # to the back of the round
+                    else:
+                        self._durations.append(time.monotonic() - ticket.submitted)
 
-    def _turn(self, ticket: Ticket) -> bool:
-        """Advance one run up to the end of its next step; False when the run is over."""
+    def _round(self, tickets: list[Ticket]) -> list[Ticket]:
+        """One turn each: every run advances to its verification forward (TargetForward, from a batched
+        stream), those forwards run as one (lm.forward_together), and every run finishes its step. The runs
+        still going afterwards."""
+        from .engine import TargetForward
+        from .lm import forward_together
+
         self.turns += 1
+        asked, going = [], []
+        for ticket in tickets:
+            state = self._advance(ticket)
+            if isinstance(state, TargetForward):
+                asked.append((ticket, state))
+            elif state:
+                going.append(ticket)
+        if asked:
+            t0 = time.perf_counter()
+            try:
+                answers = forward_together([(c.lm, c.committed, c.tokens, c.parents, c.hidden_layers)
+                                            for _, c in asked])
+            except BaseException as err:  # every run of the forward ends with the error; the thread goes on
+                for ticket, _ in asked:
+                    self._fail(ticket, err)
+                return going
+            share = (time.perf_counter() - t0) / len(asked)
+            for (ticket, _), (root, nodes) in zip(asked, answers):
+                ticket.clock.used += share
+                if self._advance(ticket, (root, nodes, share)):
+                    going.append(ticket)
+        self.forwards_shared += len(asked) > 1
+        return going
+
+    def _advance(self, ticket: Ticket, answer: tuple | None = None):
+        """Run one stream on: to the end of its turn (True), to its end (False), or to a verification
+        forward it asks for (the TargetForward; `answer` is then sent back to it on the next call)."""
+        from .engine import TargetForward
+
         t0 = time.perf_counter()
+        stream = ticket.stream
         try:
             if ticket.closed:  # nobody is reading: close the engine's generator (it frees its caches)
-                getattr(ticket.stream, "close", lambda: None)()
+                getattr(stream, "close", lambda: None)()
                 ticket.box.put(_DONE)
                 return False
-            for item in ticket.stream:
+            item = stream.send(answer) if answer is not None else next(stream)
+            while True:
+                if isinstance(item, TargetForward):
+                    return item
                 ticket.box.put(item)
                 if isinstance(item, RunFinished):
                     break
                 if ticket.ends_turn(item):
                     return True
-            getattr(ticket.stream, "close", lambda: None)()  # the stream's own clean-up, now, on this thread
-            ticket.box.put(_DONE)
-            return False
+                item = next(stream)
+        except StopIteration:
+            pass
         except BaseException as err:  # the visitor's handler raises it (one message, the others go on)
-            ticket.box.put(err)
-            ticket.box.put(_DONE)
+            self._fail(ticket, err)
             return False
         finally:
             ticket.clock.used += time.perf_counter() - t0
+        getattr(stream, "close", lambda: None)()  # the stream's own clean-up, now, on this thread
+        ticket.box.put(_DONE)
+        return False
+
+    @staticmethod
+    def _fail(ticket: Ticket, err: BaseException) -> None:
+        getattr(ticket.stream, "close", lambda: None)()
+        ticket.box.put(err)
+        ticket.box.put(_DONE)
 
 
 _SHARED: Scheduler | None = None
 _SHARED_LOCK = threading.Lock()
 
 
-def shared(max_active: int = 32, max_waiting: int = 64) -> Scheduler:
+def shared(max_active: int = 32, max_waiting: int = 64, max_batch: int = 1) -> Scheduler:
     """This process's scheduler (created on first use with these bounds)."""
     global _SHARED
     with _SHARED_LOCK:
         if _SHARED is None:
-            _SHARED = Scheduler(max_active, max_waiting)
+            _SHARED = Scheduler(max_active, max_waiting, max_batch)
         return _SHARED

@@ -1,7 +1,9 @@
 """The decoding thread shared by every visitor (specviz/scheduler.py): runs take turns one step each, and
 a run's tokens and events are exactly what it produces alone, whatever runs beside it."""
+import math
 import threading
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -19,13 +21,31 @@ TIMING = {"draft_s", "verify_s", "overhead_s", "metrics", "draft_start_s", "veri
 
 
 def stripped(events) -> list:
+    """Each event as plain data without its timings."""
     out = []
     for ev in events:
-        d = {k: v for k, v in vars(ev).items() if k not in TIMING}
+        d = {k: v for k, v in asdict(ev).items() if k not in TIMING}
         if isinstance(ev, RunFinished):
             d["metrics"] = (ev.metrics.tokens, ev.metrics.steps, ev.metrics.drafted, ev.metrics.accepted)
-        out.append((type(ev).__name__, repr(d)))
+        out.append((type(ev).__name__, d))
     return out
+
+
+def same(a, b, path="") -> None:
+    """Equal, floats up to rounding: a batched product sums in another order than a one-row one (1e-7
+    relative); every token, node, verdict and count must match exactly."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), (path, a, b)
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), (path, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
 
 
 def drain(ticket) -> list:
@@ -47,26 +67,36 @@ CASES = [([1, 2, 3], Settings(max_new_tokens=24)),
          ([2, 2, 2, 5], Settings(max_new_tokens=26, temperature=1.0, seed=7))]
 
 
-def test_runs_taking_turns_equal_runs_alone(tiny_target, tiny_drafter, one_thread):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_runs_taking_turns_equal_runs_alone(tiny_target, tiny_drafter, one_thread, batch):
+    """batch 1: each run's forward alone; 4: the four runs' verification forwards as one batched forward."""
     alone = [stripped(e.stream(p, s)) for e, (p, s) in zip(engines(tiny_target, tiny_drafter), CASES)]
-    sched, order = Scheduler(max_active=4), []
+    sched, order = Scheduler(max_active=4, max_batch=batch), []
 
-    def noting(i, stream):
-        for ev in stream:
+    def noting(i, stream):  # passes the scheduler's answers on to a batched stream
+        answer = None
+        while True:
+            try:
+                ev = stream.send(answer) if answer is not None else next(stream)
+            except StopIteration:
+                return
             if isinstance(ev, StepFinished):
                 order.append(i)
-            yield ev
+            answer = yield ev
 
-    streams = [noting(i, e.stream(p, s)) for i, (e, (p, s)) in enumerate(zip(engines(tiny_target, tiny_drafter), CASES))]
+    pairs = zip(engines(tiny_target, tiny_drafter), CASES)
+    streams = [noting(i, e.stream(p, s, batched=True)) for i, (e, (p, s)) in enumerate(pairs)]
     tickets = [sched.submit(s) for s in streams]
     together = [stripped(drain(t)) for t in tickets]
-    assert together == alone
+    same(together, alone)
     # they did take turns: the first four steps were one of each run, not one run's whole answer
     assert sorted(order[:4]) == [0, 1, 2, 3]
+    assert (sched.load()["shared_forwards"] > 0) == (batch > 1)
 
 
 @pytest.mark.skipif(models.status("smollm2-135m") != "ready", reason="smollm2-135m not fetched")
-def test_real_drafters_taking_turns_equal_alone():
+@pytest.mark.parametrize("batch", [1, 3])
+def test_real_drafters_taking_turns_equal_alone(batch):
     """The app's own engines (api.build, shared loaded models, the n-gram corpus table, the trained
     head): interleaved runs give each run's tokens as alone, greedy and sampled."""
     from specviz.api import build
@@ -77,8 +107,8 @@ def test_real_drafters_taking_turns_equal_alone():
                RunConfig(drafter="pld", settings=Settings(max_new_tokens=24, temperature=1.0, seed=5))]
     prompts = ["Write a haiku about rivers.", "def add(a, b):\n    return", "Name three colors of the sea."]
     alone = [build(c).generate(p).token_ids for c, p in zip(configs, prompts)]
-    sched = Scheduler(max_active=3)
-    tickets = [sched.submit(build(c).stream_text(p)) for c, p in zip(configs, prompts)]
+    sched = Scheduler(max_active=3, max_batch=batch)
+    tickets = [sched.submit(build(c).stream_text(p, batched=True)) for c, p in zip(configs, prompts)]
     together = [drain(t)[-1].token_ids for t in tickets]
     assert together == alone
 

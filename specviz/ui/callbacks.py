@@ -151,7 +151,7 @@ def reference_config(config: RunConfig) -> RunConfig:
     return replace(config, drafter="none", stop="static", stop_params={}, parallel=False).checked(app_limits(), presets_only=True)
 
 
-def prepare(req: Request, session: Session) -> tuple[TextEngine, Iterator[Event]]:
+def prepare(req: Request, session: Session, batched: bool = True) -> tuple[TextEngine, Iterator[Event]]:
     """Build the engine, let the drafter policy choose (it sees the prompt's token ids, the config
     and this session's runs), and start the chosen run's event stream."""
     try:
@@ -162,7 +162,7 @@ def prepare(req: Request, session: Session) -> tuple[TextEngine, Iterator[Event]
             config = replace(req.config, drafter=choice.drafter).checked(app_limits(), presets_only=True)
             engine = build(config)
         session.release("a new run started")  # a step-by-step run left open lets go of its engine
-        stream = start_stream(engine, req.prompt)
+        stream = start_stream(engine, req.prompt, batched=batched)
     except ValueError as err:  # ModelError is a ValueError; so is a prompt beyond the context
         raise fail(err) from None
     session.choice, session.asked, session.stepper = choice, asked, None
@@ -291,7 +291,7 @@ def step_start(form: dict, session: Session | None):
     session, req = current(session), read(form)
     if req.config.parallel:  # its drafter runs ahead of the target: there is no single step to stop at
         raise fail(ValueError(PARALLEL_STEPS))
-    _, session.stepper = prepare(req, session)
+    _, session.stepper = prepare(req, session, batched=False)  # advanced by clicks (pull), not in rounds
     session.events = []
     return advance(session)
 

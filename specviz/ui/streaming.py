@@ -39,13 +39,14 @@ class Stop:
     __call__ = is_set
 
 
-def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None) -> Iterator[Event]:
+def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None, batched: bool = True) -> Iterator[Event]:
     """Start the engine's event stream under this deployment's budgets (wall clock per run; draft
     nodes per step); input errors (prompt vs context, settings) surface here, before any output."""
     limits = budgets()
     stop = stop if stop is not None else Stop()
     clock = scheduler.RunClock() if scheduling() else None  # the time limit counts the run's own turns
-    stream = engine.stream_text(prompt, cancel=stop, time_limit_s=limits.run_seconds, clock=clock)
+    stream = engine.stream_text(prompt, cancel=stop, time_limit_s=limits.run_seconds, clock=clock,
+                                batched=batched and clock is not None)  # its forwards shared with other runs
     # on the decoding thread: the run's caches are allocated where every forward runs (one malloc arena
     # for the big buffers, not one per visitor's thread); a bad prompt still raises here, before any output
     first = on_decoder(lambda: next(stream))
@@ -53,11 +54,16 @@ def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None) -> I
     def chained():
         try:
             yield first
-            for ev in stream:
+            answer = None
+            while True:  # by hand, not a for loop: a batched stream is sent its forwards' answers
+                try:
+                    ev = stream.send(answer) if answer is not None else next(stream)
+                except StopIteration:
+                    return
                 if isinstance(ev, Drafted) and len(ev.nodes) > limits.tree_nodes:
                     stop.set(f"tree size: {len(ev.nodes)} draft nodes in one step, "
                              f"the limit here is {limits.tree_nodes}")  # ends before the target forward
-                yield ev
+                answer = yield ev
         finally:
             stop.set()  # a closed stream: the engine, if still mid-step, ends at its next forward
             stream.close()
@@ -78,6 +84,9 @@ class Stream:
     def __next__(self) -> Event:
         return next(self.events)
 
+    def send(self, value) -> Event:
+        return self.events.send(value)
+
     def close(self) -> None:
         self.stop.set()
         try:
@@ -97,7 +106,7 @@ def scheduling() -> bool:
 
 def decoder() -> scheduler.Scheduler:
     b = budgets()
-    return scheduler.shared(b.active_runs, b.active_runs)
+    return scheduler.shared(b.active_runs, b.active_runs, b.batch_runs)
 
 
 def decode_slots() -> int:
