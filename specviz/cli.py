@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .collect import add_parser as add_collect_parser
 
     add_collect_parser(sub)  # collect: every drafter arm on training prompts, logged (issue 18)
+    from .bench_serving import add_parser as add_serving_parser
+
+    add_serving_parser(sub)  # bench-serving: concurrent runs through the shared decoding thread (issue 20)
     add_policy_parser(sub)  # train-policy: the `auto` drafter's policy from those logs
     pr = sub.add_parser("profile", help="forward cost of 1..32 new tokens, plain vs fast path, and where the time goes")
     pr.add_argument("--target", default="smollm2-135m")
