@@ -10,6 +10,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 from specviz import memory  # noqa: E402
 
 memory.configure_for_server()  # before any thread starts: two malloc arenas, a fixed mmap threshold
+if os.environ.get("SPECVIZ_TRACEMALLOC") == "1":  # /health then names what holds Python memory (slow)
+    import tracemalloc
+
+    tracemalloc.start()
 
 from specviz.ui import build_demo, launch_kwargs, prepare_environment, warm_up  # noqa: E402
 from specviz.ui.launch import queue_kwargs, start_housekeeping  # noqa: E402

@@ -182,7 +182,7 @@ def cmd_check_lossless(a) -> int:
     if bar is not None:
         bar.close()
     r = result
-    print(f"| sequence | exact | plain | speculative |\n|---|---|---|---|")
+    print("| sequence | exact | plain | speculative |\n|---|---|---|---|")
     for seq, prob in sorted(r.cells.items(), key=lambda kv: -kv[1])[: a.top]:
         print(f"| {r.labels.get(seq, str(seq))!r} | {prob:.3f} | {r.plain.counts[seq] / r.n:.3f} | "
               f"{r.speculative.counts[seq] / r.n:.3f} |")

@@ -5,7 +5,7 @@ finally RunFinished. Events are plain dataclasses and serialize to JSON lossless
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from .metrics import Metrics
 

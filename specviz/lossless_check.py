@@ -21,7 +21,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import partial
 from types import SimpleNamespace
 from typing import Callable, Iterator
 

@@ -79,10 +79,26 @@ def trim_if_held(above: int = TRIM_ABOVE_BYTES) -> bool:
     return h is not None and h["free_held"] > above and trim()
 
 
-def describe() -> str:
-    """'heap in use X MB, freed but held Y MB' for a status line ('' off glibc)."""
-    h = heap()
-    if h is None:
+def python_objects(top: int = 3) -> str:
+    """With tracemalloc on (SPECVIZ_TRACEMALLOC=1 at start-up): the Python objects' total and the `top`
+    allocation sites holding most, for finding what grows ('' when it is off)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
         return ""
-    return (f"heap in use {(h['in_use'] + h['mmapped']) / 2**20:.0f} MB, "
-            f"freed but held {h['free_held'] / 2**20:.0f} MB")
+    snap = tracemalloc.take_snapshot()
+    stats = snap.statistics("lineno")
+    total = sum(s.size for s in stats)
+    sites = "; ".join(f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno} "
+                      f"{s.size / 2**20:.1f} MB" for s in stats[:top])
+    return f"python objects {total / 2**20:.0f} MB (most: {sites})"
+
+
+def describe() -> str:
+    """'heap in use X MB, freed but held Y MB' for a status line ('' off glibc), and the Python objects
+    when tracemalloc runs."""
+    h = heap()
+    parts = [] if h is None else [f"heap in use {(h['in_use'] + h['mmapped']) / 2**20:.0f} MB, "
+                                  f"freed but held {h['free_held'] / 2**20:.0f} MB"]
+    python = python_objects()
+    return ", ".join(parts + ([python] if python else []))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import functools
 from collections import OrderedDict
 import os
 import threading

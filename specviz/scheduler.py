@@ -67,7 +67,7 @@ class Ticket:
         """(runs ahead of this one, expected seconds until it starts) while it waits; None once started."""
         return self.scheduler.place(self)
 
-    def batches(self, tick_s: float | None = None) -> Iterator[list[Event]]:
+    def batches(self, tick_s: float | None = None) -> Iterator[list]:
         """The run's events in batches as they come (an empty batch every `tick_s` s in which none came)."""
         try:
             while True:

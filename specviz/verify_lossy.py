@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import torch
 
-from .sampling import residual, sample
+from .sampling import sample
 from .tree import DraftTree
 from .verify import ACCEPTED, REJECTED, UNVISITED, Rule, Verdict, _final_kind, verify_sampling
 

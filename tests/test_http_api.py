@@ -118,16 +118,21 @@ def test_a_waiting_client_sees_its_place_and_a_full_queue_is_refused_in_one_line
     busy, waiting = [Client(server, verbose=False) for _ in range(ACTIVE)], [Client(server, verbose=False)
                                                                              for _ in range(QUEUE)]
     longs = [c.submit(*run_args("Write the numbers from 1 to 500 separated by commas.", drafter="none",
-                                max_new_tokens=400), api_name="/run") for c in busy]
+                                max_new_tokens=512), api_name="/run") for c in busy]
 
     def shows_text(job) -> bool:
         return any(str(dict(zip(NAMES, out)).get("text") or "").strip() for out in job.outputs())
 
     deadline = time.time() + 120
-    while not all(shows_text(j) for j in longs) and time.time() < deadline:  # both decoding places taken
-        time.sleep(0.1)
-    # they take turns: each streams its text while the other is still running (not one after the other)
-    assert all(shows_text(j) and not j.done() for j in longs), [j.status() for j in longs]
+    seen, ended = [None] * ACTIVE, [None] * ACTIVE
+    while not all(seen) and time.time() < deadline:  # both decoding places taken
+        for i, j in enumerate(longs):
+            seen[i] = seen[i] or (time.time() if shows_text(j) else None)
+            ended[i] = ended[i] or (time.time() if j.done() else None)
+        time.sleep(0.05)
+    # they take turns: each streamed text before the other ended (not one after the other)
+    assert all(seen) and all(ended[1 - i] is None or seen[i] < ended[1 - i] for i in range(ACTIVE)), (seen, ended)
+    assert not all(ended), "both ended before the waiting requests were sent"
     jobs = []
     for c in waiting:  # one after the other, so their places are known
         jobs.append(c.submit(*run_args("Hi.", max_new_tokens=2), api_name="/run"))

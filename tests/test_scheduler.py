@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import decode
-from specviz import models, scheduler
+from specviz import models
 from specviz.drafters.model import ModelDrafter
 from specviz.drafters.strategies import STRATEGIES
 from specviz.engine import Engine, Settings

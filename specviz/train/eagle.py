@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..drafters.feature_head import FeatureHead, HeadConfig, readout_weight
-from .data import DistillSet, atomic_save
+from .data import DistillSet
 
 LR = 1e-3
 WARMUP = 50

@@ -135,7 +135,6 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, eos, pro
     if not layers:
         raise ValueError(f"no candidate exit layer in 1 .. {n_layers - 1}: {cfg.layers}")
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     train_all, valid_all = distill.load_sequences(data)
     vocab = int(target_model.config.vocab_size)
     vocab_ids = distill.frequent_tokens(train_all, cfg.vocab, vocab, set(eos))

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from .. import trace, views
-from ..events import Event
+from ..events import Event, Prefilled
 from ..rules import VERIFY_RULES
 from ..views.choice_view import choice_figure, choice_markdown, choices
 from ..views.labels import esc

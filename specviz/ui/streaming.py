@@ -95,6 +95,9 @@ class Stream:
             pass
 
 
+_DONE = object()
+
+
 def scheduling() -> bool:
     """Whether runs go through the shared decoding thread: everywhere but a ZeroGPU Space (where each
     decoding function borrows the GPU in its own process) or with SPECVIZ_SCHEDULER=0 (one thread per

@@ -91,7 +91,6 @@ def choice_markdown(events: list[Event], curve: CostCurve | None = None) -> str:
 
 def choice_figure(events: list[Event]):
     """Bars of each arm's probability and logged expected speedup, and the drafting arm per step."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     c = choices(events)
