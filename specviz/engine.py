@@ -138,8 +138,11 @@ class Engine:
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
                config: dict | None = None, cancel: Callable[[], bool] | None = None,
                time_limit_s: float | None = None, clock: Callable[[], float] | None = None,
-               batched: bool = False) -> Iterator[Event]:
+               batched: bool = False, prompt_embeds: torch.Tensor | None = None) -> Iterator[Event]:
         """The run's events. `config` (a RunConfig as a dict) is recorded in RunStarted as given.
+
+        prompt_embeds ([len(prompt_ids), hidden], a VLM's prompt with its image merged in: vlm.py): the
+        prefill reads these rows in place of the ids' embeddings; every later forward is text.
 
         batched=True (for a scheduler only): before each verification forward the stream yields a
         TargetForward instead of running it, and waits to be sent (root logits, node logits, seconds of
@@ -152,6 +155,8 @@ class Engine:
         clock0 = time.perf_counter()
         interrupted = interrupter(cancel, time_limit_s, clock)
         rule_name, rule = self._start(prompt_ids, settings)
+        if prompt_embeds is not None:
+            self.target.set_prompt_embeds(prompt_ids, prompt_embeds)
         warp = settings.warp
         drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"
         choosing = getattr(self.drafter, "step_choice", None)  # an `auto` drafter says which arm drafts, and why

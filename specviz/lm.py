@@ -43,6 +43,7 @@ class _Plan:
     allowed: torch.Tensor | None
     keep: int
     hidden_layers: tuple[int, ...]
+    embeds: torch.Tensor | None = None  # input embeddings of the first fed rows (a VLM prompt's)
 
 
 @torch.inference_mode()
@@ -64,8 +65,8 @@ def forward_together(calls: list[tuple["CachedLM", list[int], list[int], list[in
     for members in groups.values():
         fm = members[0][1]._fast
         start = time.perf_counter()
-        outs = fast.forward_many(fm, [fast.Rows(lm.kv, p.ids, p.positions, p.allowed, p.keep, p.hidden_layers)
-                                      for _, lm, p in members])
+        outs = fast.forward_many(fm, [fast.Rows(lm.kv, p.ids, p.positions, p.allowed, p.keep, p.hidden_layers,
+                                                p.embeds) for _, lm, p in members])
         share = (time.perf_counter() - start) / len(members)  # each run's part of the shared forward
         for (i, lm, plan), (logits, hidden) in zip(members, outs):
             results[i] = lm._finish(plan, logits, hidden, share)
@@ -108,9 +109,18 @@ class CachedLM:
         else:
             self.cache = DynamicCache(config=self.model.config)
         self._read = {}
+        self.prompt_embeds: torch.Tensor | None = None  # a VLM prompt's input embeddings (set_prompt_embeds)
+        self.prompt_ids: list[int] = []
         self.lin: list[int] = []  # tokens whose KV sits in cache slots 0..len-1
         self.tree_tokens: list[int] = []  # tree nodes after them, fed but not yet accepted
         self.tree_parents: list[int] = []
+
+    def set_prompt_embeds(self, ids: list[int], embeds: torch.Tensor) -> None:
+        """Input embeddings for the prompt `ids` (a VLM prompt, its image merged in): the prefill reads
+        these rows instead of looking the ids up; later positions are text as usual."""
+        if embeds.shape[0] != len(ids):
+            raise ValueError(f"{embeds.shape[0]} prompt embeddings for {len(ids)} prompt tokens")
+        self.prompt_ids, self.prompt_embeds = list(ids), embeds.to(device=self.device, dtype=self.dtype)
 
     def reserve(self, positions: int) -> None:
         """Preallocate the fast path's cache for a run of this many positions (optional: it grows)."""
@@ -162,10 +172,11 @@ class CachedLM:
             return None, torch.empty(0, self.vocab)
         start = time.perf_counter()
         if self.fast_path:
-            logits, hidden = fast.forward(self._fast, self.kv, plan.ids, plan.positions, plan.allowed, plan.keep,
-                                          plan.hidden_layers)
+            (logits, hidden), = fast.forward_many(self._fast, [fast.Rows(
+                self.kv, plan.ids, plan.positions, plan.allowed, plan.keep, plan.hidden_layers, plan.embeds)])
         else:
-            logits, hidden = self._hf_forward(plan.ids, plan.positions, plan.allowed, plan.keep, plan.hidden_layers)
+            logits, hidden = self._hf_forward(plan.ids, plan.positions, plan.allowed, plan.keep, plan.hidden_layers,
+                                              plan.embeds)
         return self._finish(plan, logits, hidden, time.perf_counter() - start)
 
     def _plan(self, committed: list[int], tokens, parents, hidden_layers) -> "_Plan | None":
@@ -198,9 +209,14 @@ class CachedLM:
             allowed[len(feed):, :lin_len] = True
             allowed[len(feed):, lin_len:] = ancestor_mask(all_parents)[n_old:]
             allowed = allowed.to(self.device)
+        embeds = None
+        if self.prompt_embeds is not None and len(self.lin) < self.prompt_embeds.shape[0] and feed:
+            if committed[: self.prompt_embeds.shape[0]] != self.prompt_ids:
+                raise RuntimeError("the prompt embeddings belong to another prompt")
+            embeds = self.prompt_embeds[len(self.lin): min(lin_len, self.prompt_embeds.shape[0])]
         return _Plan(list(committed), tokens, all_parents, bool(feed), torch.tensor(ids, device=self.device),
                      torch.tensor(positions, device=self.device), allowed, len(tokens) + (1 if feed else 0),
-                     tuple(hidden_layers))
+                     tuple(hidden_layers), embeds)
 
     def _finish(self, plan: "_Plan", logits: torch.Tensor, hidden: dict, seconds: float):
         """The bookkeeping after a forward: states handed out, the fed text and tree remembered."""
@@ -220,14 +236,20 @@ class CachedLM:
         return None, logits
 
     def _hf_forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None, keep: int,
-                    hidden_layers: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                    hidden_layers: tuple[int, ...], embeds: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         mask = None
         if allowed is not None:  # additive float mask [1, 1, n, cached + n]
             mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
             mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
             mask = mask[None, None]
+        inputs = dict(input_ids=ids[None])
+        if embeds is not None:  # a VLM prompt's rows: its image features in place of its image tokens
+            x = self.model.get_input_embeddings()(ids[None])
+            x[0, : embeds.shape[0]] = embeds
+            inputs = dict(inputs_embeds=x)
         out = self.model(
-            input_ids=ids[None],
+            **inputs,
             position_ids=positions[None],
             attention_mask=mask,
             use_cache=True,

@@ -265,9 +265,11 @@ class ParallelEngine(Engine):
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
                config: dict | None = None, cancel: Callable[[], bool] | None = None,
                time_limit_s: float | None = None, clock: Callable[[], float] | None = None,
-               batched: bool = False) -> Iterator[Event]:
+               batched: bool = False, prompt_embeds=None) -> Iterator[Event]:
         """The run's events, as Engine.stream gives them; drafting and verification overlap (its own
         threads: `batched` is ignored, its forwards are never shared)."""
+        if prompt_embeds is not None:
+            raise ValueError("parallel (PEARL) decoding of a vision-language target is not supported")
         clock0 = time.perf_counter()
         interrupted = interrupter(cancel, time_limit_s, clock)
         self._settle()  # a run abandoned mid-way may have left work queued

@@ -48,6 +48,7 @@ class Rows:
     allowed: torch.Tensor | None
     keep: int
     hidden_layers: tuple[int, ...] = ()
+    embeds: torch.Tensor | None = None  # input embeddings of its first rows, in place of their ids' (an image)
 
 
 def forward(fm: FastModel, kv: StaticKV, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None,
@@ -84,6 +85,9 @@ def forward_many(fm: FastModel, parts: list[Rows]) -> list[tuple[torch.Tensor, d
     half = d // 2
     sdpa, rms_norm = F.scaled_dot_product_attention, torch.rms_norm
     x = F.embedding(ids, fm.embed)  # [rows, hidden]
+    for p, (r0, _) in zip(parts, bounds):
+        if p.embeds is not None:  # a VLM's prompt: its image features where its image tokens are
+            x[r0: r0 + p.embeds.shape[0]] = p.embeds
     width = (x.shape[1],)
     if 0 in wanted:
         hidden[0] = x
