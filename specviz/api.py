@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from . import models
+from . import models, vlm
 from .config import RunConfig
 from .drafters import registry as drafter_registry
 from .drafters.registry import DRAFTERS, DraftRequest
@@ -109,6 +109,8 @@ def build(config: RunConfig) -> TextEngine:
     if tokenizer is None:
         raise models.ModelError(f"'{config.target}' has no tokenizer files")
     fast = None if config.fast_path else False  # fast_path=True means "where the model supports it"
+    if vlm.is_vlm(model):
+        return build_vision(config, model, tokenizer, fast)
     drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, model, config.target, config.draft_len,
                                                          config.shape, fast))
     stop = make_stop_rule(config.stop, config.draft_len, config.stop_params) if drafter is not None else None
@@ -124,6 +126,26 @@ def build(config: RunConfig) -> TextEngine:
                         fast_path=fast)
     chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
     return TextEngine(engine, tokenizer, chat, config)
+
+
+def build_vision(config: RunConfig, model, processor, fast) -> "vlm.VisionEngine":
+    """A VLM target (vlm.py): its language model verifies, a text-only drafter drafts."""
+    if config.parallel:
+        raise ValueError("parallel (PEARL) decoding of a vision-language target is not supported")
+    target = vlm.text_model(model)
+    drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, target, config.target, config.draft_len,
+                                                         config.shape, fast))
+    if drafter is not None:
+        lm = getattr(drafter, "lm", None)  # a model drafter's own vocabulary bounds what it may read
+        own = getattr(lm, "vocab", None)
+        vocab = min(vlm.text_vocab(processor), own or target.config.vocab_size)
+        drafter = vlm.TextOnly(drafter, vocab, target.config.vocab_size)
+    stop = make_stop_rule(config.stop, config.draft_len, config.stop_params) if drafter is not None else None
+    tok = getattr(processor, "tokenizer", processor)
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    rule = None if config.rule == "auto" else config.rule
+    engine = Engine(target, decode, drafter, eos_ids(model, tok), config.target, rule, stop=stop, fast_path=fast)
+    return vlm.VisionEngine(engine, model, processor, config)
 
 
 def build_engine(target: str = "smollm2-135m", drafter: str = "pld", draft_len: int = 4,

@@ -424,6 +424,19 @@ def _fill_pad_token(model, tokenizer) -> None:
     gc.pad_token_id = eos
 
 
+VLM_TYPES = ("idefics3", "smolvlm")  # as specviz.vlm.VLM_TYPES (models sits below it)
+
+
+def _model_type(source) -> str | None:
+    """config.json's model_type of a local directory or hub id (None where it cannot be read)."""
+    try:
+        from transformers import AutoConfig
+
+        return getattr(AutoConfig.from_pretrained(source), "model_type", None)
+    except Exception:
+        return None
+
+
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
          dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer, preset-or-None).
@@ -439,6 +452,11 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
+        if _model_type(source) in VLM_TYPES:  # a vision-language model: its processor stands for the tokenizer
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+            return model.eval().to(device or _default_device()), AutoProcessor.from_pretrained(source), preset
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         want_tok = not isinstance(source, Path) or _has_tokenizer(source)
         tokenizer = AutoTokenizer.from_pretrained(source) if want_tok else None

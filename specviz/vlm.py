@@ -118,3 +118,68 @@ class TextOnly:
         if q.shape[-1] > self.target_vocab:
             raise ValueError(f"drafter '{self.name}' drafts over {q.shape[-1]} tokens, the target has {self.target_vocab}")
         return q if q.shape[-1] == self.target_vocab else torch.nn.functional.pad(q, (0, self.target_vocab - q.shape[-1]))
+
+
+# ---------------------------------------------------------------- loading and prompts
+
+VLM_TYPES = ("idefics3", "smolvlm")
+IMAGE_BLOCK_TOKENS = ("<global-img>", "<fake_token_around_image>", "<image>")
+
+
+def text_vocab(processor) -> int:
+    """The explicit id mapping between a VLM's vocabulary and its text drafters': ids below this are the
+    language model's own text tokens (shared with SmolLM2 for SmolVLM: 49152), the image block's tokens
+    and the special tokens added with them start here."""
+    tok = getattr(processor, "tokenizer", processor)
+    ids = [tok.convert_tokens_to_ids(t) for t in IMAGE_BLOCK_TOKENS]
+    ids = [i for i in ids if isinstance(i, int) and i != tok.unk_token_id]
+    if not ids:
+        raise ValueError("the processor's tokenizer has no image tokens")
+    return min(ids)
+
+
+def encode(processor, text: str, image=None, chat: bool = True) -> tuple[list[int], dict]:
+    """(prompt ids, the processor's image tensors) for a user turn with an optional image (a PIL image)."""
+    if chat and getattr(processor, "chat_template", None):
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    out = processor(text=[text], images=[[image]] if image is not None else None, return_tensors="pt")
+    pixels = {k: out[k] for k in ("pixel_values", "pixel_attention_mask") if k in out}
+    return out["input_ids"][0].tolist(), pixels
+
+
+class VisionEngine:
+    """An Engine over a VLM's language model plus its processor: streams events for text and an image."""
+
+    def __init__(self, engine, vlm, processor, config):
+        self.engine, self.vlm, self.processor, self.config = engine, vlm, processor, config
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.chat = True
+
+    def encode(self, text: str, raw: bool | None = None) -> list[int]:
+        return encode(self.processor, text, None, chat=not (self.config.raw if raw is None else raw))[0]
+
+    def stream_image(self, text: str, image=None, settings=None, raw: bool | None = None, **limits):
+        """Events of one run on `text` and an image (a PIL image, or None for text alone). The trace records
+        the image's hash and size (RunStarted.config['image']), never its pixels."""
+        from dataclasses import replace
+
+        raw = self.config.raw if raw is None else raw
+        ids, pixels = encode(self.processor, text, image, chat=not raw)
+        config = replace(self.config, settings=settings or self.config.settings, raw=raw).as_dict()
+        embeds = None
+        if image is not None:
+            embeds = prompt_embeddings(self.vlm, ids, pixels["pixel_values"], pixels.get("pixel_attention_mask"))
+            config["image"] = image_record(pixels["pixel_values"], getattr(image, "size", None))
+        return self.engine.stream(ids, replace(self.config, settings=settings or self.config.settings).settings,
+                                  prompt=text, config=config, prompt_embeds=embeds, **limits)
+
+    def stream_text(self, text: str, settings=None, raw: bool | None = None, **limits):
+        return self.stream_image(text, None, settings, raw, **limits)
+
+    def generate(self, text: str, image=None, settings=None):
+        from .engine import Result
+
+        events = list(self.stream_image(text, image, settings))
+        end = events[-1]
+        return Result(end.text, end.token_ids, end.metrics, end.stop_reason, events)

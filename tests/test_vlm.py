@@ -156,3 +156,69 @@ def test_the_trace_keeps_a_hash_and_size_of_the_image_not_its_pixels():
     rec = V.image_record(image(1), (640, 480))
     assert rec == V.image_record(image(1), (640, 480)) and rec != V.image_record(image(2), (640, 480))
     assert set(rec) == {"sha256", "size"} and rec["size"] == [640, 480]
+
+
+def saved_tiny_smolvlm(path):
+    """A tiny random SmolVLM-shaped model saved with its processor: SmolLM2's tokenizer plus the image
+    block's tokens (ids 49152..49279, as SmolVLM lays them out), 32-pixel crops of 4 tokens each."""
+    from transformers import (AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor,
+                              LlamaConfig)
+    from transformers.models.idefics3 import Idefics3ImageProcessor
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
+    from specviz import models
+
+    tok = AutoTokenizer.from_pretrained(models.hf_dir("smollm2-135m"))
+    added = (["<global-img>"] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+             + ["<fake_token_around_image>", "<image>"] + [f"<|reserved_special_token_{i}|>" for i in range(88)]
+             + ["<end_of_utterance>"])
+    tok.add_special_tokens({"additional_special_tokens": added})
+    # a SmolVLM-style chat template: "<|im_start|>User:<image>text<end_of_utterance>\nAssistant:"
+    template = ("<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+                "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+                "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+                "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+                "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+    processor = Idefics3Processor(image_processor=Idefics3ImageProcessor(size={"longest_edge": 32},
+                                                                         max_image_size={"longest_edge": 32}),
+                                  tokenizer=tok, image_seq_len=4, chat_template=template)
+    torch.manual_seed(0)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=2,
+                       eos_token_id=tok.convert_tokens_to_ids("<end_of_utterance>"))
+    vision = Idefics3VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=32, patch_size=8)
+    model = Idefics3ForConditionalGeneration(Idefics3Config(text_config=text, vision_config=vision, scale_factor=2,
+                                                            image_token_id=tok.convert_tokens_to_ids("<image>")))
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_a_vlm_directory_loads_and_runs_through_the_api(tmp_path):
+    from specviz import models
+
+    if models.status("smollm2-135m") != "ready":
+        pytest.skip("smollm2-135m (its tokenizer) not fetched")
+    from PIL import Image
+
+    from specviz.api import build
+    from specviz.config import RunConfig
+    from specviz.trace import dumps, loads
+
+    path = saved_tiny_smolvlm(tmp_path / "tiny-smolvlm")
+    model, processor, _ = models.load(path)
+    assert V.is_vlm(model) and V.text_vocab(processor) == 49152  # the id mapping: SmolLM2's text ids below
+    picture = Image.fromarray((torch.rand(40, 40, 3) * 255).to(torch.uint8).numpy())
+    config = RunConfig(target=str(path), drafter="pld", settings=Settings(max_new_tokens=10, stop_at_eos=False))
+    spec = build(config)
+    assert isinstance(spec, V.VisionEngine)
+    events = list(spec.stream_image("What is in the picture?", picture))
+    plain = build(RunConfig(target=str(path), drafter="none", settings=config.settings)).generate(
+        "What is in the picture?", picture)
+    assert events[-1].token_ids == plain.token_ids
+    started = events[0]
+    assert started.config["image"]["size"] == [40, 40] and len(started.config["image"]["sha256"]) == 16
+    assert all(max(ids, default=0) < 49152 for ids in spec.engine.drafter.seen)
+    replayed = loads(dumps(events))  # the trace replays without the image: only its hash and size are in it
+    assert replayed[0].config["image"] == started.config["image"] and "pixel" not in dumps(events)
