@@ -78,7 +78,21 @@ def cmd_generate(a) -> int:
     events = []
     if color:
         print(LEGEND + (" , red strike = rejected draft" if a.show_rejected else ""), file=sys.stderr)
-    for ev in engine.stream_text(a.prompt):
+    if a.image:
+        from .vlm import VisionEngine
+
+        if not isinstance(engine, VisionEngine):
+            raise ValueError(f"--image needs a vision-language target; '{a.target}' is text-only")
+        try:
+            from PIL import Image
+
+            image = Image.open(a.image).convert("RGB")
+        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            raise ValueError(f"cannot read the image {a.image!r}: {str(err).splitlines()[0]}") from None
+        stream = engine.stream_image(a.prompt, image)
+    else:
+        stream = engine.stream_text(a.prompt)
+    for ev in stream:
         events.append(ev)
         if isinstance(ev, StepStarted) and ev.choice:  # an `auto` run (re)decided which drafter drafts
             print(f"\n[auto, step {ev.step}] {ev.choice['arm']}: {ev.choice.get('reason', '')}", file=sys.stderr)
@@ -249,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--show-rejected", action="store_true", help="also print rejected drafts (struck through)")
     g.add_argument("--color", action="store_true", help="force colors when not on a terminal")
     g.add_argument("--trace", help="write the run's JSON trace here")
+    g.add_argument("--image", help="an image file for a vision-language target (e.g. a SmolVLM directory or hub id "
+                                   "as --target); the drafter reads the text only")
     g.set_defaults(func=cmd_generate)
     m = sub.add_parser("models", help="list presets, drafters and strategies")
     m.set_defaults(func=cmd_models)

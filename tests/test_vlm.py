@@ -222,3 +222,25 @@ def test_a_vlm_directory_loads_and_runs_through_the_api(tmp_path):
     assert all(max(ids, default=0) < 49152 for ids in spec.engine.drafter.seen)
     replayed = loads(dumps(events))  # the trace replays without the image: only its hash and size are in it
     assert replayed[0].config["image"] == started.config["image"] and "pixel" not in dumps(events)
+
+
+def test_the_command_line_takes_an_image(tmp_path, capsys):
+    from specviz import models
+
+    if models.status("smollm2-135m") != "ready":
+        pytest.skip("smollm2-135m (its tokenizer) not fetched")
+    from PIL import Image
+
+    from specviz.cli import main
+    from specviz.trace import load
+
+    path = saved_tiny_smolvlm(tmp_path / "tiny-smolvlm")
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "not-an-image.png").write_text("hello")
+    args = ["generate", "--target", str(path), "--drafter", "pld", "--prompt", "Describe it.", "--max-new-tokens", "6"]
+    assert main(args + ["--image", str(tmp_path / "red.png"), "--trace", str(tmp_path / "t.json")]) == 0
+    assert load(tmp_path / "t.json")[0].config["image"]["size"] == [48, 32]
+    assert main(args + ["--image", str(tmp_path / "not-an-image.png")]) == 2
+    assert "cannot read the image" in capsys.readouterr().err
+    assert main(["generate", "--target", "smollm2-135m", "--prompt", "Hi", "--image", str(tmp_path / "red.png")]) == 2
+    assert "needs a vision-language target" in capsys.readouterr().err
