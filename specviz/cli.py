@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench_serving import add_parser as add_serving_parser
 
     add_serving_parser(sub)  # bench-serving: concurrent runs through the shared decoding thread (issue 20)
+    from .bench_vlm import add_parser as add_vlm_parser
+
+    add_vlm_parser(sub)  # bench-vlm: a vision-language target, plain vs text-only drafters (issue 22)
     add_policy_parser(sub)  # train-policy: the `auto` drafter's policy from those logs
     pr = sub.add_parser("profile", help="forward cost of 1..32 new tokens, plain vs fast path, and where the time goes")
     pr.add_argument("--target", default="smollm2-135m")

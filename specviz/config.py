@@ -147,7 +147,9 @@ def check_parallel(config: RunConfig, entry) -> None:
 
 
 def check_preset(name: str, role: str) -> None:
-    """An installed preset (or any preset where they load from the hub)."""
+    """An installed preset (or any preset where they load from the hub), or the deployment's VLM target."""
+    if role == "target" and name is not None and name == models.vlm_target():
+        return
     if name not in models.PRESETS:
         raise ValueError(f"unknown {role} {str(name)[:60]!r}; choose one of: {', '.join(models.PRESETS)}")
     if os.environ.get("SPECVIZ_FROM_HUB") != "1" and models.status(name) == "not installed":

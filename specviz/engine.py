@@ -138,11 +138,13 @@ class Engine:
     def stream(self, prompt_ids: list[int], settings: Settings = Settings(), prompt: str = "",
                config: dict | None = None, cancel: Callable[[], bool] | None = None,
                time_limit_s: float | None = None, clock: Callable[[], float] | None = None,
-               batched: bool = False, prompt_embeds: torch.Tensor | None = None) -> Iterator[Event]:
+               batched: bool = False, prompt_embeds: torch.Tensor | None = None,
+               image: dict | None = None) -> Iterator[Event]:
         """The run's events. `config` (a RunConfig as a dict) is recorded in RunStarted as given.
 
         prompt_embeds ([len(prompt_ids), hidden], a VLM's prompt with its image merged in: vlm.py): the
-        prefill reads these rows in place of the ids' embeddings; every later forward is text.
+        prefill reads these rows in place of the ids' embeddings; every later forward is text. `image`
+        (what identifies that image, vlm.image_record) is recorded in RunStarted as given.
 
         batched=True (for a scheduler only): before each verification forward the stream yields a
         TargetForward instead of running it, and waits to be sent (root logits, node logits, seconds of
@@ -166,7 +168,7 @@ class Engine:
         metrics = Metrics()
         stop_reason = "length"
         yield RunStarted(self.target_name, drafter_name, rule_name, settings.__dict__.copy(), prompt, len(ids),
-                         config, self.drafter.policy_info() if choosing else None)
+                         config, self.drafter.policy_info() if choosing else None, image)
         read_s = 0.0  # a long prompt's chunks read ahead: counted in the first step, which reads the rest
         for done in range(PREFILL_CHUNK, len(ids), PREFILL_CHUNK):
             if reason := interrupted():

@@ -51,6 +51,7 @@ class RunStarted:
     prompt_tokens: int
     config: dict | None = None  # the whole RunConfig (RunConfig.from_dict rebuilds it): how to reproduce the run
     policy: dict | None = None  # an `auto` run: the choosing policy, its arms and whether it re-decides online
+    image: dict | None = None  # a vision-language run: its image's hash and size (vlm.image_record), never pixels
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,15 @@ def forward_together(calls: list[tuple["CachedLM", list[int], list[int], list[in
     return results
 
 
+LIVE: "weakref.WeakSet[CachedLM]" = weakref.WeakSet()  # every cache alive in this process (a server's health)
+
+
+def live_caches() -> tuple[int, int]:
+    """(caches alive in this process, bytes their fast-path KV buffers hold)."""
+    caches = list(LIVE)
+    return len(caches), sum(c.kv.data.numel() * c.kv.data.element_size() for c in caches if c.kv is not None)
+
+
 class CachedLM:
     def __init__(self, model: torch.nn.Module, fast_path: bool | None = None):
         """fast_path: None = on when the architecture is supported (unless the environment sets
@@ -94,6 +104,7 @@ class CachedLM:
         self.fast_path = bool(fast_path)
         params = inspect.signature(model.forward).parameters  # transformers >= 5.24 renamed the cache keyword
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        LIVE.add(self)
         self._fast: fast.FastModel | None = None
         self.kv: fast.StaticKV | None = None
         self.cache: DynamicCache | None = None

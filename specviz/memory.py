@@ -5,6 +5,10 @@ the allocator (free on the heap, still resident). glibc's mallinfo2 tells the tw
 what live objects hold, `free_held` what was freed and not returned. torch's CPU tensors come from the
 same heap, so both views count them.
 
+What grew in specviz's load test was neither Python objects (tracemalloc: +21 MB) nor engines (none
+alive after the runs) but oneDNN's caches: one entry per input shape, 1024 by default, ~1-2 MB each;
+specviz/__init__.py caps them (LRU_CACHE_CAPACITY=16, ONEDNN_PRIMITIVE_CACHE_CAPACITY=64).
+
 glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed in one
 arena is reused only by the threads allocating there; a server whose request threads each touch
 large buffers keeps a high-water mark per arena. `limit_arenas` caps them (the Space runs `python

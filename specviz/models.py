@@ -427,6 +427,13 @@ def _fill_pad_token(model, tokenizer) -> None:
 VLM_TYPES = ("idefics3", "smolvlm")  # as specviz.vlm.VLM_TYPES (models sits below it)
 
 
+def vlm_target() -> str | None:
+    """A vision-language model this deployment offers as a target besides the presets (SPECVIZ_VLM: a
+    hub id such as HuggingFaceTB/SmolVLM-256M-Instruct, or a local directory); None when unset. No
+    registry carries a small VLM's weights, so there is no preset to fetch."""
+    return os.environ.get("SPECVIZ_VLM") or None
+
+
 def _model_type(source) -> str | None:
     """config.json's model_type of a local directory or hub id (None where it cannot be read)."""
     try:

@@ -42,7 +42,28 @@ class RunClock:
         return self.used
 
 
-_DONE = object()
+DONE = object()  # put in a box after a run's last event
+
+
+def drain(box: queue.Queue, tick_s: float | None = None) -> Iterator[list]:
+    """What a producer puts in `box`, in batches as it piles up (an empty batch every `tick_s` seconds in
+    which nothing came), until DONE; an exception put there is raised here."""
+    while True:
+        try:
+            batch = [box.get(timeout=tick_s)]
+        except queue.Empty:
+            yield []
+            continue
+        while not box.empty():
+            batch.append(box.get_nowait())
+        for item in batch:
+            if isinstance(item, BaseException):
+                raise item
+        events = [item for item in batch if item is not DONE]
+        if events:
+            yield events
+        if len(events) < len(batch):
+            return
 
 
 def end_of_step(item: object) -> bool:
@@ -70,22 +91,7 @@ class Ticket:
     def batches(self, tick_s: float | None = None) -> Iterator[list]:
         """The run's events in batches as they come (an empty batch every `tick_s` s in which none came)."""
         try:
-            while True:
-                try:
-                    batch = [self.box.get(timeout=tick_s)]
-                except queue.Empty:
-                    yield []
-                    continue
-                while not self.box.empty():
-                    batch.append(self.box.get_nowait())
-                for item in batch:
-                    if isinstance(item, BaseException):
-                        raise item
-                events = [item for item in batch if item is not _DONE]
-                if events:
-                    yield events
-                if len(events) < len(batch):
-                    return
+            yield from drain(self.box, tick_s)
         finally:
             self.close()
 
@@ -256,7 +262,7 @@ class Scheduler:
         try:
             if ticket.closed:  # nobody is reading: close the engine's generator (it frees its caches)
                 getattr(stream, "close", lambda: None)()
-                ticket.box.put(_DONE)
+                ticket.box.put(DONE)
                 return False
             item = stream.send(answer) if answer is not None else next(stream)
             while True:
@@ -276,14 +282,14 @@ class Scheduler:
         finally:
             ticket.clock.used += time.perf_counter() - t0
         getattr(stream, "close", lambda: None)()  # the stream's own clean-up, now, on this thread
-        ticket.box.put(_DONE)
+        ticket.box.put(DONE)
         return False
 
     @staticmethod
     def _fail(ticket: Ticket, err: BaseException) -> None:
         getattr(ticket.stream, "close", lambda: None)()
         ticket.box.put(err)
-        ticket.box.put(_DONE)
+        ticket.box.put(DONE)
 
 
 _SHARED: Scheduler | None = None

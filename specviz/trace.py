@@ -18,7 +18,8 @@ A trace without RunFinished (a run that ended early) loads, as an incomplete `Re
 Format versions: 1, and 2 = 1 + RunStarted.config (the run's description) + Drafted.stop (why
 drafting ended); both optional, so version 1 traces read unchanged. An `auto` run's RunStarted.policy,
 StepStarted.arm and StepStarted.choice (which drafter drafted each step, and why) are optional fields
-of version 2: traces without them read unchanged.
+of version 2: traces without them read unchanged; so is a vision-language run's RunStarted.image (the
+image's hash and size: the trace replays without the pixels).
 """
 from __future__ import annotations
 
@@ -351,6 +352,7 @@ RULES = {
     "RunStarted.prompt_tokens": _integer(0, MAX_ID),
     "RunStarted.config": _optional(_json_object),
     "RunStarted.policy": _optional(_json_object),
+    "RunStarted.image": _optional(_json_object),
     "StepStarted.step": STEP,
     "StepStarted.arm": _optional(NAME),
     "StepStarted.choice": _optional(_json_object),

@@ -161,18 +161,18 @@ class VisionEngine:
 
     def stream_image(self, text: str, image=None, settings=None, raw: bool | None = None, **limits):
         """Events of one run on `text` and an image (a PIL image, or None for text alone). The trace records
-        the image's hash and size (RunStarted.config['image']), never its pixels."""
+        the image's hash and size (RunStarted.image), never its pixels."""
         from dataclasses import replace
 
         raw = self.config.raw if raw is None else raw
         ids, pixels = encode(self.processor, text, image, chat=not raw)
-        config = replace(self.config, settings=settings or self.config.settings, raw=raw).as_dict()
-        embeds = None
+        config = replace(self.config, settings=settings or self.config.settings, raw=raw)
+        embeds = record = None
         if image is not None:
             embeds = prompt_embeddings(self.vlm, ids, pixels["pixel_values"], pixels.get("pixel_attention_mask"))
-            config["image"] = image_record(pixels["pixel_values"], getattr(image, "size", None))
-        return self.engine.stream(ids, replace(self.config, settings=settings or self.config.settings).settings,
-                                  prompt=text, config=config, prompt_embeds=embeds, **limits)
+            record = image_record(pixels["pixel_values"], getattr(image, "size", None))
+        return self.engine.stream(ids, config.settings, prompt=text, config=config.as_dict(), prompt_embeds=embeds,
+                                  image=record, **limits)
 
     def stream_text(self, text: str, settings=None, raw: bool | None = None, **limits):
         return self.stream_image(text, None, settings, raw, **limits)

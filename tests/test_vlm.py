@@ -218,10 +218,10 @@ def test_a_vlm_directory_loads_and_runs_through_the_api(tmp_path):
         "What is in the picture?", picture)
     assert events[-1].token_ids == plain.token_ids
     started = events[0]
-    assert started.config["image"]["size"] == [40, 40] and len(started.config["image"]["sha256"]) == 16
+    assert started.image["size"] == [40, 40] and len(started.image["sha256"]) == 16
     assert all(max(ids, default=0) < 49152 for ids in spec.engine.drafter.seen)
     replayed = loads(dumps(events))  # the trace replays without the image: only its hash and size are in it
-    assert replayed[0].config["image"] == started.config["image"] and "pixel" not in dumps(events)
+    assert replayed[0].image == started.image and "pixel" not in dumps(events)
 
 
 def test_the_command_line_takes_an_image(tmp_path, capsys):
@@ -239,8 +239,39 @@ def test_the_command_line_takes_an_image(tmp_path, capsys):
     (tmp_path / "not-an-image.png").write_text("hello")
     args = ["generate", "--target", str(path), "--drafter", "pld", "--prompt", "Describe it.", "--max-new-tokens", "6"]
     assert main(args + ["--image", str(tmp_path / "red.png"), "--trace", str(tmp_path / "t.json")]) == 0
-    assert load(tmp_path / "t.json")[0].config["image"]["size"] == [48, 32]
+    assert load(tmp_path / "t.json")[0].image["size"] == [48, 32]
     assert main(args + ["--image", str(tmp_path / "not-an-image.png")]) == 2
     assert "cannot read the image" in capsys.readouterr().err
     assert main(["generate", "--target", "smollm2-135m", "--prompt", "Hi", "--image", str(tmp_path / "red.png")]) == 2
     assert "needs a vision-language target" in capsys.readouterr().err
+
+
+def test_the_vlm_bench_runs_plain_and_text_only_drafters_side_by_side(tmp_path):
+    from specviz import models
+
+    if models.status("smollm2-135m") != "ready":
+        pytest.skip("smollm2-135m not fetched")
+    from specviz.bench_vlm import PROMPTS, read, run
+
+    path = saved_tiny_smolvlm(tmp_path / "tiny-smolvlm")
+    rows = read(PROMPTS)
+    assert {r["category"] for r in rows} == {"caption", "question", "reading"}
+    report = run(str(path), [("pld", "chain", 4), ("smollm2-135m", "chain", 3)], rows[:3], PROMPTS.parent, 8,
+                 log=lambda *_: None)
+    assert set(report["table"]) == {"plain (AR)", "pld:chain:4", "smollm2-135m:chain:3"}
+    assert all(t["identical_to_plain"] for t in report["table"].values())
+    assert report["table"]["plain (AR)"]["overall"]["vs_plain"] == 1.0
+
+
+def test_the_visitors_image_goes_to_the_vision_language_target_only(monkeypatch):
+    from specviz.ui import callbacks
+    from specviz.ui.request import read_request
+    from specviz.ui.session import Session
+
+    monkeypatch.setenv("SPECVIZ_VLM", "some/vlm")
+    session, picture = Session(), object()
+    callbacks.set_image(dict(image=picture), session)
+    text = read_request("Describe it.", "smollm2-135m", "pld", "chain", 4, 0.0, 1.0, 0, 8)
+    assert callbacks.with_image(text, session).image is None  # a text target reads the text
+    vision = read_request("Describe it.", "some/vlm", "pld", "chain", 4, 0.0, 1.0, 0, 8)
+    assert callbacks.with_image(vision, session).image is picture

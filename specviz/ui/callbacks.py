@@ -29,11 +29,12 @@ from ..views.race_view import race_markdown
 from . import measured
 from .launch import gpu
 from .menus import preset_status
-from .render import NEXT, export_trace, render, status_line, status_only, step_views, text_view
+from .render import NEXT, export_trace, render, started, status_line, status_only, step_views, text_view
 from .request import Request, app_limits, param_key, read_form
 from ..limits import budgets
 from .session import Session, ar_reference, current, remember_ar
-from .streaming import TICK_S, Stop, Throttle, in_background, on_decoder, start_stream, waiting
+from .streaming import (TICK_S, Stop, Throttle, in_background, on_decoder, start_stream, update_interval,
+                        waiting)
 
 
 
@@ -90,6 +91,20 @@ def check_prompt_fits(req: Request) -> None:
         engine.engine.check_prompt(engine.encode(req.prompt), req.settings)
     except ValueError as err:
         raise fail(err) from None
+
+
+def set_image(form: dict, session: Session | None):
+    """The image input (or an API client's /set_image): kept in the session, read by the next run of a
+    vision-language target (the run endpoints' parameters stay as they were for API clients)."""
+    current(session).image = form.get("image")
+    return {}
+
+
+def with_image(req: Request, session: Session) -> Request:
+    """The request with the visitor's image, when its target is the vision-language one (others read text)."""
+    if session.image is not None and req.config.target == models.vlm_target():
+        return replace(req, image=session.image)
+    return req
 
 
 def check_run(form: dict, session: Session | None):
@@ -162,7 +177,7 @@ def prepare(req: Request, session: Session, batched: bool = True) -> tuple[TextE
             config = replace(req.config, drafter=choice.drafter).checked(app_limits(), presets_only=True)
             engine = build(config)
         session.release("a new run started")  # a step-by-step run left open lets go of its engine
-        stream = start_stream(engine, req.prompt, batched=batched)
+        stream = start_stream(engine, req.prompt, batched=batched, image=req.image)
     except ValueError as err:  # ModelError is a ValueError; so is a prompt beyond the context
         raise fail(err) from None
     session.choice, session.asked, session.stepper = choice, asked, None
@@ -172,7 +187,7 @@ def prepare(req: Request, session: Session, batched: bool = True) -> tuple[TextE
 
 def reference_stream(req: Request) -> Iterator[Event]:
     try:
-        return start_stream(build(reference_config(req.config)), req.prompt)
+        return start_stream(build(reference_config(req.config)), req.prompt, image=req.image)
     except ValueError as err:
         raise fail(err) from None
 
@@ -181,7 +196,7 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
     """A run's events into session.events, as streamed updates: the status line's clock while the prompt
     is read, then the light views at most every UPDATES_EVERY_S; the figures wait for the end."""
     session.events = events = []
-    throttle, began, shown, ticket = Throttle(), time.monotonic(), False, []
+    throttle, began, shown, ticket = Throttle(update_interval), time.monotonic(), False, []
     try:
         for batch in in_background(stream, tick_s=TICK_S, on_ticket=ticket.append):
             events += batch
@@ -189,7 +204,7 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
                 yield status_only(place)
             elif not shown and events:  # the run has started: clear the last run's views once
                 shown = True
-                yield render(session, note=note, download=None)
+                yield started(session, note=note)
             elif views.latest_metrics(events) is None and events and throttle.due():
                 yield status_only(status_line(events, note, waited_s=time.monotonic() - began))
             elif any(isinstance(ev, StepFinished) for ev in batch) and throttle.due():
@@ -226,6 +241,7 @@ def views_kept(handler):
 def run(form: dict, session: Session | None):
     """Stream one speculative run into every view; optionally measure the AR reference afterwards."""
     session, req = current(session), read(form)
+    req = with_image(req, session)
     check_vocabularies(req)  # API clients skip check_run: their refusals come before any update
     check_prompt_fits(req)
     yield status_only(f"▶ loading {esc(req.config.target)} with drafter {esc(req.config.drafter)}…")
@@ -260,6 +276,7 @@ def race(form: dict, session: Session | None):
     """AR and speculative decoding of one prompt, one after the other, each alone on the machine (so each
     reports its own engine's speed), streamed into its own pane; the timeline puts both on one clock."""
     session, req = current(session), read(form)
+    req = with_image(req, session)
     if req.config.drafter == "none":
         raise fail(ValueError(RACE_NEEDS_DRAFTER))
     engine, spec_stream = prepare(req, session)
@@ -289,6 +306,7 @@ def race(form: dict, session: Session | None):
 def step_start(form: dict, session: Session | None):
     """Start a run that advances one speculative step per click (the generator waits in the session)."""
     session, req = current(session), read(form)
+    req = with_image(req, session)
     if req.config.parallel:  # its drafter runs ahead of the target: there is no single step to stop at
         raise fail(ValueError(PARALLEL_STEPS))
     _, session.stepper = prepare(req, session, batched=False)  # advanced by clicks (pull), not in rounds

@@ -108,10 +108,14 @@ def health() -> str:
     turns = decoder().load() if scheduling() else None
     taking = (f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most)"
               if turns else "")
+    from ..lm import live_caches
+
     heap = memory.describe()
+    caches, kv_bytes = live_caches()
     return (f"ok · RSS {rss_bytes() / 2**20:.0f} MB{f' ({heap})' if heap else ''} · models loaded: {loaded} "
             f"({models.loaded_bytes() / 2**30:.2f} of {b.model_memory_gb:g} GB budget) · "
-            f"decoding {live}{taking}, step-by-step runs holding an engine {stepping} · "
+            f"decoding {live}{taking}, step-by-step runs holding an engine {stepping}, "
+            f"KV caches alive {caches} ({kv_bytes / 2**20:.0f} MB) · "
             f"budgets: {b.run_seconds:g} s per run, queue {b.queue_size}, {b.tree_nodes} draft nodes per step, "
             f"step-by-step idle release {b.step_idle_s:g} s, heavy presets {'on' if b.heavy_presets else 'off'}")
 

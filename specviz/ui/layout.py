@@ -12,9 +12,9 @@ from typing import Callable
 
 import gradio as gr
 
-from .. import views
+from .. import models, views
 from ..config import RunConfig
-from ..examples import EXAMPLE_PROMPTS, LANDING_PROMPT, example_traces, landing_example
+from ..examples import ASSETS, EXAMPLE_PROMPTS, LANDING_PROMPT, example_traces, landing_example
 from ..registry import Param
 from ..stop_rules import STOP_RULES
 from ..views.choice_view import choice_figure
@@ -115,6 +115,12 @@ def build_demo() -> gr.Blocks:
                     stop_btn = gr.Button("Stop ■", variant="stop", size="sm", min_width=70, elem_id="specviz-stop")
                     race_btn = gr.Button("Race", size="sm", min_width=70, elem_id="specviz-race")
                     step_btn = gr.Button("Step-by-step ▷", size="sm", min_width=120, elem_id="specviz-step-start")
+                vlm = models.vlm_target()  # a vision-language target on this deployment (SPECVIZ_VLM), if any
+                with gr.Column(visible=vlm is not None and DEFAULT.target == vlm, elem_id="specviz-image-box") as image_box:
+                    image = gr.Image(type="pil", sources=["upload", "clipboard"], height=150, elem_id="specviz-image",
+                                     label="Image (read by the vision-language target; the drafter sees the text only)")
+                    gr.Examples([[str(p)] for p in sorted((ASSETS / "images").glob("*.png"))], inputs=[image],
+                                label="Example images")
                 lesson_box = teach.lesson_box()  # the guided lesson's start button and card (teach.py)
                 target = gr.Dropdown(menus.targets(), value=DEFAULT.target, label="Target (verifies)",
                                      elem_classes=["specviz-menu"], elem_id="specviz-target")
@@ -290,6 +296,13 @@ def build_demo() -> gr.Blocks:
 
         for menu in (target, drafter):
             menu.change(show_drafter, [target, drafter], [drafter_note, drafter], queue=False, api_visibility="private")
+        def show_image(name):  # the image input, for a vision-language target (cleared when it hides)
+            shown = vlm is not None and name == vlm
+            return gr.Column(visible=shown), (gr.Image() if shown else None)
+
+        target.change(show_image, [target], [image_box, image], queue=False, api_visibility="private")
+        # the image lives in the session (the run endpoints keep their parameters); API: /set_image first
+        wire(image.change, callbacks.set_image, dict(image=image), {}, session, api_name="set_image", queue=False)
         # after a run, the menu's measured speeds are this machine's newest
         for event in (run_event, race_event):
             event.then(show_drafter, [target, drafter], [drafter_note, drafter], queue=False, api_visibility="private")

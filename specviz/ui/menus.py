@@ -25,7 +25,9 @@ def presets() -> list[str]:
 
 
 def targets() -> list[tuple[str, str]]:
-    return [(f"{n} · {preset_status(n)}", n) for n in presets()]
+    vlm = models.vlm_target()
+    return [(f"{n} · {preset_status(n)}", n) for n in presets()] + (
+        [(f"{vlm} · vision-language (add an image)", vlm)] if vlm else [])
 
 
 def measured_tag(target: str | None, drafter: str) -> str:

@@ -143,6 +143,15 @@ def render(session: Session, note: str = "", index: int | None = None, figures: 
     return out
 
 
+def started(session: Session, note: str = "") -> dict:
+    """A new run's first update: the light views, and the last run's figures cleared rather than drawn
+    empty (they are drawn once, at the end; a busy server starts many runs a second)."""
+    return render(session, note, figures=False) | dict(
+        tree=None, explain="", entropy=None, metrics_plot=None, timeline=None, lengths=None,
+        choice_plot=gr.Plot(None, visible=False), download=gr.DownloadButton(value=None, interactive=False),
+        next_btn=gr.Button(NEXT))
+
+
 def _with_choices(panel: str, events) -> str:
     """The drafter panel, with an `auto` run's choices first (views/choice_view.py)."""
     choice = choice_markdown(events, measured.curve_of(events))

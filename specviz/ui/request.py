@@ -48,6 +48,7 @@ class Request:
 
     prompt: str
     config: RunConfig
+    image: object = None  # for a vision-language target: the visitor's image, a PIL image (None: text alone)
 
     @property
     def settings(self) -> Settings:

@@ -39,6 +39,7 @@ class Session:
     show_rejected: bool = False  # the text shows rejected drafts inline (the visitor's toggle)
     pending: tuple | None = None  # (path, views) of an uploaded trace checked and not yet shown
     acceptance: list = field(default_factory=list)  # (prompt category, drafter, Metrics) per run, for the acceptance map
+    image: object = None  # the visitor's image (a PIL image), read by a vision-language target only
 
     def touch(self) -> None:
         self.used = time.monotonic()

@@ -39,14 +39,21 @@ class Stop:
     __call__ = is_set
 
 
-def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None, batched: bool = True) -> Iterator[Event]:
+def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None, batched: bool = True,
+                 image=None) -> Iterator[Event]:
     """Start the engine's event stream under this deployment's budgets (wall clock per run; draft
     nodes per step); input errors (prompt vs context, settings) surface here, before any output."""
     limits = budgets()
     stop = stop if stop is not None else Stop()
     clock = scheduler.RunClock() if scheduling() else None  # the time limit counts the run's own turns
-    stream = engine.stream_text(prompt, cancel=stop, time_limit_s=limits.run_seconds, clock=clock,
-                                batched=batched and clock is not None)  # its forwards shared with other runs
+    shared = dict(cancel=stop, time_limit_s=limits.run_seconds, clock=clock,
+                  batched=batched and clock is not None)  # its forwards shared with other runs
+    if image is not None:  # a vision-language target (vlm.VisionEngine): the image goes into its prompt
+        if not hasattr(engine, "stream_image"):
+            raise ValueError(f"an image needs a vision-language target; {engine.config.target} reads text only")
+        stream = engine.stream_image(prompt, image, **shared)
+    else:
+        stream = engine.stream_text(prompt, **shared)
     # on the decoding thread: the run's caches are allocated where every forward runs (one malloc arena
     # for the big buffers, not one per visitor's thread); a bad prompt still raises here, before any output
     first = on_decoder(lambda: next(stream))
@@ -93,9 +100,6 @@ class Stream:
             self.events.close()
         except ValueError:  # being iterated by the engine thread right now: it ends at its next forward
             pass
-
-
-_DONE = object()
 
 
 def scheduling() -> bool:
@@ -164,39 +168,35 @@ def in_background(stream: Iterator[Event], tick_s: float | None = None,
             box.put(err)
         finally:
             getattr(stream, "close", lambda: None)()
-            box.put(_DONE)
+            box.put(scheduler.DONE)
 
     threading.Thread(target=produce, daemon=True, name="specviz-engine").start()
     try:
-        while True:
-            try:
-                batch = [box.get(timeout=tick_s)]
-            except queue.Empty:
-                yield []
-                continue
-            while not box.empty():
-                batch.append(box.get_nowait())
-            for item in batch:
-                if isinstance(item, BaseException):
-                    raise item
-            events = [item for item in batch if item is not _DONE]
-            if events:
-                yield events
-            if len(events) < len(batch):
-                return
+        yield from scheduler.drain(box, tick_s)
     finally:
         stop.set()
 
 
-class Throttle:
-    """Says when enough time has passed since the last streamed update (UPDATES_EVERY_S)."""
+def update_interval() -> float:
+    """Seconds between one visitor's streamed updates: UPDATES_EVERY_S, stretched when many runs decode at
+    once (rendering a view costs the server's CPU too: thirty visitors at 5 updates a second would spend
+    two cores on drawing), so the whole server renders about 20 updates a second at most."""
+    if not scheduling():
+        return UPDATES_EVERY_S
+    return UPDATES_EVERY_S * max(1.0, decoder().load()["active"] / 4)
 
-    def __init__(self, every_s: float = UPDATES_EVERY_S):
+
+class Throttle:
+    """Says when enough time has passed since the last streamed update (UPDATES_EVERY_S, or a function
+    giving the interval now)."""
+
+    def __init__(self, every_s: float | Callable[[], float] = UPDATES_EVERY_S):
         self.every_s, self.last = every_s, 0.0
 
     def due(self) -> bool:
         now = time.perf_counter()
-        if now - self.last >= self.every_s:
+        every = self.every_s() if callable(self.every_s) else self.every_s
+        if now - self.last >= every:
             self.last = now
             return True
         return False
