@@ -127,7 +127,6 @@ def collect(target: str, arms: list[str], limit: int, max_new_tokens: int, out: 
     first = engines["none"]
     # a prompt is to do when it is new, or when an arm that can run now was not logged for it (its weights came later)
     todo = [p for p in prompts if set(engines) - set(done.get(prompt_key(p["prompt"]), {}).get("arms", {}))]
-    model = first.engine.target.model
     log(f"collect: {len(prompts)} training prompts ({len(done)} already logged, {len(todo)} to go), "
         f"arms: {', '.join(engines)}; writing {path}")
     started = time.perf_counter()
@@ -135,6 +134,16 @@ def collect(target: str, arms: list[str], limit: int, max_new_tokens: int, out: 
     if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         with open(path, "a") as f:  # a torn last line (an interrupted write) stays on its own line
             f.write("\n")
+    try:
+        _log_prompts(bar, engines, first, done, settings, max_new_tokens, path)
+    finally:  # stopped (Ctrl-C) or done: the card says what was logged so far
+        write_card(out, target, list(engines), skipped, max_new_tokens, seed, limit, time.perf_counter() - started)
+    return path
+
+
+def _log_prompts(bar, engines: dict, first, done: dict, settings, max_new_tokens: int, path: Path) -> None:
+    """One line per prompt into outcomes.jsonl: every arm not logged yet for it, and plain decoding."""
+    model = first.engine.target.model
     with open(path, "a") as f:
         for p in bar:
             ids = first.encode(p["prompt"])
@@ -163,9 +172,6 @@ def collect(target: str, arms: list[str], limit: int, max_new_tokens: int, out: 
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-    elapsed = time.perf_counter() - started
-    write_card(out, target, list(engines), skipped, max_new_tokens, seed, limit, elapsed)
-    return path
 
 
 def write_card(out: Path, target: str, arms: list[str], skipped: list[str], max_new_tokens: int, seed: int,

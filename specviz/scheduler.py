@@ -9,8 +9,16 @@ has its turn (round robin); a newly admitted run has its first turn next, so a v
 while thirty others decode sees a first token after one step of someone else's, not after thirty
 answers.
 
+A round takes up to `max_batch` runs from the front of the round: each advances to its verification
+forward (a batched engine stream yields a TargetForward there instead of running it), those forwards
+run as one (lm.forward_together: the weights' products over every run's rows at once, attention per
+run over its own cache), and each run finishes its step with its own part of the result. On two cores
+a few dozen rows cost little more than one, so the total speed grows with the number of visitors
+(bench_serving.py).
+
 A run's events are exactly those it produces alone (each engine has its own caches and its own
-seeded generator; the models are only read), and the time limit counts the run's own turns
+seeded generator; the models are only read; a shared forward's rows agree with a lone one's to float
+rounding), and the time limit counts the run's own turns
 (RunClock), not its wait. Beyond `max_active` runs, arrivals wait in order (place and expected wait
 on `Ticket.place()`); beyond `max_waiting`, they are refused at once with `Busy`. Short jobs that
 must not run beside a forward (a step-by-step click) go through `call`, between two turns.
@@ -27,6 +35,7 @@ from collections import deque
 from typing import Callable, Iterator
 
 from .events import Prefilled, RunFinished, StepFinished
+
 
 class Busy(RuntimeError):
     """Every decoding place and every waiting place is taken."""
@@ -116,7 +125,7 @@ class Scheduler:
         self._durations: deque[float] = deque(maxlen=32)  # wall seconds of recent runs, for expected waits
         self._thread: threading.Thread | None = None
         self._turning: list[Ticket] = []  # the runs having their turn (out of the round meanwhile)
-        self.turns = self.forwards_shared = 0
+        self.rounds = self.forwards_shared = 0
 
     # -------------------------------------------------------------- the visitors' side
 
@@ -163,7 +172,7 @@ class Scheduler:
         """How busy the decoding thread is (for /health and the status line)."""
         with self._cond:
             return dict(active=self._decoding(), waiting=len(self._waiting), max_active=self.max_active,
-                        max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.turns,
+                        max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.rounds,
                         shared_forwards=self.forwards_shared)
 
     def wake(self) -> None:
@@ -227,7 +236,7 @@ class Scheduler:
         from .engine import TargetForward
         from .lm import forward_together
 
-        self.turns += 1
+        self.rounds += 1
         asked, going = [], []
         for ticket in tickets:
             state = self._advance(ticket)
