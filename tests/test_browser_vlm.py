@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from test_browser import ARGS, ASSETS, BADGES, CHROMIUM, open_page, pick, set_number
+from test_browser import ARGS, ASSETS, BADGES, CHROMIUM, open_page, pick
 from test_vlm import saved_tiny_smolvlm
 
 from specviz import models
@@ -49,13 +49,13 @@ def test_an_image_run_with_a_vision_language_target(vlm_url):
         page = open_page(browser, url, 1280, 900, outside, errors)
         assert not page.locator("#specviz-image").is_visible()  # a text target: no image input
         page.fill("#specviz-prompt textarea", "What is in the picture?")
-        pick(page, "#specviz-target", path)
+        page.click("#specviz-target input")  # its label is the path (slashes): picked by its description
+        page.get_by_role("option").filter(has_text="vision-language").first.click()
         page.wait_for_selector("#specviz-image", state="visible", timeout=10_000)
         page.locator("#specviz-image input[type=file]").set_input_files(str(ASSETS / "images" / "red-ball-blue-box.png"))
         page.wait_for_selector("#specviz-image img", timeout=10_000)
-        set_number(page, "specviz-max-new", 24)
         page.click("#specviz-run")
-        page.wait_for_selector("#specviz-status:has-text('done')", timeout=120_000)
+        page.wait_for_selector("#specviz-status:has-text('tiny-smolvlm'):has-text('✔ done')", timeout=120_000)
         status = page.inner_text("#specviz-status")
         assert "tiny-smolvlm" in status and "pld" in status
         assert page.locator("#specviz-tokens .tok").count() > 0
