@@ -102,50 +102,41 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def build(config: RunConfig) -> TextEngine:
-    """An engine for a run description (validated here against the engine's own limits)."""
+def build(config: RunConfig) -> "TextEngine | vlm.VisionEngine":
+    """An engine for a run description (validated here against the engine's own limits). A vision-language
+    target (vlm.py) gives a VisionEngine: its language model verifies, a text-only drafter drafts."""
     config = config.checked()
     model, tokenizer, preset = load_model(config.target, config.dtype)
     if tokenizer is None:
         raise models.ModelError(f"'{config.target}' has no tokenizer files")
     fast = None if config.fast_path else False  # fast_path=True means "where the model supports it"
-    if vlm.is_vlm(model):
-        return build_vision(config, model, tokenizer, fast)
-    drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, model, config.target, config.draft_len,
-                                                         config.shape, fast))
+    vision = vlm.is_vlm(model)
+    if vision and config.parallel:
+        raise ValueError("parallel (PEARL) decoding of a vision-language target is not supported")
+    target = vlm.text_model(model) if vision else model
+    text_vocab = vlm.text_vocab(tokenizer) if vision else None
+    drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, target, config.target, config.draft_len,
+                                                         config.shape, fast, text_vocab))
+    if vision and drafter is not None:
+        own = getattr(getattr(drafter, "lm", None), "vocab", None)  # a model drafter's vocabulary bounds it too
+        vocab = min(text_vocab, own or target.config.vocab_size)
+        drafter = vlm.TextOnly(drafter, vocab, target.config.vocab_size)
     stop = make_stop_rule(config.stop, config.draft_len, config.stop_params) if drafter is not None else None
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    tok = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor carries its tokenizer
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
     rule = None if config.rule == "auto" else config.rule
     if config.parallel:
         from .parallel import ParallelEngine
 
-        engine = ParallelEngine(model, decode, drafter, eos_ids(model, tokenizer), config.target, rule, stop=stop,
+        engine = ParallelEngine(model, decode, drafter, eos_ids(model, tok), config.target, rule, stop=stop,
                                 fast_path=fast, draft_len=config.draft_len)
     else:
-        engine = Engine(model, decode, drafter, eos_ids(model, tokenizer), config.target, rule, stop=stop,
+        engine = Engine(target, decode, drafter, eos_ids(model, tok), config.target, rule, stop=stop,
                         fast_path=fast)
+    if vision:
+        return vlm.VisionEngine(engine, model, tokenizer, config)
     chat = preset.chat if preset else bool(getattr(tokenizer, "chat_template", None))
     return TextEngine(engine, tokenizer, chat, config)
-
-
-def build_vision(config: RunConfig, model, processor, fast) -> "vlm.VisionEngine":
-    """A VLM target (vlm.py): its language model verifies, a text-only drafter drafts."""
-    if config.parallel:
-        raise ValueError("parallel (PEARL) decoding of a vision-language target is not supported")
-    target = vlm.text_model(model)
-    drafter = drafter_registry.make_drafter(DraftRequest(config.drafter, target, config.target, config.draft_len,
-                                                         config.shape, fast))
-    if drafter is not None:
-        lm = getattr(drafter, "lm", None)  # a model drafter's own vocabulary bounds what it may read
-        own = getattr(lm, "vocab", None)
-        vocab = min(vlm.text_vocab(processor), own or target.config.vocab_size)
-        drafter = vlm.TextOnly(drafter, vocab, target.config.vocab_size)
-    stop = make_stop_rule(config.stop, config.draft_len, config.stop_params) if drafter is not None else None
-    tok = getattr(processor, "tokenizer", processor)
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-    rule = None if config.rule == "auto" else config.rule
-    engine = Engine(target, decode, drafter, eos_ids(model, tok), config.target, rule, stop=stop, fast_path=fast)
-    return vlm.VisionEngine(engine, model, processor, config)
 
 
 def build_engine(target: str = "smollm2-135m", drafter: str = "pld", draft_len: int = 4,

@@ -16,8 +16,9 @@ from pathlib import Path
 from .config import RunConfig
 from .engine import Settings
 from .metrics import Metrics
+from .paths import ASSETS
 
-PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "images" / "prompts.jsonl"
+PROMPTS = ASSETS / "images" / "prompts.jsonl"
 
 
 def read(path: Path) -> list[dict]:

@@ -1,7 +1,7 @@
 """What the C heap holds, and giving freed memory back (glibc; elsewhere every call is a no-op).
 
 A server's RSS can grow two ways: objects kept alive (in use on the heap), or memory freed but kept by
-the allocator (free on the heap, still resident). glibc's mallinfo2 tells the two apart: `in_use` is
+the allocator (free on the heap, still resident). glibc's malloc_info tells the two apart (every arena): `in_use` is
 what live objects hold, `free_held` what was freed and not returned. torch's CPU tensors come from the
 same heap, so both views count them.
 
@@ -27,31 +27,41 @@ SERVER_MMAP_BYTES = 1 << 20  # blocks this large or larger come from mmap and go
 TRIM_ABOVE_BYTES = 64 << 20  # trim when this much freed memory is held
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
 @lru_cache(maxsize=1)
 def _libc():
     try:
         lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        lib.mallinfo2.restype = _MallInfo2
         lib.malloc_trim.argtypes = [ctypes.c_size_t]
         lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.fopen.restype = ctypes.c_void_p
+        lib.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        lib.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        lib.fclose.argtypes = [ctypes.c_void_p]
         return lib
-    except (OSError, AttributeError):  # not glibc, or older than 2.33 (no mallinfo2)
+    except (OSError, AttributeError):  # not glibc
         return None
 
 
 def heap() -> dict | None:
-    """{'in_use', 'free_held', 'mmapped'} in bytes (main and thread arenas together), None off glibc."""
+    """{'in_use', 'free_held', 'mmapped'} in bytes over every malloc arena (glibc's malloc_info; mallinfo2
+    would count the main arena only), None off glibc."""
+    import tempfile
+    import xml.etree.ElementTree as ET
+
     lib = _libc()
     if lib is None:
         return None
-    m = lib.mallinfo2()
-    return dict(in_use=m.uordblks, free_held=m.fordblks, mmapped=m.hblkhd)
+    with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+        fp = lib.fopen(f.name.encode(), b"w")
+        if not fp:
+            return None
+        lib.malloc_info(0, fp)
+        lib.fclose(fp)
+        root = ET.parse(f.name).getroot()
+    totals = {t.get("type"): int(t.get("size", 0)) for t in root.findall("total")}
+    system = {t.get("type"): int(t.get("size", 0)) for t in root.findall("system")}
+    free = totals.get("fast", 0) + totals.get("rest", 0)
+    return dict(in_use=system.get("current", 0) - free, free_held=free, mmapped=totals.get("mmap", 0))
 
 
 def trim() -> bool:

@@ -10,13 +10,18 @@ from specviz.sampling import Warp, probs
 
 @torch.no_grad()
 def exact_joint_lm(model, prompt: list[int], n: int, warp: Warp) -> dict[tuple, float]:
-    vocab = model.config.vocab_size
+    return exact_joint(lambda prefix: model(torch.tensor([prompt + list(prefix)])).logits[0, -1],
+                       model.config.vocab_size, n, warp)
+
+
+def exact_joint(next_logits, vocab: int, n: int, warp: Warp) -> dict[tuple, float]:
+    """The exact joint of the first n tokens of any model given by `next_logits(prefix) -> [vocab]` (the
+    logits after the prompt and the tokens `prefix`; each prefix asked once)."""
     cache: dict[tuple, torch.Tensor] = {}
 
     def dist(prefix: tuple) -> torch.Tensor:
         if prefix not in cache:
-            logits = model(torch.tensor([prompt + list(prefix)])).logits[0, -1]
-            cache[prefix] = probs(logits[None], warp)[0]
+            cache[prefix] = probs(next_logits(prefix)[None], warp)[0]
         return cache[prefix]
 
     out = {}

@@ -37,8 +37,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def url():
+def launched():
+    """The page, built and served in this process on a free port of 127.0.0.1: (demo, its URL)."""
     from specviz.ui import build_demo, launch_kwargs
 
     with socket.socket() as s:
@@ -47,7 +47,13 @@ def url():
     demo = build_demo()
     demo.queue().launch(**{**launch_kwargs(), "server_name": "127.0.0.1", "server_port": port,
                            "prevent_thread_lock": True, "quiet": True})
-    yield f"http://127.0.0.1:{port}/"
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def url():
+    demo, address = launched()
+    yield address
     demo.close()
 
 

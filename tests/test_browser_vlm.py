@@ -3,11 +3,10 @@ test): the image input appears only for that target, a run on an uploaded image 
 views, and an image with a text-only target is one toast. The screenshot goes to assets/ to be looked at."""
 import os
 import shutil
-import socket
 
 import pytest
 
-from test_browser import ARGS, ASSETS, BADGES, CHROMIUM, open_page, pick
+from test_browser import ARGS, ASSETS, BADGES, CHROMIUM, launched, open_page, pick
 from test_vlm import saved_tiny_smolvlm
 
 from specviz import models
@@ -24,15 +23,8 @@ def vlm_url(tmp_path_factory):
     path = saved_tiny_smolvlm(tmp_path_factory.mktemp("vlm") / "tiny-smolvlm")
     before = os.environ.get("SPECVIZ_VLM")
     os.environ["SPECVIZ_VLM"] = str(path)
-    from specviz.ui import build_demo, launch_kwargs
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_demo()
-    demo.queue().launch(**{**launch_kwargs(), "server_name": "127.0.0.1", "server_port": port,
-                           "prevent_thread_lock": True, "quiet": True})
-    yield f"http://127.0.0.1:{port}/", str(path)
+    demo, address = launched()
+    yield address, str(path)
     demo.close()
     if before is None:
         os.environ.pop("SPECVIZ_VLM", None)

@@ -1,4 +1,5 @@
 """specviz/memory.py: the heap's in-use and freed-but-held bytes, trimming, and the tracemalloc report."""
+import threading
 import tracemalloc
 
 import pytest
@@ -7,17 +8,23 @@ from specviz import memory
 
 
 @pytest.mark.skipif(memory.heap() is None, reason="not glibc")
-def test_freed_memory_shows_as_held_until_trimmed():
-    before = memory.heap()
-    blocks = [bytearray(64 * 1024) for _ in range(800)]  # ~50 MB below the mmap threshold: on the heap
-    during = memory.heap()
-    assert during["in_use"] - before["in_use"] > 40 * 2**20
-    del blocks[:-1]  # freed, but the last block pins the top of the heap
-    after = memory.heap()
-    assert after["free_held"] - before["free_held"] > 30 * 2**20
-    memory.trim()
-    assert memory.heap()["free_held"] < after["free_held"]
-    assert "heap in use" in memory.describe()
+def test_the_heap_counts_live_allocations_in_every_arena():
+    def allocate(box):
+        box.extend(bytearray(64 * 1024) for _ in range(800))  # ~50 MB below the mmap threshold: on a heap
+
+    for where in ("main thread", "another thread"):  # another thread allocates in an arena of its own
+        before, blocks = memory.heap(), []
+        if where == "main thread":
+            allocate(blocks)
+        else:
+            worker = threading.Thread(target=allocate, args=(blocks,))
+            worker.start()
+            worker.join()
+        during = memory.heap()
+        assert during["in_use"] - before["in_use"] > 40 * 2**20, where
+        del blocks[:]
+        assert memory.heap()["in_use"] < during["in_use"] - 40 * 2**20, where
+    assert isinstance(memory.trim(), bool) and "heap in use" in memory.describe()
 
 
 def test_python_objects_are_reported_only_while_traced():

@@ -6,11 +6,10 @@ from functools import partial
 import pytest
 import torch
 
-from exact import pooled_pvalue, sampled
+from exact import exact_joint, pooled_pvalue, sampled
 from specviz.drafters.model import ModelDrafter, chain_builder
 from specviz.drafters.prompt_lookup import PromptLookupDrafter
 from specviz.engine import Engine, Settings
-from specviz.sampling import probs
 from specviz.verify import verify_sampling
 from specviz import vlm as V
 
@@ -106,23 +105,13 @@ def exact_joint_vlm(model, pixels, n, warp):
     """The VLM's exact joint of its first n tokens given the image: full, cache-free forwards of its
     language model over the prompt's merged embeddings and the tokens after it (a generated token is
     text, whatever its id: the image is the prompt's)."""
-    from itertools import product
+    embeds, lm = V.prompt_embeddings(model, PROMPT, pixels), V.text_model(model)
 
-    cache, embeds, lm = {}, V.prompt_embeddings(model, PROMPT, pixels), V.text_model(model)
+    def next_logits(prefix):
+        x = torch.cat([embeds, lm.get_input_embeddings()(torch.tensor(list(prefix), dtype=torch.long))])
+        return lm(inputs_embeds=x[None]).logits[0, -1]
 
-    def dist(prefix):
-        if prefix not in cache:
-            x = torch.cat([embeds, lm.get_input_embeddings()(torch.tensor(list(prefix), dtype=torch.long))])
-            cache[prefix] = probs(lm(inputs_embeds=x[None]).logits[0, -1][None], warp)[0]
-        return cache[prefix]
-
-    out = {}
-    for seq in product(range(VOCAB), repeat=n):
-        prob = 1.0
-        for i, tok in enumerate(seq):
-            prob *= float(dist(seq[:i])[tok])
-        out[seq] = prob
-    return out
+    return exact_joint(next_logits, VOCAB, n, warp)
 
 
 SAMPLES = 3000

@@ -29,6 +29,7 @@ class DraftRequest:
     draft_len: int
     shape: str
     fast_path: bool | None = None  # None: on where supported; False: plain transformers forwards
+    text_vocab: int | None = None  # a vision-language target's text ids (vlm.text_vocab): a drafter over them fits
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def _model_drafter(r: DraftRequest) -> Drafter:
 
     dtype = str(next(r.target_model.parameters()).dtype).removeprefix("torch.")
     model, _, _ = load_cached(r.name, dtype)  # the drafter computes in the target's dtype
-    if model.config.vocab_size != r.target_model.config.vocab_size:
+    if model.config.vocab_size not in (r.target_model.config.vocab_size, r.text_vocab):
         raise ValueError(f"drafter '{r.name}' has vocabulary {model.config.vocab_size}, "
                          f"the target {r.target_model.config.vocab_size}: they must share one tokenizer")
     shape = STRATEGIES.get(r.shape)

@@ -15,10 +15,7 @@ try:  # on a Hugging Face ZeroGPU Space, decoding functions borrow a GPU; elsewh
     import spaces
 
     gpu = spaces.GPU
-    ZERO_GPU = True
 except ImportError:
-    ZERO_GPU = False
-
     def gpu(fn):
         return fn
 

@@ -241,7 +241,8 @@ def build_demo() -> gr.Blocks:
 
         to_watch = dict(fn=lambda: gr.Tabs(selected="watch"), outputs=[tabs], queue=False, api_visibility="private")
         to_race = dict(to_watch, fn=lambda: gr.Tabs(selected="race"))
-        # one decoding job at a time on this machine; streamed views stay visible while they update
+        # up to decode_slots() decoding requests at once, taking turns on the decoding thread (scheduler.py);
+        # streamed views stay visible while they update
         decode = dict(concurrency_id="decode", concurrency_limit=decode_slots(), show_progress="minimal")
 
         # Run, Race and Step-by-step are checked first (no outputs, no concurrency limit, so no wait behind a

@@ -2,6 +2,7 @@
 (scheduler.py: runs take turns, one step each), and how often to redraw."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import threading
@@ -102,12 +103,14 @@ class Stream:
             pass
 
 
+# a ZeroGPU Space (the `spaces` package, as launch.gpu reads it): decoding functions borrow the GPU there
+ZERO_GPU = importlib.util.find_spec("spaces") is not None
+
+
 def scheduling() -> bool:
     """Whether runs go through the shared decoding thread: everywhere but a ZeroGPU Space (where each
     decoding function borrows the GPU in its own process) or with SPECVIZ_SCHEDULER=0 (one thread per
     run, the way to measure what the scheduler changes)."""
-    from .launch import ZERO_GPU
-
     return not ZERO_GPU and os.environ.get("SPECVIZ_SCHEDULER", "1") != "0"
 
 
