@@ -220,7 +220,12 @@ class Scheduler:
                 done.set()
             if not tickets:
                 continue
-            going = self._round(tickets)
+            try:
+                going = self._round(tickets)
+            except BaseException as err:  # never let the decoding thread die: this round's runs end with it
+                for ticket in tickets:
+                    self._fail(ticket, err)
+                going = []
             with self._cond:
                 self._turning = []
                 for ticket in tickets:

@@ -191,6 +191,8 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                             stats["run"].append(took)
                             if out["text"] != expected[prompt]:
                                 stats["mismatches"] += 1
+                                stats["error_text"].append(f"mismatch on {prompt[:30]!r}: {str(out['text'])[:80]!r} "
+                                                           f"vs {expected[prompt][:80]!r}; {str(out['status'])[:200]}")
                     elif kind == 1:  # cancelled midway
                         job = client.submit(*args(prompt, max_new_tokens=200), False, api_name="/run")
                         t = time.time()
@@ -286,7 +288,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
 
 def check(report: dict) -> None:
     assert report["errors"] == 0, report["error_text"]
-    assert report["mismatches"] == 0
+    assert report["mismatches"] == 0, report["error_text"]
     assert report["completed"] > 0
     assert "time limit" in report["limited_status"], report["limited_status"]
     assert report["imports"] > 0 or not report["imports_asked"], "no trace was imported"
