@@ -53,6 +53,14 @@ class Session:
             self.released = why
             getattr(stepper, "close", lambda: None)()
 
+    def release_stepper(self, why: str) -> None:
+        """Let go of an idle step-by-step run only: a run the visitor started since (its own stop signal in
+        `live`) goes on (the reaper checks, then releases; a new run may start in between)."""
+        stepper, self.stepper = self.stepper, None
+        if stepper is not None:
+            self.released = why
+            getattr(stepper, "close", lambda: None)()
+
     def drafter_policy(self) -> Policy:
         if self.policy is None:
             self.policy = POLICIES.get(POLICY).make()
@@ -93,7 +101,7 @@ def release_idle(now: float | None = None, idle_s: float | None = None) -> int:
     n = 0
     for session in list(_SESSIONS):
         if session.stepper is not None and now - session.used > idle_s:
-            session.release(f"idle for more than {idle_s:g} s")
+            session.release_stepper(f"idle for more than {idle_s:g} s")
             n += 1
     return n
 
