@@ -424,7 +424,7 @@ def _fill_pad_token(model, tokenizer) -> None:
     gc.pad_token_id = eos
 
 
-VLM_TYPES = ("idefics3", "smolvlm")  # as specviz.vlm.VLM_TYPES (models sits below it)
+VLM_TYPES = ("idefics3", "smolvlm")  # model types loaded as vision-language targets (vlm.py)
 
 
 def vlm_target() -> str | None:

@@ -91,7 +91,6 @@ class Ticket:
         self.box: queue.Queue = queue.Queue()
         self.closed = False
         self.submitted = time.monotonic()
-        self.started: float | None = None
 
     def place(self) -> tuple[int, float] | None:
         """(runs ahead of this one, expected seconds until it starts) while it waits; None once started."""
@@ -193,7 +192,6 @@ class Scheduler:
             while True:
                 while self._waiting and self._decoding() < self.max_active:
                     ticket = self._waiting.popleft()
-                    ticket.started = time.monotonic()
                     # a newcomer's first turn comes next (its prompt and first tokens), then it joins the round:
                     # the wait for a first token is one turn, not one round of everyone's steps
                     self._active.appendleft(ticket)

@@ -122,7 +122,6 @@ class TextOnly:
 
 # ---------------------------------------------------------------- loading and prompts
 
-VLM_TYPES = ("idefics3", "smolvlm")
 IMAGE_BLOCK_TOKENS = ("<global-img>", "<fake_token_around_image>", "<image>")
 
 
