@@ -204,6 +204,91 @@ def generate_batch(model, prompts: list[list[int]], temperatures: list[float], e
     return result
 
 
+@torch.inference_mode()
+def generate_slots(model, prompts: list[list[int]], temperatures: list[float], eos: set[int], max_new_tokens: int,
+                   gens: list[torch.Generator | None], top_k: int = TOP_K, layers: tuple[int, ...] = (),
+                   slots: int = BATCH) -> Iterator[tuple[int, dict]]:
+    """Continuous batching on the fast path: yields (job index, record) as each job finishes, records
+    as generate_batch makes them. Up to `slots` jobs decode together, one token each per forward
+    (fast/slots.py: one padded KV cache, attention masked per slot); a finished job's slot takes the
+    next prompt, read alone by the ordinary fast forward (no padding) and copied in. Sampled jobs draw
+    with their own generator, so a job's tokens do not depend on which others share its forwards."""
+    from .. import fast
+    from ..fast import slots as slotted
+
+    fm = fast.prepare(model)
+    n_layers = len(fm.layers)
+    want = tuple(layers) + (n_layers,)
+    kv = slotted.SlotKV(fm, slots)
+    live: list[dict] = []  # per slot, front-packed: the job, its tokens so far, its records
+    queue = iter(range(len(prompts)))
+
+    def admit(j: int) -> None:
+        p = prompts[j]
+        tmp = fast.StaticKV(n_layers, fm.n_kv_heads, fm.head_dim, fm.device, fm.dtype, capacity=len(p) + 1)
+        ids = torch.tensor(p, device=fm.device)
+        logits, hid = fast.forward(fm, tmp, ids, torch.arange(len(p), device=fm.device), None, len(p), want)
+        kv.load(len(live), tmp)
+        live.append({"job": j, "fed": list(p), "rec": [], "new": 0})
+        record([live[-1]], logits, hid)
+
+    def record(rows: list[dict], logits: torch.Tensor, hid: dict) -> None:
+        """One record per row (one position each), or the prompt's positions for a single admitted row."""
+        logits = logits.float()
+        top = logits.topk(top_k, dim=-1)  # log-probabilities of the top K only (no [n, vocab] log-softmax)
+        ids, h = top.indices.int(), hid[n_layers].half()
+        logp = (top.values - logits.logsumexp(-1, keepdim=True)).half()
+        extra = {L: hid[L].half() for L in layers}
+        greedy = logits.argmax(-1).tolist()
+        if len(rows) == 1:
+            rows[0]["rec"].append((h, ids, logp, extra))
+            rows[0]["last"], rows[0]["greedy"] = logits[-1], greedy[-1]
+            return
+        for b, row in enumerate(rows):
+            row["rec"].append((h[b:b + 1], ids[b:b + 1], logp[b:b + 1], {L: e[b:b + 1] for L, e in extra.items()}))
+            row["last"], row["greedy"] = logits[b], greedy[b]
+
+    def finish(row: dict) -> dict:
+        recs = row["rec"]
+        out = {"tokens": torch.tensor(row["fed"], dtype=torch.int32), "hidden": torch.cat([r[0] for r in recs]),
+               "topk_ids": torch.cat([r[1] for r in recs]), "topk_logp": torch.cat([r[2] for r in recs]),
+               "prompt_len": len(prompts[row["job"]])}
+        for L in layers:
+            out[f"layer{L}"] = torch.cat([r[3][L] for r in recs])
+        return out
+
+    def pick(row: dict) -> int:
+        j = row["job"]
+        t = temperatures[j]
+        if t <= 0:
+            return row["greedy"]
+        return int(torch.multinomial((row["last"].float() / t).softmax(-1), 1, generator=gens[j]))
+
+    while True:
+        while len(live) < slots:
+            j = next(queue, None)
+            if j is None:
+                break
+            admit(j)
+        if not live:
+            return
+        for row in live:
+            row["fed"].append(pick(row))
+            row["new"] += 1
+        logits, hid = slotted.step(fm, kv, torch.tensor([row["fed"][-1] for row in live], device=fm.device), want)
+        record(live, logits, hid)
+        # a job is done once the token it was just fed is EOS or its max_new_tokens-th response token
+        done = [b for b, row in enumerate(live) if row["fed"][-1] in eos or row["new"] >= max_new_tokens]
+        for b in reversed(done):
+            row = live[b]
+            last = len(live) - 1
+            if b != last:
+                kv.move(last, b)
+                live[b] = live[last]
+            live.pop()
+            yield row["job"], finish(row)
+
+
 def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_tokens: int = MAX_NEW,
           out: str | os.PathLike | None = None, progress=None, log=print, batch: int = BATCH,
           part: tuple[int, int] = (0, 1), device: str | None = None, group: int = 1) -> Path:
@@ -248,6 +333,11 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     dev = next(model.parameters()).device
+    from .. import fast
+
+    if dev.type == "cpu" and fast.unsupported_reason(model) is None:
+        _build_slotted(root, todo, jobs, rows, tokenizer, model, eos, seed, max_new_tokens, layers, progress, log)
+        return root
     groups = [todo[i:i + group] for i in range(0, len(todo), group)]
     bar = progress(groups) if progress else groups
     made, t_all = 0, time.perf_counter()
@@ -273,6 +363,43 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
         else:
             log(f"shards {chunk}: {msg}")
     return root
+
+
+def _build_slotted(root: Path, todo: list[int], jobs: list[dict], rows: list[dict], tokenizer, model, eos: set[int],
+                   seed: int, max_new_tokens: int, layers: tuple[int, ...], progress, log) -> None:
+    """build()'s CPU route: the todo shards' jobs streamed through generate_slots (continuous batching on
+    the fast path); a shard is written as soon as its last job finishes. Each sampled job draws with
+    a generator seeded by (seed, job), so its tokens do not depend on the batching."""
+    from ..api import encode_prompt
+
+    order = [j for s in todo for j in range(len(jobs)) if jobs[j]["shard"] == s]
+    prompts = [encode_prompt(tokenizer, rows[jobs[j]["prompt"]]["prompt"], True) for j in order]
+    temps = [jobs[j]["temperature"] for j in order]
+    gens = [torch.Generator().manual_seed(seed * 100_003 + j) if t > 0 else None for j, t in zip(order, temps)]
+    waiting = {s: sum(1 for j in order if jobs[j]["shard"] == s) for s in todo}
+    done: dict[int, dict] = {}
+    bar = progress(todo) if progress else None
+    made, positions, t_all = 0, 0, time.perf_counter()
+    for i, rec in generate_slots(model, prompts, temps, eos, max_new_tokens, gens, layers=layers):
+        j = order[i]
+        done[j] = rec
+        made += len(rec["tokens"]) - rec["prompt_len"]
+        positions += len(rec["tokens"])
+        s = jobs[j]["shard"]
+        waiting[s] -= 1
+        if waiting[s]:
+            continue
+        mine = [k for k in order if jobs[k]["shard"] == s]
+        save_shard(root, s, [done.pop(k) for k in mine], mine, layers)
+        secs = time.perf_counter() - t_all
+        msg = dict(resp_tok_s=f"{made / secs:.0f}", positions_s=f"{positions / secs:.0f}", resp_tokens=made)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(**msg)
+        else:
+            log(f"shard {s}: {msg}")
+    if bar is not None:
+        bar.close()
 
 
 def _part(args) -> None:
