@@ -75,6 +75,7 @@ def run_drafters(a, config) -> int:
     ar_m: dict[str, Metrics] = defaultdict(Metrics)
     spec_m: dict[tuple[str, str], Metrics] = defaultdict(Metrics)
     identical: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    diverged: dict[str, list[dict]] = defaultdict(list)  # where greedy text left AR's, and how close the tie was
     oracle = getattr(a, "oracle", False)
     if oracle and not greedy:
         raise ValueError("--oracle compares arms that write the same text: use temperature 0")
@@ -91,6 +92,12 @@ def run_drafters(a, config) -> int:
             for cat in (p["category"], "overall"):
                 spec_m[name, cat].add(r.metrics)
                 identical[name, cat].append(r.token_ids == r_ar.token_ids)
+            if greedy and r.token_ids != r_ar.token_ids:
+                from .bench import first_divergence, top2_gap
+
+                at = first_divergence(r_ar.token_ids, r.token_ids)
+                diverged[name].append({"category": p["category"], "position": at,
+                                       "top2_logit_gap": top2_gap(target.model, ids + r_ar.token_ids[:at])})
             if not name.startswith("auto"):
                 fixed.append(r.metrics)
         if oracle:  # the best fixed arm of this prompt in hindsight (greedy: every arm writes the same tokens)
@@ -107,7 +114,8 @@ def run_drafters(a, config) -> int:
             "tokens_per_s": m.tokens_per_s, "speedup": m.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0,
             "tau": m.tau, "beta_by_depth": m.beta_by_depth, "c": m.c, "path_acceptance": m.path_acceptance,
             "identical": all(identical[name, cat]) if greedy else None,
-            "identical_count": sum(identical[name, cat]) if greedy else None}
+            "identical_count": sum(identical[name, cat]) if greedy else None,
+            "divergences": [d for d in diverged[name] if cat in ("overall", d["category"])]}
     print(format_table(results))
     if a.json:
         from .atomic import atomic_write_text
@@ -127,6 +135,8 @@ def format_table(results: dict) -> str:
             r = by_cat[cat]
             betas = [f"{b:.2f}" for b in r["beta_by_depth"][:4]] + ["–"] * (4 - min(4, len(r["beta_by_depth"])))
             ident = "n/a" if r["identical"] is None else ("yes" if r["identical"] else f"{r['identical_count']}/{r['prompts']}")
+            if r.get("divergences"):
+                ident += f" (top-2 gap ≤ {max(d['top2_logit_gap'] for d in r['divergences']):.2f})"
             lines.append("| " + " | ".join([name, cat, str(r["prompts"]), f"{r['ar_tokens_per_s']:.1f}",
                                             f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}×", f"{r['tau']:.2f}",
                                             *betas, f"{r['c']:.3f}", ident]) + " |")

@@ -16,6 +16,21 @@ def cpu_model() -> str:
     return cpu or "unknown CPU"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX); elsewhere bf16 is emulated
+    and slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def machine() -> str:
     """A short stable name: host, CPU model, torch threads and version, hashed."""
     import torch

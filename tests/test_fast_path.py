@@ -125,6 +125,29 @@ def test_fast_path_logits_equal_transformers_on_tiny_models(kind, pack, one_thre
         torch.testing.assert_close(row, cache_free(model, committed + [leaf])[-1], atol=TINY_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("kind", TINY)
+def test_bf16_packs_only_where_the_cpu_has_it_and_computes_what_transformers_does(kind, monkeypatch, one_thread):
+    """bfloat16 weights are packed for oneDNN only on a CPU with native bf16 (elsewhere it is emulated and
+    slower than float32); packed or not, the fast path's bf16 logits are transformers' bf16 logits to
+    within bf16's resolution (float32 logits on the same scenario differ from both by about as much)."""
+    from specviz.fast import weights
+
+    model = TINY[kind]().to(torch.bfloat16)
+    monkeypatch.setattr(weights, "native_bf16", lambda: False)
+    assert not weights.should_pack(model)
+    monkeypatch.setattr(weights, "native_bf16", lambda: True)
+    assert weights.should_pack(model)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    prompt = [1, 5, 7, 3, 9, 2, 11]
+    for pack in (True, False):
+        assert fast.prepare(model, pack=pack).packed == pack
+        (want, _, _), (got, _, _) = scenario(CachedLM(model, fast_path=False), prompt), scenario(CachedLM(model, fast_path=True), prompt)
+        for i, (a, b) in enumerate(zip(want, got)):
+            scale = max(1.0, float(a.float().abs().max()))
+            torch.testing.assert_close(b.float(), a.float(), atol=0.05 * scale, rtol=0, msg=lambda m: f"{kind} {pack} {i}: {m}")
+
+
 def test_tree_nodes_equal_cache_free_forwards(one_thread):
     model = tiny_qwen2(1)
     lm = CachedLM(model, fast_path=True)
