@@ -50,28 +50,46 @@ class _Plan:
 @torch.inference_mode()
 def forward_together(calls: list[tuple["CachedLM", list[int], list[int], list[int], tuple[int, ...]]]) -> list:
     """CachedLM.forward for several caches at once (runs of different visitors over one model): each
-    call's (lm, committed, tokens, parents, hidden_layers) gives what its own forward would return. Caches
+    call's (lm, committed, tokens, parents, hidden_layers) gives what its own forward would return, or
+    the exception its own forward raised (one run's bad state ends that run, not the others). Caches
     over the same fast-path model share one batched forward (fast.forward_many); any other goes alone."""
     results: list = [None] * len(calls)
     groups: dict[int, list[tuple[int, CachedLM, _Plan]]] = {}
     for i, (lm, committed, tokens, parents, layers) in enumerate(calls):
-        if not lm.fast_path:
-            results[i] = lm.forward(committed, tokens, parents, layers)
+        try:
+            if not lm.fast_path:
+                results[i] = lm.forward(committed, tokens, parents, layers)
+                continue
+            plan = lm._plan(committed, tokens, parents, layers)
+        except Exception as err:  # noqa: BLE001 - handed to this call's run
+            results[i] = err
             continue
-        plan = lm._plan(committed, tokens, parents, layers)
         if plan is None:
             results[i] = (None, torch.empty(0, lm.vocab))
             continue
         groups.setdefault(id(lm._fast), []).append((i, lm, plan))
     for members in groups.values():
-        fm = members[0][1]._fast
-        start = time.perf_counter()
-        outs = fast.forward_many(fm, [fast.Rows(lm.kv, p.ids, p.positions, p.allowed, p.keep, p.hidden_layers,
-                                                p.embeds) for _, lm, p in members])
-        share = (time.perf_counter() - start) / len(members)  # each run's part of the shared forward
-        for (i, lm, plan), (logits, hidden) in zip(members, outs):
-            results[i] = lm._finish(plan, logits, hidden, share)
+        try:
+            _forward_members(members, results)
+        except Exception:  # noqa: BLE001 - find whose: each alone (a failed forward changed no cache length)
+            if len(members) == 1:
+                raise
+            for member in members:
+                try:
+                    _forward_members([member], results)
+                except Exception as err:  # noqa: BLE001
+                    results[member[0]] = err
     return results
+
+
+def _forward_members(members: list, results: list) -> None:
+    fm = members[0][1]._fast
+    start = time.perf_counter()
+    outs = fast.forward_many(fm, [fast.Rows(lm.kv, p.ids, p.positions, p.allowed, p.keep, p.hidden_layers,
+                                            p.embeds) for _, lm, p in members])
+    share = (time.perf_counter() - start) / len(members)  # each run's part of the shared forward
+    for (i, lm, plan), (logits, hidden) in zip(members, outs):
+        results[i] = lm._finish(plan, logits, hidden, share)
 
 
 LIVE: "weakref.WeakSet[CachedLM]" = weakref.WeakSet()  # every cache alive in this process (a server's health)

@@ -257,8 +257,12 @@ class Scheduler:
                     self._fail(ticket, err)
                 return going
             share = (time.perf_counter() - t0) / len(asked)
-            for (ticket, _), (root, nodes) in zip(asked, answers):
+            for (ticket, _), answer in zip(asked, answers):
+                if isinstance(answer, BaseException):  # this run's own forward failed; the others go on
+                    self._fail(ticket, answer)
+                    continue
                 ticket.clock.used += share
+                root, nodes = answer
                 if self._advance(ticket, (root, nodes, share)):
                     going.append(ticket)
         self.forwards_shared += len(asked) > 1

@@ -94,6 +94,40 @@ def test_runs_taking_turns_equal_runs_alone(tiny_target, tiny_drafter, one_threa
     assert (sched.load()["shared_forwards"] > 0) == (batch > 1)
 
 
+def test_a_shared_forward_failing_for_one_run_ends_only_that_run(tiny_target, tiny_drafter, one_thread):
+    """One run's part of a batched forward fails (its cache refuses to grow): that run ends with the error,
+    the others in the same forward finish with exactly their tokens alone."""
+    from specviz.engine import TargetForward
+
+    alone = [stripped(e.stream(p, s)) for e, (p, s) in zip(engines(tiny_target, tiny_drafter), CASES)]
+    sched = Scheduler(max_active=4, max_batch=4)
+
+    def breaking(stream):  # run 1's cache fails at its third verification forward
+        answer, seen = None, 0
+        while True:
+            try:
+                ev = stream.send(answer) if answer is not None else next(stream)
+            except StopIteration:
+                return
+            if isinstance(ev, TargetForward):
+                seen += 1
+                if seen == 3:
+                    def refuse(total):
+                        raise MemoryError("no room for this run's cache")
+                    ev.lm.kv.reserve = refuse
+            answer = yield ev
+
+    pairs = list(zip(engines(tiny_target, tiny_drafter), CASES))
+    streams = [e.stream(p, s, batched=True) for e, (p, s) in pairs]
+    streams[1] = breaking(streams[1])
+    tickets = [sched.submit(s) for s in streams]
+    with pytest.raises(MemoryError, match="no room"):
+        drain(tickets[1])
+    for i in (0, 2, 3):
+        same(stripped(drain(tickets[i])), alone[i])
+    assert sched.load()["shared_forwards"] > 0
+
+
 @pytest.mark.skipif(models.status("smollm2-135m") != "ready", reason="smollm2-135m not fetched")
 @pytest.mark.parametrize("batch", [1, 3])
 def test_real_drafters_taking_turns_equal_alone(batch):
