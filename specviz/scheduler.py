@@ -91,6 +91,7 @@ class Ticket:
         self.box: queue.Queue = queue.Queue()
         self.closed = False
         self.submitted = time.monotonic()
+        self.started = False  # has had a turn
 
     def place(self) -> tuple[int, float] | None:
         """(runs ahead of this one, expected seconds until it starts) while it waits; None once started."""
@@ -122,6 +123,7 @@ class Scheduler:
         self._waiting: deque[Ticket] = deque()
         self._calls: deque = deque()
         self._durations: deque[float] = deque(maxlen=32)  # wall seconds of recent runs, for expected waits
+        self._first_turns: deque[float] = deque(maxlen=256)  # seconds from submission to a run's first turn
         self._thread: threading.Thread | None = None
         self._turning: list[Ticket] = []  # the runs having their turn (out of the round meanwhile)
         self.rounds = self.forwards_shared = 0
@@ -170,9 +172,11 @@ class Scheduler:
     def load(self) -> dict:
         """How busy the decoding thread is (for /health and the status line)."""
         with self._cond:
+            waits = sorted(self._first_turns)
+            at = (lambda q: round(waits[min(len(waits) - 1, int(q * len(waits)))], 2) if waits else None)
             return dict(active=self._decoding(), waiting=len(self._waiting), max_active=self.max_active,
                         max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.rounds,
-                        shared_forwards=self.forwards_shared)
+                        shared_forwards=self.forwards_shared, first_turn_p50_s=at(0.5), first_turn_p95_s=at(0.95))
 
     def wake(self) -> None:
         with self._cond:
@@ -200,6 +204,11 @@ class Scheduler:
                 take = min(len(self._active), self.max_batch)
                 turn = [self._active.popleft() for _ in range(take)]
                 if calls or turn:
+                    now = time.monotonic()
+                    for ticket in turn:
+                        if not ticket.started:  # how long a visitor waited for the decoding thread (health)
+                            ticket.started = True
+                            self._first_turns.append(now - ticket.submitted)
                     self._turning = turn
                     return calls, turn
                 self._cond.wait()

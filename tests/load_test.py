@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -56,6 +57,13 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -247,11 +255,13 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
 
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
+        cpu0 = (cpu_s(server.pid), cpu_s(os.getpid()))
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.time() - t0
+        cpu = (cpu_s(server.pid) - cpu0[0], cpu_s(os.getpid()) - cpu0[1])  # the app's, and this process's (clients)
         sampling.set()
         time.sleep(12)  # idle step-by-step runs are released (SPECVIZ_STEP_IDLE_S=5, reaper every ~1.25 s)
         health = warm.predict(api_name="/health")
@@ -280,7 +290,13 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                   rss_2min_mb=next((mb for s, mb in rss_log if s >= 120), None),
                   rss_max_mb=max((mb for _, mb in rss_log), default=None), rss_log=rss_log,
                   rss_bound_mb=RSS_BOUND_MB, health_start=health_start, health=health, error_text=stats["error_text"][:10],
-                  uptime=os.popen("uptime").read().strip())
+                  uptime=os.popen("uptime").read().strip(),
+                  # where the two cores went while the sessions ran: the app, and the clients in this process
+                  app_cpu_s=round(cpu[0], 1), clients_cpu_s=round(cpu[1], 1),
+                  clients_cpu_share=round(cpu[1] / max(1e-9, cpu[0] + cpu[1]), 2))
+    turn = re.search(r"first turn p50 ([\d.]+|None) s, p95 ([\d.]+|None) s", health or "")
+    if turn:  # the app's own view: submission to the run's first turn on the decoding thread
+        report.update(first_turn_p50_s=turn[1], first_turn_p95_s=turn[2])
     if heavy:
         report.update(heavy_status=limited.get("heavy_status", ""), heavy_run_s=limited.get("heavy_run_s"))
     return report

@@ -236,3 +236,14 @@ def test_time_limit_reads_the_run_clock(tiny_target, one_thread):
                                                        clock=clock))
     assert events[-1].stop_reason == "time limit" and events[-1].metrics.tokens == 0
     torch.manual_seed(0)
+
+
+def test_the_wait_for_a_first_turn_is_measured():
+    # /health reports how long visitors waited for the decoding thread: a run queued behind a 0.15 s one
+    # waited at least that long
+    sched = Scheduler(max_active=1)
+    assert sched.load()["first_turn_p50_s"] is None
+    first, second = sched.submit(steps(3, 0.05)), sched.submit(steps(1))
+    assert len(drain(first)) == 3 and len(drain(second)) == 1
+    load = sched.load()
+    assert 0 <= load["first_turn_p50_s"] <= load["first_turn_p95_s"] and load["first_turn_p95_s"] >= 0.14

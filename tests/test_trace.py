@@ -247,3 +247,30 @@ def test_a_trace_at_every_limit_loads_and_renders_cheaply(capsys):
               f"render {done - loaded:.2f} s, views {sum(sizes) / 1e6:.2f} MB")
     assert max(sizes) < 1_500_000 and sum(sizes) < 5_000_000
     assert done - start < 60  # measured ~3 s on 2 busy cores; this only catches a return of the 129 s
+
+
+def test_exports_of_runs_ending_together_never_fail_on_each_others_pruning(tmp_path, monkeypatch):
+    # two visitors' runs ending at once prune the same folder; a trace the other one removed between
+    # listing the folder and reading its age must be skipped, not end the run with "No such file"
+    import os
+    from pathlib import Path
+
+    from specviz.ui import render
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for name in ("old.trace.json", "gone.trace.json", "new.trace.json"):
+        (folder / name).write_text("{}")
+    old = __import__("time").time() - 2 * render.EXPORT_KEEP_S
+    os.utime(folder / "old.trace.json", (old, old))
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self.name == "gone.trace.json":  # another thread unlinked it a moment ago
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    render.prune(folder, __import__("time").time() - render.EXPORT_KEEP_S)
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["gone.trace.json", "new.trace.json"]  # the old one pruned, the rest untouched

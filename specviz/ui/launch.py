@@ -103,8 +103,8 @@ def health() -> str:
 
     live, stepping = live_runs()
     turns = decoder().load() if scheduling() else None
-    taking = (f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most)"
-              if turns else "")
+    taking = (f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most; "
+              f"first turn p50 {turns['first_turn_p50_s']} s, p95 {turns['first_turn_p95_s']} s)" if turns else "")
     from ..lm import live_caches
 
     heap = memory.describe()

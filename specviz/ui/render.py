@@ -27,6 +27,18 @@ NEXT = "Next step ▶"  # the step explorer's next button, between two-click ste
 EXPORT_KEEP_S = 3600  # exported traces are handed to gradio's cache at once; keep an hour
 
 
+def prune(folder: Path, cutoff: float) -> None:
+    """Delete the folder's traces last written before `cutoff`. Visitors' runs ending together prune the
+    same folder at once: a file another one removed first is skipped, not an error (it was, and ended
+    those runs with "No such file" once their exports were an hour old)."""
+    for old in folder.glob("*.json"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def export_trace(events: list[Event], partial: bool = False) -> str | None:
     """A finished run saved as a trace file for the download button (None while unfinished, unless
     `partial`: a stopped run, saved as far as it got). A run that did not reach its end (stopped, time
@@ -37,10 +49,7 @@ def export_trace(events: list[Event], partial: bool = False) -> str | None:
         return None
     folder = Path(tempfile.gettempdir()) / "specviz-exports"
     folder.mkdir(exist_ok=True)
-    cutoff = time.time() - EXPORT_KEEP_S
-    for old in folder.glob("*.json"):
-        if old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
+    prune(folder, time.time() - EXPORT_KEEP_S)
     start = views.run_started(events)
     tag = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{start.target}-{start.drafter}")[:60]
     cut = end is None or end.stop_reason in ("cancelled", "time limit")
