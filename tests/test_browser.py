@@ -142,6 +142,12 @@ def test_first_screen_errors_in_one_place_and_a_run_in_view(url, browser, tmp_pa
     assert visible_badges(page) == 0
     assert page.inner_html("#specviz-tokens") == before
 
+    # the visitor dismisses the error toasts (the run's screenshot shows the page, not old errors)
+    for close in page.locator("[data-testid='toast-close']").all():
+        if close.is_visible():
+            close.click()
+    page.wait_for_selector("[data-testid='toast-body']", state="detached", timeout=10_000)
+
     # a run: the output scrolls into view, the status says the phase, the end opens an instructive step
     page.fill("#specviz-prompt textarea", PROMPT)
     page.mouse.wheel(0, 2000)  # scrolled down, as after reading the figures

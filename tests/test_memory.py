@@ -10,7 +10,9 @@ from specviz import memory
 @pytest.mark.skipif(memory.heap() is None, reason="not glibc")
 def test_the_heap_counts_live_allocations_in_every_arena():
     def allocate(box):
-        box.extend(bytearray(64 * 1024) for _ in range(800))  # ~50 MB below the mmap threshold: on a heap
+        # ~200 MB in blocks below the mmap threshold: on a heap. Large next to what other threads of a long
+        # test process (servers of earlier tests) allocate or free meanwhile: the count is process-wide
+        box.extend(bytearray(64 * 1024) for _ in range(3200))
 
     for where in ("main thread", "another thread"):  # another thread allocates in an arena of its own
         before, blocks = memory.heap(), []
@@ -21,9 +23,9 @@ def test_the_heap_counts_live_allocations_in_every_arena():
             worker.start()
             worker.join()
         during = memory.heap()
-        assert during["in_use"] - before["in_use"] > 40 * 2**20, where
+        assert during["in_use"] - before["in_use"] > 150 * 2**20, where
         del blocks[:]
-        assert memory.heap()["in_use"] < during["in_use"] - 40 * 2**20, where
+        assert memory.heap()["in_use"] < during["in_use"] - 150 * 2**20, where
     assert isinstance(memory.trim(), bool) and "heap in use" in memory.describe()
 
 
