@@ -492,3 +492,17 @@ def test_sampled_jobs_draw_the_same_tokens_whatever_shares_their_slots():
     alone = {j: run([j], 1)[j] for j in range(4)}
     assert all(torch.equal(together[j], alone[j]) for j in range(4))
     assert len({tuple(t.tolist()[len(prompts[j]):]) for j, t in together.items()}) > 1
+
+
+def test_the_data_sampler_draws_from_the_tempered_distribution():
+    # one uniform per draw (inverse CDF) in place of torch.multinomial: the same distribution, and a token
+    # with no probability is never drawn
+    logits = torch.tensor([2.0, 0.5, -1.0, 1.0, float("-inf")])
+    gen = torch.Generator().manual_seed(0)
+    n = 40_000
+    for t in (1.0, 0.7):
+        p = (logits / t).softmax(-1)
+        counts = torch.bincount(torch.tensor([distill.draw(logits, t, gen) for _ in range(n)]), minlength=5).double()
+        assert counts[4] == 0
+        sd = (n * p * (1 - p)).sqrt()
+        assert ((counts - n * p).abs() <= 4 * sd + 1e-9).all(), (t, counts / n, p)
