@@ -92,10 +92,19 @@ class Ticket:
         self.closed = False
         self.submitted = time.monotonic()
         self.started = False  # has had a turn
+        self.turned_at: float | None = None  # when its first turn began
+        self.stepped_at: float | None = None  # when its first step's events were handed over
+        self.picked = False
 
     def place(self) -> tuple[int, float] | None:
         """(runs ahead of this one, expected seconds until it starts) while it waits; None once started."""
         return self.scheduler.place(self)
+
+    def sending(self) -> None:
+        """The visitor's handler is sending an update with the run's first step (timed for /health)."""
+        if self.stepped_at is not None and not self.picked:
+            self.picked = True
+            self.scheduler._pickups.append(time.monotonic() - self.stepped_at)
 
     def batches(self, tick_s: float | None = None) -> Iterator[list]:
         """The run's events in batches as they come (an empty batch every `tick_s` s in which none came)."""
@@ -123,7 +132,11 @@ class Scheduler:
         self._waiting: deque[Ticket] = deque()
         self._calls: deque = deque()
         self._durations: deque[float] = deque(maxlen=32)  # wall seconds of recent runs, for expected waits
-        self._first_turns: deque[float] = deque(maxlen=256)  # seconds from submission to a run's first turn
+        # where a visitor's wait for a first token goes (for /health): submission -> first turn -> first step's
+        # events in the box -> the handler sending them
+        self._first_turns: deque[float] = deque(maxlen=256)
+        self._first_steps: deque[float] = deque(maxlen=256)
+        self._pickups: deque[float] = deque(maxlen=256)
         self._thread: threading.Thread | None = None
         self._turning: list[Ticket] = []  # the runs having their turn (out of the round meanwhile)
         self.rounds = self.forwards_shared = 0
@@ -172,11 +185,16 @@ class Scheduler:
     def load(self) -> dict:
         """How busy the decoding thread is (for /health and the status line)."""
         with self._cond:
-            waits = sorted(self._first_turns)
-            at = (lambda q: round(waits[min(len(waits) - 1, int(q * len(waits)))], 2) if waits else None)
-            return dict(active=self._decoding(), waiting=len(self._waiting), max_active=self.max_active,
-                        max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.rounds,
-                        shared_forwards=self.forwards_shared, first_turn_p50_s=at(0.5), first_turn_p95_s=at(0.95))
+            out = dict(active=self._decoding(), waiting=len(self._waiting), max_active=self.max_active,
+                       max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.rounds,
+                       shared_forwards=self.forwards_shared)
+            for name, seconds in (("first_turn", self._first_turns), ("first_step", self._first_steps),
+                                  ("pickup", self._pickups)):
+                ordered = sorted(seconds)
+                for q in (50, 95):
+                    out[f"{name}_p{q}_s"] = (round(ordered[min(len(ordered) - 1, q * len(ordered) // 100)], 2)
+                                            if ordered else None)
+            return out
 
     def wake(self) -> None:
         with self._cond:
@@ -207,7 +225,7 @@ class Scheduler:
                     now = time.monotonic()
                     for ticket in turn:
                         if not ticket.started:  # how long a visitor waited for the decoding thread (health)
-                            ticket.started = True
+                            ticket.started, ticket.turned_at = True, now
                             self._first_turns.append(now - ticket.submitted)
                     self._turning = turn
                     return calls, turn
@@ -294,6 +312,9 @@ class Scheduler:
                 if isinstance(item, TargetForward):
                     return item
                 ticket.box.put(item)
+                if ticket.stepped_at is None and isinstance(item, StepFinished) and ticket.turned_at is not None:
+                    ticket.stepped_at = time.monotonic()
+                    self._first_steps.append(ticket.stepped_at - ticket.turned_at)
                 if isinstance(item, RunFinished):
                     break
                 if ticket.ends_turn(item):

@@ -294,9 +294,11 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                   # where the two cores went while the sessions ran: the app, and the clients in this process
                   app_cpu_s=round(cpu[0], 1), clients_cpu_s=round(cpu[1], 1),
                   clients_cpu_share=round(cpu[1] / max(1e-9, cpu[0] + cpu[1]), 2))
-    turn = re.search(r"first turn p50 ([\d.]+|None) s, p95 ([\d.]+|None) s", health or "")
-    if turn:  # the app's own view: submission to the run's first turn on the decoding thread
-        report.update(first_turn_p50_s=turn[1], first_turn_p95_s=turn[2])
+    for name, label in (("first_turn", "first turn"), ("first_step", "first step done"),
+                        ("pickup", "sent by the handler")):  # the app's own view of a first token's wait
+        found = re.search(label + r" p50 ([\d.]+|None) s, p95 ([\d.]+|None) s", health or "")
+        if found:
+            report.update({f"{name}_p50_s": found[1], f"{name}_p95_s": found[2]})
     if heavy:
         report.update(heavy_status=limited.get("heavy_status", ""), heavy_run_s=limited.get("heavy_run_s"))
     return report

@@ -247,3 +247,8 @@ def test_the_wait_for_a_first_turn_is_measured():
     assert len(drain(first)) == 3 and len(drain(second)) == 1
     load = sched.load()
     assert 0 <= load["first_turn_p50_s"] <= load["first_turn_p95_s"] and load["first_turn_p95_s"] >= 0.14
+    # its first step took 0.05 s from the start of its first turn; the handler sent it some time later
+    assert load["first_step_p95_s"] >= 0.04 and load["pickup_p50_s"] is None
+    first.sending()
+    first.sending()  # counted once
+    assert sched.load()["pickup_p50_s"] >= 0 and len(sched._pickups) == 1

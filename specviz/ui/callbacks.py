@@ -204,13 +204,21 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
                 yield status_only(place)
             elif not shown and events:  # the run has started: clear the last run's views once
                 shown = True
+                sending(ticket, batch)
                 yield started(session, note=note)
             elif views.latest_metrics(events) is None and events and throttle.due():
                 yield status_only(status_line(events, note, waited_s=time.monotonic() - began))
             elif any(isinstance(ev, StepFinished) for ev in batch) and throttle.due():
+                sending(ticket, batch)
                 yield render(session, note=note, figures=False)
     except ValueError as err:  # a drafter or rule refusing these settings mid-run
         raise fail(err) from None
+
+
+def sending(ticket: list, batch: list) -> None:
+    """Tell the run's ticket (scheduler.py) an update with its first step goes out now (/health times it)."""
+    if ticket and any(isinstance(ev, StepFinished) for ev in batch):
+        ticket[0].sending()
 
 
 def views_kept(handler):

@@ -103,8 +103,13 @@ def health() -> str:
 
     live, stepping = live_runs()
     turns = decoder().load() if scheduling() else None
-    taking = (f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most; "
-              f"first turn p50 {turns['first_turn_p50_s']} s, p95 {turns['first_turn_p95_s']} s)" if turns else "")
+    taking = ""
+    if turns:
+        timed = (f"; first turn p50 {turns['first_turn_p50_s']} s, p95 {turns['first_turn_p95_s']} s; first step "
+                 f"done p50 {turns['first_step_p50_s']} s, p95 {turns['first_step_p95_s']} s after it; sent by the "
+                 f"handler p50 {turns['pickup_p50_s']} s, p95 {turns['pickup_p95_s']} s later"
+                 if turns["pickup_p50_s"] is not None else "")  # once a run's first tokens went out
+        taking = f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most{timed})"
     from ..lm import live_caches
 
     heap = memory.describe()
