@@ -251,7 +251,8 @@ def generate_slots(model, prompts: list[list[int]], temperatures: list[float], e
         greedy = logits.argmax(-1).tolist()
         if len(rows) == 1:
             rows[0]["rec"].append((h, ids, logp, extra))
-            rows[0]["last"], rows[0]["greedy"] = logits[-1], greedy[-1]
+            # a copy: a view would keep the prompt's whole [n, vocab] logits alive (GBs for 64 long prompts)
+            rows[0]["last"], rows[0]["greedy"] = logits[-1].clone(), greedy[-1]
             return
         for b, row in enumerate(rows):
             row["rec"].append((h[b:b + 1], ids[b:b + 1], logp[b:b + 1], {L: e[b:b + 1] for L, e in extra.items()}))
