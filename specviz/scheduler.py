@@ -137,6 +137,7 @@ class Scheduler:
         self._first_turns: deque[float] = deque(maxlen=256)
         self._first_steps: deque[float] = deque(maxlen=256)
         self._pickups: deque[float] = deque(maxlen=256)
+        self._call_waits: deque[float] = deque(maxlen=256)  # a call's wait for the gap between two turns
         self._thread: threading.Thread | None = None
         self._turning: list[Ticket] = []  # the runs having their turn (out of the round meanwhile)
         self.rounds = self.forwards_shared = 0
@@ -164,11 +165,13 @@ class Scheduler:
         if threading.current_thread() is self._thread:
             return fn()
         done, out = threading.Event(), {}
+        asked = time.monotonic()
         with self._cond:
             self._calls.append((fn, done, out))
             self._ensure_thread()
             self._cond.notify()
         done.wait()
+        self._call_waits.append(time.monotonic() - asked)
         if "error" in out:
             raise out["error"]
         return out.get("value")
@@ -188,8 +191,8 @@ class Scheduler:
             out = dict(active=self._decoding(), waiting=len(self._waiting), max_active=self.max_active,
                        max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.rounds,
                        shared_forwards=self.forwards_shared)
-            for name, seconds in (("first_turn", self._first_turns), ("first_step", self._first_steps),
-                                  ("pickup", self._pickups)):
+            for name, seconds in (("call", self._call_waits), ("first_turn", self._first_turns),
+                                  ("first_step", self._first_steps), ("pickup", self._pickups)):
                 ordered = sorted(seconds)
                 for q in (50, 95):
                     out[f"{name}_p{q}_s"] = (round(ordered[min(len(ordered) - 1, q * len(ordered) // 100)], 2)

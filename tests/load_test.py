@@ -294,7 +294,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                   # where the two cores went while the sessions ran: the app, and the clients in this process
                   app_cpu_s=round(cpu[0], 1), clients_cpu_s=round(cpu[1], 1),
                   clients_cpu_share=round(cpu[1] / max(1e-9, cpu[0] + cpu[1]), 2))
-    for name, label in (("first_turn", "first turn"), ("first_step", "first step done"),
+    for name, label in (("call", "calls between turns waited"), ("first_turn", "first turn"), ("first_step", "first step done"),
                         ("pickup", "sent by the handler")):  # the app's own view of a first token's wait
         found = re.search(label + r" p50 ([\d.]+|None) s, p95 ([\d.]+|None) s", health or "")
         if found:

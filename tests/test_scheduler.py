@@ -225,6 +225,7 @@ def test_calls_run_on_the_decoding_thread_between_turns():
     assert where == "specviz-decode" and {t for _, t in log} == {"specviz-decode"}
     with pytest.raises(KeyError):
         sched.call(lambda: {}["missing"])
+    assert len(sched._call_waits) == 2 and sched.load()["call_p95_s"] >= 0  # their waits are timed (/health)
 
 
 def test_time_limit_reads_the_run_clock(tiny_target, one_thread):
