@@ -201,6 +201,12 @@ def write_card(out: Path, target: str, arms: list[str], skipped: list[str], max_
 def cmd_collect(a) -> int:
     from tqdm import tqdm
 
+    import signal
+
+    def stopped(signum, frame):  # `kill` (a background job ignores Ctrl-C): end like Ctrl-C, card written
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)
     arms = [s.strip() for s in a.arms.split(",") if s.strip()] if a.arms else list(DEFAULT_ARMS)
     out = Path(a.out) if a.out else default_dir(a.target)
     path = collect(a.target, arms, a.limit, a.max_new_tokens, out, a.seed, not a.no_fast_path,
