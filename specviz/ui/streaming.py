@@ -43,7 +43,7 @@ class Stop:
 def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None, batched: bool = True,
                  image=None) -> Iterator[Event]:
     """Start the engine's event stream under this deployment's budgets (wall clock per run; draft
-    nodes per step); input errors (prompt vs context, settings) surface with its first events."""
+    nodes per step); input errors (prompt vs context, settings) surface here, before any output."""
     limits = budgets()
     stop = stop if stop is not None else Stop()
     clock = scheduler.RunClock() if scheduling() else None  # the time limit counts the run's own turns
@@ -55,13 +55,13 @@ def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None, batc
         stream = engine.stream_image(prompt, image, **shared)
     else:
         stream = engine.stream_text(prompt, **shared)
-    # the engine's first event is made in the run's first turn, on the decoding thread (the run's caches are
-    # allocated where every forward runs: one malloc arena for the big buffers), not fetched here first: that
-    # waited for a gap between two turns, a whole round before the run could even queue for its first turn;
-    # a bad prompt raises from the run's first batch, before any of its views is drawn
+    # on the decoding thread: the run's caches are allocated where every forward runs (one malloc arena
+    # for the big buffers, not one per visitor's thread); a bad prompt still raises here, before any output
+    first = on_decoder(lambda: next(stream))
 
     def chained():
         try:
+            yield first
             answer = None
             while True:  # by hand, not a for loop: a batched stream is sent its forwards' answers
                 try:
