@@ -71,9 +71,10 @@ def forward_together(calls: list[tuple["CachedLM", list[int], list[int], list[in
     for members in groups.values():
         try:
             _forward_members(members, results)
-        except Exception:  # noqa: BLE001 - find whose: each alone (a failed forward changed no cache length)
+        except Exception as err:  # noqa: BLE001 - find whose: each alone (a failed forward changed no cache length)
             if len(members) == 1:
-                raise
+                results[members[0][0]] = err
+                continue
             for member in members:
                 try:
                     _forward_members([member], results)

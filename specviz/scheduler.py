@@ -91,8 +91,7 @@ class Ticket:
         self.box: queue.Queue = queue.Queue()
         self.closed = False
         self.submitted = time.monotonic()
-        self.started = False  # has had a turn
-        self.turned_at: float | None = None  # when its first turn began
+        self.turned_at: float | None = None  # when its first turn began (None: still waiting for it)
         self.stepped_at: float | None = None  # when its first step's events were handed over
         self.picked = False
 
@@ -227,8 +226,8 @@ class Scheduler:
                 if calls or turn:
                     now = time.monotonic()
                     for ticket in turn:
-                        if not ticket.started:  # how long a visitor waited for the decoding thread (health)
-                            ticket.started, ticket.turned_at = True, now
+                        if ticket.turned_at is None:  # how long a visitor waited for the decoding thread (health)
+                            ticket.turned_at = now
                             self._first_turns.append(now - ticket.submitted)
                     self._turning = turn
                     return calls, turn

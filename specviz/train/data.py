@@ -221,7 +221,9 @@ def generate_slots(model, prompts: list[list[int]], temperatures: list[float], e
     as generate_batch makes them. Up to `slots` jobs decode together, one token each per forward
     (fast/slots.py: one padded KV cache, attention masked per slot); a finished job's slot takes the
     next prompt, read alone by the ordinary fast forward (no padding) and copied in. Sampled jobs draw
-    with their own generator, so a job's tokens do not depend on which others share its forwards."""
+    with their own generator, so a job's random draws do not depend on which others share its forwards
+    (its logits still do, at float rounding: a batched product sums in another order, so a draw that
+    falls on a boundary, or a greedy near-tie, can go the other way)."""
     from .. import fast
     from ..fast import slots as slotted
 
@@ -379,14 +381,19 @@ def _build_slotted(root: Path, todo: list[int], jobs: list[dict], rows: list[dic
                    seed: int, max_new_tokens: int, layers: tuple[int, ...], progress, log) -> None:
     """build()'s CPU route: the todo shards' jobs streamed through generate_slots (continuous batching on
     the fast path); a shard is written as soon as its last job finishes. Each sampled job draws with
-    a generator seeded by (seed, job), so its tokens do not depend on the batching."""
+    a generator seeded by (seed, job), so its random draws do not depend on the batching (its logits
+    do, at float rounding)."""
     from ..api import encode_prompt
 
-    order = [j for s in todo for j in range(len(jobs)) if jobs[j]["shard"] == s]
+    members: dict[int, list[int]] = {s: [] for s in todo}  # each shard's jobs, in job order
+    for j, job in enumerate(jobs):
+        if job["shard"] in members:
+            members[job["shard"]].append(j)
+    order = [j for s in todo for j in members[s]]
     prompts = [encode_prompt(tokenizer, rows[jobs[j]["prompt"]]["prompt"], True) for j in order]
     temps = [jobs[j]["temperature"] for j in order]
     gens = [torch.Generator().manual_seed(seed * 100_003 + j) if t > 0 else None for j, t in zip(order, temps)]
-    waiting = {s: sum(1 for j in order if jobs[j]["shard"] == s) for s in todo}
+    waiting = {s: len(members[s]) for s in todo}
     done: dict[int, dict] = {}
     bar = progress(todo) if progress else None
     made, positions, t_all = 0, 0, time.perf_counter()
@@ -399,8 +406,7 @@ def _build_slotted(root: Path, todo: list[int], jobs: list[dict], rows: list[dic
         waiting[s] -= 1
         if waiting[s]:
             continue
-        mine = [k for k in order if jobs[k]["shard"] == s]
-        save_shard(root, s, [done.pop(k) for k in mine], mine, layers)
+        save_shard(root, s, [done.pop(k) for k in members[s]], members[s], layers)
         secs = time.perf_counter() - t_all
         msg = dict(resp_tok_s=f"{made / secs:.0f}", positions_s=f"{positions / secs:.0f}", resp_tokens=made)
         if bar is not None:
