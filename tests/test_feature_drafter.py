@@ -422,6 +422,24 @@ def test_head_computes_in_the_targets_dtype(trained3):
         assert all(p.dtype == torch.float64 for p in lm.head.parameters())
 
 
+def test_a_warm_start_begins_from_the_given_head(context_target, trained, trained3, tmp_path):
+    init = trained3.root / "head3.safetensors"
+    start = FeatureHead.load(init)
+    frozen = TrainConfig(steps=1, batch_tokens=256, vocab=0, seed=0, lr=0.0, recipe="eagle3", init=str(init))
+    out = train(context_target, trained3.data, frozen, tmp_path / "h.safetensors", tmp_path / "w0",
+                log=lambda *_: None, intermediate=64)
+    for name, value in start.state_dict().items():  # lr 0: one step leaves the loaded weights as they were
+        assert torch.equal(out["head"].state_dict()[name], value), name
+    cold = TrainConfig(steps=1, batch_tokens=256, vocab=0, seed=0, lr=0.0, recipe="eagle3")
+    fresh = train(context_target, trained3.data, cold, tmp_path / "c.safetensors", tmp_path / "w1",
+                  log=lambda *_: None, intermediate=64)
+    assert out["history"][0]["loss"] < fresh["history"][0]["loss"]  # it starts where the trained head ended
+    with pytest.raises(ValueError, match="another shape"):  # an EAGLE-1 head cannot start an EAGLE-3 run
+        train(context_target, trained3.data, TrainConfig(steps=1, batch_tokens=256, vocab=0, recipe="eagle3",
+                                                         init=str(trained.root / "head.safetensors")),
+              tmp_path / "x.safetensors", tmp_path / "w2", log=lambda *_: None, intermediate=64)
+
+
 def test_a_time_budget_ends_training_and_writes_the_head(context_target, trained, tmp_path):
     # max_seconds: the schedule runs on elapsed time, training stops at the budget with the head written
     cfg = TrainConfig(steps=100_000, batch_tokens=256, vocab=0, seed=0, lr=1e-2, max_seconds=1.0, checkpoint_every=50)

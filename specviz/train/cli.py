@@ -44,6 +44,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--minutes", type=float, default=0.0, help="eagle, eagle3: a training time budget; the learning-rate "
                    "schedule runs on the larger of step and time fraction and training ends at either limit")
     t.add_argument("--lr", type=float, help="eagle, eagle3: peak learning rate (default 1e-3)")
+    t.add_argument("--init", help="eagle, eagle3: start from this trained head (its weights and readout tokens) "
+                   "instead of random weights, e.g. to continue the shipped head on more data")
     t.add_argument("--out", help="weights file (default assets/drafters/eagle-<target>.safetensors)")
     t.add_argument("--work", help="checkpoints and loss curve (default <cache>/distill/<target>/eagle-work)")
     t.set_defaults(func=cmd_train_drafter)
@@ -92,7 +94,7 @@ def cmd_train_drafter(a: argparse.Namespace) -> int:
     work = Path(a.work) if a.work else data.data_dir(a.target).parent / f"{a.kind}-work"
     cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, vocab=a.vocab, seed=a.seed,
                       recipe="eagle3" if a.kind == "eagle3" else "eagle1", device=a.device,
-                      max_seconds=60 * a.minutes, checkpoint_every=100 if a.device == "cpu" else 500,
+                      max_seconds=60 * a.minutes, checkpoint_every=100 if a.device == "cpu" else 500, init=a.init,
                       **({"lr": a.lr} if a.lr else {}))
     result = train(model, sets, cfg, out, work, progress=bar(f"train {a.kind}"), log=log)
     last = [h for h in result["history"] if "valid" in h][-1:]

@@ -50,6 +50,7 @@ class TrainConfig:
     device: str = "cpu"  # where the head trains (the data is moved there once)
     max_seconds: float = 0.0  # > 0: the schedule runs on max(step / steps, time / max_seconds) and ends at 1
     checkpoint_every: int = CHECKPOINT_EVERY
+    init: str | None = None  # warm start: a trained head's weights and readout tokens (a checkpoint in `work` wins)
     history: list = field(default_factory=list)
 
 
@@ -313,8 +314,11 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
     vocab = int(target_model.config.vocab_size)
     ckpt = work / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False, map_location=dev) if ckpt.exists() else None
+    start_from = FeatureHead.load(cfg.init) if cfg.init and state is None else None
     if state is not None and "vocab_ids" in state:  # a resumed run keeps its readout tokens
         vocab_ids = None if state["vocab_ids"] is None else state["vocab_ids"].cpu()
+    elif start_from is not None:  # a warm start keeps the readout its weights were trained for
+        vocab_ids = start_from.vocab_ids
     else:
         vocab_ids = frequent_tokens(sets, cfg.vocab, vocab) if cfg.vocab else None
     train_seqs, valid_seqs = split(sets, cfg.device)
@@ -326,6 +330,12 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
         train_seqs = [q for q in train_seqs if "states" in q]
         valid_seqs = [q for q in valid_seqs if "states" in q]
     head = FeatureHead(HeadConfig.for_target(target_model.config, intermediate, layers), vocab_ids).to(dev)
+    if start_from is not None:
+        if start_from.config != head.config:
+            raise ValueError(f"{cfg.init} is a head of another shape ({start_from.config}) than this recipe and "
+                             f"target make ({head.config})")
+        head.load_state_dict(start_from.state_dict())
+        log(f"warm start from {cfg.init}")
     embed = target_model.get_input_embeddings().weight.detach().float().to(dev)
     readout = readout_weight(target_model, vocab_ids).float().to(dev)
     lookup = torch.full((vocab,), -1, dtype=torch.long)
@@ -399,6 +409,7 @@ def _train(target_model, data, cfg: TrainConfig, out: Path, work: Path, progress
     head.eval().cpu()
     meta = {"steps": history[-1]["step"] if history else cfg.steps, "batch_tokens": cfg.batch_tokens, "vocab": cfg.vocab, "seed": cfg.seed,
             "recipe": cfg.recipe, "ttt_steps": cfg.ttt_steps if cfg.recipe == "eagle3" else 0,
-            "shards": "+".join(str(len(d.paths)) for d in sets), "train_seconds_this_run": round(seconds)}
+            "shards": "+".join(str(len(d.paths)) for d in sets), "train_seconds_this_run": round(seconds),
+            **({"init": Path(cfg.init).name} if cfg.init else {})}
     head.save(out, meta)
     return {"head": head, "history": history, "seconds": seconds}

@@ -10,6 +10,7 @@
     measured.py   this machine's forward-cost curve and drafter speeds, kept per machine (metrics, menu)
     launch.py     address, launch() arguments, Space environment, GPU decorator, warm-up
     texts.py      the page's fixed words and CSS
+    skips.py      outputs a callback leaves alone skip gradio's per-output work (a gradio 6 cost)
 
     demo = build_demo(); demo.launch(**launch_kwargs())      # see the top-level app.py
 """

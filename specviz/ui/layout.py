@@ -19,7 +19,7 @@ from ..registry import Param
 from ..stop_rules import STOP_RULES
 from ..views.choice_view import choice_figure
 from ..views.race_view import EXPLAINER as RACE_EXPLAINER
-from . import callbacks, menus, teach
+from . import callbacks, menus, skips, teach
 from ..views.entropy_figure import CAPTION as CAPTION_ENTROPY, CAPTION_BOUND
 from ..views.lengths_figure import CAPTION as CAPTION_LENGTHS
 from ..views.timeline import CAPTION as CAPTION_TIMELINE
@@ -100,6 +100,7 @@ def _number_checked(block, preprocess):
 
 
 def build_demo() -> gr.Blocks:
+    skips.install()  # skipped outputs cost gradio nothing (a streamed update sets 5 of the run's 15)
     limits = app_limits()
     traces = list(example_traces())
     with gr.Blocks(title="specviz · speculative decoding, token by token", delete_cache=(3600, 3600)) as demo:
