@@ -5,9 +5,9 @@ from several threads at once fight over the same cores (oneDNN's one-row product
 under that contention; shared/NOTES.md), and runs served one after another make the last visitor
 wait for everyone's whole answer. Here one thread owns every forward. Each admitted run's event
 stream is advanced up to the end of its next step (StepFinished or RunFinished), then the next run
-has its turn (round robin); a newly admitted run has its first turn next, so a visitor who arrives
-while thirty others decode sees a first token after one step of someone else's, not after thirty
-answers.
+has its turn (round robin); newly admitted runs have the next round to themselves, so a visitor who
+arrives while thirty others decode sees a first token after one round of someone else's steps and their
+own first step, not after thirty answers.
 
 A round takes up to `max_batch` runs from the front of the round: each advances to its verification
 forward (a batched engine stream yields a TargetForward there instead of running it), those forwards
@@ -137,6 +137,7 @@ class Scheduler:
         self._first_steps: deque[float] = deque(maxlen=256)
         self._pickups: deque[float] = deque(maxlen=256)
         self._call_waits: deque[float] = deque(maxlen=256)  # a call's wait for the gap between two turns
+        self._round_times: deque[float] = deque(maxlen=4096)  # wall seconds of recent rounds
         self._thread: threading.Thread | None = None
         self._turning: list[Ticket] = []  # the runs having their turn (out of the round meanwhile)
         self.rounds = self.forwards_shared = 0
@@ -191,7 +192,8 @@ class Scheduler:
                        max_waiting=self.max_waiting, max_batch=self.max_batch, rounds=self.rounds,
                        shared_forwards=self.forwards_shared)
             for name, seconds in (("call", self._call_waits), ("first_turn", self._first_turns),
-                                  ("first_step", self._first_steps), ("pickup", self._pickups)):
+                                  ("first_step", self._first_steps), ("pickup", self._pickups),
+                                  ("round", self._round_times)):
                 ordered = sorted(seconds)
                 for q in (50, 95):
                     out[f"{name}_p{q}_s"] = (round(ordered[min(len(ordered) - 1, q * len(ordered) // 100)], 2)
@@ -222,7 +224,11 @@ class Scheduler:
                 calls = list(self._calls)
                 self._calls.clear()
                 take = min(len(self._active), self.max_batch)
-                turn = [self._active.popleft() for _ in range(take)]
+                fresh = 0  # newcomers wait at the front of the round
+                while fresh < take and self._active[fresh].turned_at is None:
+                    fresh += 1
+                # newcomers have a round of their own: their first step does not wait for fifteen others' steps
+                turn = [self._active.popleft() for _ in range(fresh or take)]
                 if calls or turn:
                     now = time.monotonic()
                     for ticket in turn:
@@ -247,6 +253,7 @@ class Scheduler:
                 done.set()
             if not tickets:
                 continue
+            began = time.monotonic()
             try:
                 going = self._round(tickets)
             except BaseException as err:  # never let the decoding thread die: this round's runs end with it
@@ -254,6 +261,7 @@ class Scheduler:
                     self._fail(ticket, err)
                 going = []
             with self._cond:
+                self._round_times.append(time.monotonic() - began)
                 self._turning = []
                 for ticket in tickets:
                     if ticket in going:

@@ -128,7 +128,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
     env.pop("SPACE_ID", None)
     server = subprocess.Popen([python, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
-    stats = dict(completed=0, cancelled=0, abandoned=0, errors=0, mismatches=0, first=[], token=[], run=[],
+    stats = dict(completed=0, cancelled=0, abandoned=0, errors=0, mismatches=0, first=[], token=[], run=[], cancel=[],
                  error_text=[], imports=[])
     rss_log: list[tuple[float, float]] = []  # (seconds since the sessions began, RSS MB)
     lock = threading.Lock()
@@ -206,10 +206,13 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                         t = time.time()
                         while len(job.outputs()) < 3 and time.time() - t < 60 and not job.done():
                             time.sleep(0.05)
-                        job.cancel()
+                        t = time.time()
+                        job.cancel()  # gradio_client's POST /cancel: it waits for the run's handler to yield
+                        took_cancel = time.time() - t
                         client.predict(api_name="/stop")
                         with lock:
                             stats["cancelled"] += 1
+                            stats["cancel"].append(took_cancel)
                     else:  # step-by-step, abandoned midway
                         client.predict(*args(prompt, max_new_tokens=64), api_name="/step_start")
                         client.predict(0, api_name="/step_next")
@@ -275,7 +278,9 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
             server.kill()
     report = dict(sessions=sessions, seconds=seconds, wall_s=round(wall, 1), completed=stats["completed"],
                   cancelled=stats["cancelled"], abandoned=stats["abandoned"], errors=stats["errors"],
-                  mismatches=stats["mismatches"], first_update_p50_s=round(pct(stats["first"], .5), 2),
+                  mismatches=stats["mismatches"], cancel_p50_s=round(pct(stats["cancel"], .5), 2),
+                  cancel_p95_s=round(pct(stats["cancel"], .95), 2), cancel_max_s=round(max(stats["cancel"], default=0), 2),
+                  first_update_p50_s=round(pct(stats["first"], .5), 2),
                   first_update_p95_s=round(pct(stats["first"], .95), 2),
                   first_token_p50_s=round(pct(stats["token"], .5), 2),
                   first_token_p95_s=round(pct(stats["token"], .95), 2),
@@ -295,7 +300,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                   app_cpu_s=round(cpu[0], 1), clients_cpu_s=round(cpu[1], 1),
                   clients_cpu_share=round(cpu[1] / max(1e-9, cpu[0] + cpu[1]), 2))
     for name, label in (("call", "calls between turns waited"), ("first_turn", "first turn"), ("first_step", "first step done"),
-                        ("pickup", "sent by the handler")):  # the app's own view of a first token's wait
+                        ("pickup", "sent by the handler"), ("round", "rounds took")):  # the app's own view of a first token's wait
         found = re.search(label + r" p50 ([\d.]+|None) s, p95 ([\d.]+|None) s", health or "")
         if found:
             report.update({f"{name}_p50_s": found[1], f"{name}_p95_s": found[2]})

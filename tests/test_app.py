@@ -617,3 +617,26 @@ def test_a_failure_after_the_first_update_keeps_the_views():
     assert out == [dict(status="loading"), dict(status="✖ the model files are damaged")]
     with pytest.raises(gr.Error, match="the prompt is empty"):
         list(callbacks.views_kept(early)({}, None))
+
+
+def test_the_first_text_goes_out_at_once_whatever_the_throttle(tiny_target, monkeypatch):
+    """Thirty runs stretch the interval between one visitor's updates to 1.5 s; the first update with text
+    must not wait for it (the status-line update just before it would otherwise have used the interval)."""
+    from conftest import decode
+    from specviz.engine import Engine
+    from specviz.events import StepFinished
+    from specviz.ui import callbacks
+    from specviz.ui.session import Session
+
+    monkeypatch.setattr(callbacks, "update_interval", lambda: 30.0)
+    events = list(Engine(tiny_target, decode).stream([1, 2, 3], Settings(max_new_tokens=6)))
+    first_step = next(i for i, ev in enumerate(events) if isinstance(ev, StepFinished))
+
+    def paced():
+        for i, ev in enumerate(events):
+            if i in (1, first_step, len(events) - 1):
+                time.sleep(0.3)  # separate batches: the first view, a status line, the first step, the end
+            yield ev
+
+    statuses = [out["status"] for out in callbacks.streamed(Session(), paced())]
+    assert any("▶ decoding: step" in s for s in statuses), statuses

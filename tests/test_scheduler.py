@@ -253,3 +253,31 @@ def test_the_wait_for_a_first_turn_is_measured():
     first.sending()
     first.sending()  # counted once
     assert sched.load()["pickup_p50_s"] >= 0 and len(sched._pickups) == 1
+
+
+def test_newcomers_have_a_round_of_their_own():
+    # a run that arrives while others decode has its first step in a round without them, so its first
+    # token does not wait for a whole batch of other runs' steps; then it joins the round
+    sched = Scheduler(max_active=8, max_batch=4)
+    seen: list[tuple[str, int]] = []
+
+    def run(name, n):
+        for i in range(n):
+            seen.append((name, sched.rounds))
+            time.sleep(0.002)
+            yield StepFinished(i, 0.0, 0.0, 0.0, None, 0.0, 0.0)
+
+    old = [sched.submit(run(f"old{i}", 40)) for i in range(3)]
+    while len(seen) < 9:  # the three are well under way
+        time.sleep(0.001)
+    new = sched.submit(run("new", 5))
+    for ticket in old + [new]:
+        drain(ticket)
+    rounds = {}
+    for name, r in seen:
+        rounds.setdefault(r, set()).add(name)
+    first = next(r for name, r in seen if name == "new")
+    assert rounds[first] == {"new"}  # its first step: a round of its own
+    later = [r for name, r in seen if name == "new"][1:]
+    assert any(len(rounds[r]) > 1 for r in later)  # afterwards it shares rounds with the others
+    assert sched.load()["round_p50_s"] > 0

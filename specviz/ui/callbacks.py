@@ -194,9 +194,11 @@ def reference_stream(req: Request) -> Iterator[Event]:
 
 def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
     """A run's events into session.events, as streamed updates: the status line's clock while the prompt
-    is read, then the light views at most every UPDATES_EVERY_S; the figures wait for the end."""
+    is read, the first step's text as soon as it comes, then the light views at most every update_interval();
+    the figures wait for the end."""
     session.events = events = []
     throttle, began, shown, ticket = Throttle(update_interval), time.monotonic(), False, []
+    texted = False  # the first update with text goes out at once, whatever the throttle says
     try:
         for batch in in_background(stream, tick_s=TICK_S, on_ticket=ticket.append):
             events += batch
@@ -208,7 +210,8 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
                 yield started(session, note=note)
             elif views.latest_metrics(events) is None and events and throttle.due():
                 yield status_only(status_line(events, note, waited_s=time.monotonic() - began))
-            elif any(isinstance(ev, StepFinished) for ev in batch) and throttle.due():
+            elif any(isinstance(ev, StepFinished) for ev in batch) and (not texted or throttle.due()):
+                texted = True
                 sending(ticket, batch)
                 yield render(session, note=note, figures=False)
     except ValueError as err:  # a drafter or rule refusing these settings mid-run

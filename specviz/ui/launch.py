@@ -108,7 +108,8 @@ def health() -> str:
         timed = (f"; calls between turns waited p50 {turns['call_p50_s']} s, p95 {turns['call_p95_s']} s"
                  f"; first turn p50 {turns['first_turn_p50_s']} s, p95 {turns['first_turn_p95_s']} s; first step "
                  f"done p50 {turns['first_step_p50_s']} s, p95 {turns['first_step_p95_s']} s after it; sent by the "
-                 f"handler p50 {turns['pickup_p50_s']} s, p95 {turns['pickup_p95_s']} s later"
+                 f"handler p50 {turns['pickup_p50_s']} s, p95 {turns['pickup_p95_s']} s later; rounds took p50 "
+                 f"{turns['round_p50_s']} s, p95 {turns['round_p95_s']} s"
                  if turns["pickup_p50_s"] is not None else "")  # once a run's first tokens went out
         taking = f" ({turns['active']} taking turns, {turns['waiting']} waiting, {turns['max_active']} at most{timed})"
     from ..lm import live_caches

@@ -6,6 +6,7 @@ render() returns {view name: value}; the layout maps names to components in one 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +26,9 @@ VIEWS = ("status", "tokens", "text", "step", "tree", "explain", "entropy", "metr
          "drafter_panel", "download")
 NEXT = "Next step ▶"  # the step explorer's next button, between two-click steps
 EXPORT_KEEP_S = 3600  # exported traces are handed to gradio's cache at once; keep an hour
+PRUNE_EVERY_S = 60  # a classroom hour leaves ~1,400 traces: listing them at every run's end cost 7 % of the app's CPU
+_pruned = {"at": float("-inf")}
+_prune_lock = threading.Lock()
 
 
 def prune(folder: Path, cutoff: float) -> None:
@@ -49,7 +53,13 @@ def export_trace(events: list[Event], partial: bool = False) -> str | None:
         return None
     folder = Path(tempfile.gettempdir()) / "specviz-exports"
     folder.mkdir(exist_ok=True)
-    prune(folder, time.time() - EXPORT_KEEP_S)
+    now = time.monotonic()
+    if now - _pruned["at"] >= PRUNE_EVERY_S and _prune_lock.acquire(blocking=False):  # one handler prunes, now and then
+        try:
+            _pruned["at"] = now
+            prune(folder, time.time() - EXPORT_KEEP_S)
+        finally:
+            _prune_lock.release()
     start = views.run_started(events)
     tag = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{start.target}-{start.drafter}")[:60]
     cut = end is None or end.stop_reason in ("cancelled", "time limit")
@@ -148,7 +158,8 @@ def render(session: Session, note: str = "", index: int | None = None, figures: 
     if download is not False:
         out["download"] = gr.DownloadButton(value=download, interactive=download is not None)
     out["next_btn"] = gr.Button(NEXT)  # a live step-by-step run says Verify ▶ / Draft ▶ instead (callbacks.advance)
-    out["choice_plot"] = gr.Plot(choice_figure(events), visible=choices(events) is not None)
+    chosen = choices(events) is not None  # only an `auto` run has a choices figure (the others skip drawing one)
+    out["choice_plot"] = gr.Plot(choice_figure(events) if chosen else None, visible=chosen)
     return out
 
 
