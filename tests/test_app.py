@@ -640,3 +640,26 @@ def test_the_first_text_goes_out_at_once_whatever_the_throttle(tiny_target, monk
 
     statuses = [out["status"] for out in callbacks.streamed(Session(), paced())]
     assert any("▶ decoding: step" in s for s in statuses), statuses
+
+
+def test_a_throttled_handler_still_yields_now_and_then(tiny_target, monkeypatch):
+    """gradio can cancel a streaming handler only between two yields: with thirty runs the light views wait
+    1.5 s apart, but the handler still yields a status line every RESPONSIVE_S while events come."""
+    from conftest import decode
+    from specviz.engine import Engine
+    from specviz.ui import callbacks
+    from specviz.ui.streaming import RESPONSIVE_S
+
+    monkeypatch.setattr(callbacks, "update_interval", lambda: 30.0)
+    events = list(Engine(tiny_target, decode).stream([1, 2, 3], Settings(max_new_tokens=12)))
+
+    def paced():
+        for ev in events:
+            time.sleep(0.05)  # a batch every 50 ms, ~3 s in all
+            yield ev
+
+    stamps = []
+    for _ in callbacks.streamed(__import__("specviz.ui.session", fromlist=["Session"]).Session(), paced()):
+        stamps.append(time.monotonic())
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert len(stamps) >= 4 and max(gaps) < RESPONSIVE_S + 0.5, gaps

@@ -33,7 +33,7 @@ from .render import NEXT, export_trace, render, started, status_line, status_onl
 from .request import Request, app_limits, param_key, read_form
 from ..limits import budgets
 from .session import Session, ar_reference, current, remember_ar
-from .streaming import (TICK_S, Stop, Throttle, in_background, on_decoder, start_stream, update_interval,
+from .streaming import (RESPONSIVE_S, TICK_S, Stop, Throttle, in_background, on_decoder, start_stream, update_interval,
                         waiting)
 
 
@@ -195,10 +195,30 @@ def reference_stream(req: Request) -> Iterator[Event]:
 def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
     """A run's events into session.events, as streamed updates: the status line's clock while the prompt
     is read, the first step's text as soon as it comes, then the light views at most every update_interval();
-    the figures wait for the end."""
+    the figures wait for the end. Between two of those the handler still yields a status line every
+    RESPONSIVE_S: gradio cancels a streaming handler only between two yields (an API client's cancel waits
+    for the next one)."""
     session.events = events = []
-    throttle, began, shown, ticket = Throttle(update_interval), time.monotonic(), False, []
-    texted = False  # the first update with text goes out at once, whatever the throttle says
+    throttle, began, ticket = Throttle(update_interval), time.monotonic(), []
+    last = time.monotonic()  # of the last yield
+    updates = _streamed(session, stream, note, events, throttle, began, ticket)
+    try:
+        for out in updates:
+            if out is None:  # nothing new to show: only a status line if the handler has been silent a while
+                if time.monotonic() - last < RESPONSIVE_S or not events:
+                    continue
+                reading = views.latest_metrics(events) is None
+                out = status_only(status_line(events, note, waited_s=time.monotonic() - began if reading else None))
+            last = time.monotonic()
+            yield out
+    finally:
+        updates.close()  # Stop or a closed tab: the run ends now (in_background's clean-up)
+
+
+def _streamed(session: Session, stream, note: str, events: list, throttle: Throttle, began: float,
+              ticket: list) -> Iterator[dict | None]:
+    """streamed()'s updates, None for a batch (or a quiet tick) that brought nothing to show."""
+    shown = texted = False  # the first update with text goes out at once, whatever the throttle says
     try:
         for batch in in_background(stream, tick_s=TICK_S, on_ticket=ticket.append):
             events += batch
@@ -214,6 +234,8 @@ def streamed(session: Session, stream, note: str = "") -> Iterator[dict]:
                 texted = True
                 sending(ticket, batch)
                 yield render(session, note=note, figures=False)
+            else:
+                yield None
     except ValueError as err:  # a drafter or rule refusing these settings mid-run
         raise fail(err) from None
 

@@ -16,6 +16,7 @@ from ..limits import budgets
 
 UPDATES_EVERY_S = 0.2  # streamed updates (status, text, metrics table): at most 5 a second
 TICK_S = 1.0  # while nothing comes (the prompt is being read), the status line's clock still moves
+RESPONSIVE_S = 0.75  # a streaming handler yields at least this often while events come (see callbacks.streamed)
 # The figures (tree, entropy, timeline, lengths, metrics charts) are drawn once, after the run, and on
 # demand (the step explorer): a streamed update is only the light views.
 
