@@ -56,9 +56,11 @@ def start_stream(engine: TextEngine, prompt: str, stop: Stop | None = None, batc
         stream = engine.stream_image(prompt, image, **shared)
     else:
         stream = engine.stream_text(prompt, **shared)
-    # on the decoding thread: the run's caches are allocated where every forward runs (one malloc arena
-    # for the big buffers, not one per visitor's thread); a bad prompt still raises here, before any output
-    first = on_decoder(lambda: next(stream))
+    # here, on the visitor's thread: the first event is checks and the caches' allocation (big buffers are
+    # mmapped, memory.configure_for_server), no forward; waiting for a gap between two rounds of the decoding
+    # thread for it was a second or two of a first token's wait with thirty visitors. A bad prompt still
+    # raises here, before any output.
+    first = next(stream)
 
     def chained():
         try:
