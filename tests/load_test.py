@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +222,9 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
                 except Exception as err:  # noqa: BLE001 - counted and reported
                     with lock:
                         stats["errors"] += 1
-                        stats["error_text"].append(f"{what}: {type(err).__name__}: {str(err)[:200]}")
+                        where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+                        at = f" (raised in {Path(where.filename).name}:{where.lineno} {where.name})" if where else ""
+                        stats["error_text"].append(f"{what}: {type(err).__name__}: {str(err)[:200]}{at}")
 
         limited = {}
 
