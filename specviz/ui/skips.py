@@ -7,7 +7,7 @@ update: it builds a new component from the old one's constructor arguments and c
 With thirty visitors streaming, that was a quarter of the app's busy time (a py-spy profile of the 30-session
 load test), time the decoding thread then waited for. The frontend gets {"__type__": "update"} for a skip
 either way, so here such outputs bypass gradio's per-output work and get exactly that message; every other
-output goes through gradio unchanged (tests/test_app.py compares the two paths).
+output goes through gradio unchanged (tests/test_skips.py compares the two paths).
 """
 from __future__ import annotations
 
