@@ -524,3 +524,53 @@ def test_the_data_sampler_draws_from_the_tempered_distribution():
         assert counts[4] == 0
         sd = (n * p * (1 - p)).sqrt()
         assert ((counts - n * p).abs() <= 4 * sd + 1e-9).all(), (t, counts / n, p)
+
+
+# --- merged trees: the head's tree with an n-gram tree grafted on (SpecInfer's merge) -------------
+
+def test_graft_shares_prefixes_and_keeps_parents_first():
+    from specviz.drafters.merged import graft
+    from specviz.tree import DraftTree
+
+    head = DraftTree()
+    a = head.add(5, -1)
+    head.add(6, a)
+    head.add(7, -1)
+    other = DraftTree()
+    x = other.add_certain(5, -1, 16)  # shared with the head's first node
+    y = other.add_certain(9, x, 16)  # new under a shared node
+    other.add_certain(3, y, 16)  # new under a new node
+    other.add_certain(7, -1, 16)  # shared
+    merged, source = graft(head, other, 16)
+    assert merged.tokens == [5, 6, 7, 9, 3] and merged.parents == [-1, 0, -1, 0, 3]
+    assert source == [0, 0, 0, 1, 1]
+    assert all(p < i for i, p in enumerate(merged.parents))
+    assert merged.q_of(3)[9] == 1.0 and merged.q_of(4)[3] == 1.0  # grafted nodes are certain proposals
+
+
+def test_merged_tree_is_lossless_and_its_grafted_nodes_are_accepted(context_target, trained3):
+    from specviz.drafters.merged import MergedDrafter
+    from specviz.drafters.ngram import NgramDrafter
+
+    vocab = context_target.config.vocab_size
+    grafted_accepted = 0
+    for prompt in PROMPTS + [[3, 8, 1, 6, 2] * 4]:
+        want = reference_greedy(context_target, prompt, 30)
+        head = make_feature_drafter(context_target, head=trained3.head, shape="dynamic", draft_len=2)
+        drafter = MergedDrafter(head, NgramDrafter(vocab, None, budget=6, width=4, min_expected=0.0), vocab, "m")
+        result = Engine(context_target, decode, drafter).run(prompt, Settings(30))
+        assert result.token_ids == want, prompt
+        assert drafter.reads_target == trained3.head.config.layers
+        grafted_accepted += drafter.grafted_accepted
+    assert grafted_accepted > 0  # the graft's own nodes were used, not just verified away
+
+
+def test_merged_drafter_refuses_sampling(context_target, trained3):
+    from specviz.drafters.merged import MergedDrafter
+    from specviz.drafters.ngram import NgramDrafter
+    from specviz.sampling import Warp
+
+    head = make_feature_drafter(context_target, head=trained3.head, shape="chain", draft_len=3)
+    drafter = MergedDrafter(head, NgramDrafter(32, None), 32, "m")
+    with pytest.raises(ValueError, match="greedy"):
+        drafter.propose([1, 2, 3], Warp(temperature=1.0), torch.Generator())

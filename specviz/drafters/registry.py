@@ -102,6 +102,17 @@ def _eagle(kind: str):
     return make
 
 
+NGRAM_GRAFT = 8  # nodes of the n-gram tree grafted onto a trained drafter's (its gate decides whether)
+
+
+def _merged(r: DraftRequest) -> Drafter:
+    from .merged import MergedDrafter
+
+    head = _eagle("eagle3")(r)
+    counts = NgramDrafter(_vocab(r), ngram_corpus(r.target), budget=NGRAM_GRAFT, width=8, name="ngram-tree")
+    return MergedDrafter(head, counts, _vocab(r), f"eagle-3 + n-gram tree ({r.shape})")
+
+
 def _del(r: DraftRequest) -> Drafter:
     from .early_exit import make_del_drafter
 
@@ -178,6 +189,10 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
     DrafterEntry("eagle", "EAGLE feature head", "one trained decoder layer on the target's own hidden states "
                  "(EAGLE), 8k-token readout through the target's LM head, any shape", _eagle("eagle"), kind="trained",
                  takes_shape=True, max_nodes=_model_nodes),
+    DrafterEntry("eagle3+ngram", "EAGLE-3 head + n-gram tree", "the EAGLE-3 head's tree with the n-gram tree "
+                 "grafted on (SpecInfer's merged token tree): guesses where the text is new, copies where it "
+                 "repeats; one verification", _merged, kind="trained", takes_shape=True, greedy_only=True,
+                 max_nodes=lambda d, s: _model_nodes(d, s) + NGRAM_GRAFT),
     # DEL self-speculation (specviz/drafters/early_exit.py; exit adapters in assets/drafters/, SmolLM2-135M only)
     DrafterEntry("del", "DEL self-speculation", "the target's own first L layers + a trained exit adapter; the exit "
                  "layer and the draft length chosen per context from the target's states (DEL), chains", _del,

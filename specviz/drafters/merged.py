@@ -1,0 +1,77 @@
+"""Two drafters' trees merged into one token tree, verified in one forward (SpecInfer's merge).
+
+SpecInfer merges the trees of several small drafters into one token tree and lets the target verify
+them together. Here the second drafter is a free one (n-gram counts): its tree is grafted onto the
+first drafter's, sharing prefixes (a token proposed by both under the same parent is one node), so
+where the text copies (translation, summaries) the copied continuation is in the tree, and where it
+does not the trained drafter's guesses are. The graft costs no drafter forward.
+
+Greedy only: the grafted nodes are deterministic (their own one-hot q, `DraftTree.add_certain`) but
+their siblings come from the first drafter's top-k picks, a mix no sampling verifier here replays.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sampling import Warp
+from ..stop_rules import StopRule
+from ..tree import DraftTree
+from ..verify import Verdict
+from . import Drafter, TargetView
+
+
+def graft(tree: DraftTree, other: DraftTree, vocab: int) -> tuple[DraftTree, list[int]]:
+    """`other`'s nodes added to `tree` (in place) as a trie: a node whose token is already a child of
+    its mapped parent is shared. Returns the tree and, per merged node, which tree proposed it
+    (0: `tree`, 1: only `other`)."""
+    source = [0] * len(tree)
+    children = {}  # (parent, token) -> node
+    for node, (tok, par) in enumerate(zip(tree.tokens, tree.parents)):
+        children.setdefault((par, tok), node)
+    where = {-1: -1}  # other's node -> merged node
+    for node, (tok, par) in enumerate(zip(other.tokens, other.parents)):
+        parent = where[par]
+        found = children.get((parent, tok))
+        if found is None:
+            found = tree.add_certain(tok, parent, vocab)
+            children[(parent, tok)] = found
+            source.append(1)
+        where[node] = found
+    return tree, source
+
+
+class MergedDrafter:
+    """`first` drafts (any shape); `second`'s tree (a free drafter) is grafted onto it."""
+
+    greedy_only = True
+
+    def __init__(self, first: Drafter, second: Drafter, vocab: int, name: str):
+        self.first, self.second, self.vocab, self.name = first, second, vocab, name
+        self.reads_target = tuple(first.reads_target) + tuple(
+            layer for layer in second.reads_target if layer not in first.reads_target)
+        self.grafted = self.grafted_accepted = 0  # nodes only the second drafter proposed / of them accepted
+        self._source: list[int] = []
+
+    @property
+    def forward_seconds(self) -> float:
+        return self.first.forward_seconds + self.second.forward_seconds
+
+    def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+        if not warp.greedy:
+            raise ValueError(f"{self.name} merges two drafters' trees, which only greedy verification accepts")
+        tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
+        tree, source = graft(tree, self.second.propose(ids, warp, gen), self.vocab)
+        self.grafted += sum(source)
+        self._source = source
+        return tree
+
+    def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
+        self.grafted_accepted += sum(self._source[n] for n in verdict.path if n < len(self._source))
+        self.first.learn(tree, verdict, target)
+        self.second.learn(tree, verdict, target)
+
+    def reset(self) -> None:
+        self.first.reset()
+        self.second.reset()
+        self.grafted = self.grafted_accepted = 0
+        self._source = []
