@@ -76,6 +76,7 @@ def run_drafters(a, config) -> int:
     spec_m: dict[tuple[str, str], Metrics] = defaultdict(Metrics)
     identical: dict[tuple[str, str], list[bool]] = defaultdict(list)
     diverged: dict[str, list[dict]] = defaultdict(list)  # where greedy text left AR's, and how close the tie was
+    grafted: dict[tuple[str, str], int] = defaultdict(int)  # merged trees: accepted drafts only the graft proposed
     oracle = getattr(a, "oracle", False)
     if oracle and not greedy:
         raise ValueError("--oracle compares arms that write the same text: use temperature 0")
@@ -92,6 +93,7 @@ def run_drafters(a, config) -> int:
             for cat in (p["category"], "overall"):
                 spec_m[name, cat].add(r.metrics)
                 identical[name, cat].append(r.token_ids == r_ar.token_ids)
+                grafted[name, cat] += getattr(spec.engine.drafter, "grafted_accepted", 0)
             if greedy and r.token_ids != r_ar.token_ids:
                 from .bench import first_divergence, top2_gap
 
@@ -116,6 +118,8 @@ def run_drafters(a, config) -> int:
             "identical": all(identical[name, cat]) if greedy else None,
             "identical_count": sum(identical[name, cat]) if greedy else None,
             "divergences": [d for d in diverged[name] if cat in ("overall", d["category"])]}
+        if hasattr(engines.get(name) and engines[name].engine.drafter, "grafted_accepted"):
+            results[name][cat]["grafted_share"] = grafted[name, cat] / m.accepted if m.accepted else 0.0
     print(format_table(results))
     if a.json:
         from .atomic import atomic_write_text
@@ -137,6 +141,8 @@ def format_table(results: dict) -> str:
             ident = "n/a" if r["identical"] is None else ("yes" if r["identical"] else f"{r['identical_count']}/{r['prompts']}")
             if r.get("divergences"):
                 ident += f" (top-2 gap ≤ {max(d['top2_logit_gap'] for d in r['divergences']):.2f})"
+            if "grafted_share" in r:  # a merged tree: how much of what was accepted only the graft proposed
+                ident += f"; graft {r['grafted_share']:.0%} of accepted"
             lines.append("| " + " | ".join([name, cat, str(r["prompts"]), f"{r['ar_tokens_per_s']:.1f}",
                                             f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}×", f"{r['tau']:.2f}",
                                             *betas, f"{r['c']:.3f}", ident]) + " |")

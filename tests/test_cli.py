@@ -146,14 +146,17 @@ def test_bench_drafters_side_by_side(tmp_path):
     prompts.write_text('{"category": "a", "prompt": "Repeat exactly: one two three one two three one"}\n'
                        '{"category": "b", "prompt": "List four colors."}\n')
     out = tmp_path / "r.json"
-    run = cli("bench", "--drafters", "pld:chain:4,pld-tree:chain:4", "--prompts", str(prompts),
+    run = cli("bench", "--drafters", "pld:chain:4,pld-tree:chain:4,eagle3+ngram:dynamic:2", "--prompts", str(prompts),
               "--max-new-tokens", "12", "--json", str(out), "--oracle")
     assert run.returncode == 0, run.stderr
     assert "pld:chain:4" in run.stdout and "pld-tree:chain:4" in run.stdout
     results = json.loads(out.read_text())["results"]
     oracle = results.pop("oracle (best fixed arm per prompt)")  # the fastest of AR and each arm, per prompt
     assert oracle["overall"]["tokens_per_s"] >= max(r["overall"]["tokens_per_s"] for r in results.values()) * 0.999
-    assert set(results) == {"pld:chain:4", "pld-tree:chain:4"}
+    assert set(results) == {"pld:chain:4", "pld-tree:chain:4", "eagle3+ngram:dynamic:2"}
+    merged = results["eagle3+ngram:dynamic:2"]["overall"]  # a merged tree says what its graft added
+    assert 0 <= merged["grafted_share"] <= 1 and "grafted_share" not in results["pld:chain:4"]["overall"]
+    assert merged["identical_count"] == 2
     for rows in results.values():
         assert set(rows) == {"a", "b", "overall"} and rows["overall"]["prompts"] == 2
         assert rows["overall"]["speedup"] > 0 and rows["overall"]["tau"] >= 1
