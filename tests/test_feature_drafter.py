@@ -574,3 +574,30 @@ def test_merged_drafter_refuses_sampling(context_target, trained3):
     drafter = MergedDrafter(head, NgramDrafter(32, None), 32, "m")
     with pytest.raises(ValueError, match="greedy"):
         drafter.propose([1, 2, 3], Warp(temperature=1.0), torch.Generator())
+
+
+def test_a_confident_graft_drafts_alone(context_target, trained3):
+    """Where the counts expect enough accepted drafts, the head is not asked; below that it is, and
+    decoding stays exact either way."""
+    from specviz.drafters.merged import MergedDrafter
+    from specviz.drafters.ngram import NgramDrafter
+    from specviz.sampling import Warp
+
+    vocab = context_target.config.vocab_size
+    head = make_feature_drafter(context_target, head=trained3.head, shape="dynamic", draft_len=2)
+    asked = []
+    propose = head.propose
+    head.propose = lambda *a, **k: asked.append(1) or propose(*a, **k)
+    counts = NgramDrafter(vocab, None, budget=6, width=4, prior=0.0, min_expected=0.0)
+    prompt = [3, 8, 1, 6, 2] * 4
+    drafter = MergedDrafter(head, counts, vocab, "m", alone_above=2.0)
+    tree = drafter.propose(prompt, Warp(), torch.Generator())
+    assert counts.last_expected >= 2.0 and tree.tokens[:3] == [3, 8, 1] and not asked
+    assert drafter.grafted == len(tree)
+    drafter.alone_above = 100.0
+    drafter.propose(prompt, Warp(), torch.Generator())
+    assert asked
+    for alone in (2.0, 100.0):
+        drafter = MergedDrafter(head, counts, vocab, "m", alone_above=alone)
+        result = Engine(context_target, decode, drafter).run(prompt, Settings(30))
+        assert result.token_ids == reference_greedy(context_target, prompt, 30)

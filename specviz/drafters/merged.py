@@ -45,8 +45,11 @@ class MergedDrafter:
 
     greedy_only = True
 
-    def __init__(self, first: Drafter, second: Drafter, vocab: int, name: str):
+    def __init__(self, first: Drafter, second: Drafter, vocab: int, name: str, alone_above: float | None = None):
         self.first, self.second, self.vocab, self.name = first, second, vocab, name
+        # When the second drafter expects at least this many accepted drafts (its `last_expected`),
+        # its tree goes alone: the first drafter's forwards and extra nodes would cost more than they add.
+        self.alone_above = alone_above
         self.reads_target = tuple(first.reads_target) + tuple(
             layer for layer in second.reads_target if layer not in first.reads_target)
         self.grafted = self.grafted_accepted = 0  # nodes only the second drafter proposed / of them accepted
@@ -59,8 +62,12 @@ class MergedDrafter:
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         if not warp.greedy:
             raise ValueError(f"{self.name} merges two drafters' trees, which only greedy verification accepts")
-        tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
-        tree, source = graft(tree, self.second.propose(ids, warp, gen), self.vocab)
+        other = self.second.propose(ids, warp, gen)
+        if self.alone_above is not None and getattr(self.second, "last_expected", 0.0) >= self.alone_above:
+            tree, source = other, [1] * len(other)
+        else:
+            tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
+            tree, source = graft(tree, other, self.vocab)
         self.grafted += sum(source)
         self._source = source
         return tree

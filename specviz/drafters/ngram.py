@@ -109,6 +109,7 @@ class NgramDrafter(FreeDrafter):
 
     def reset(self) -> None:
         self.local, self.seen = NgramTable(self.corpus.order if self.corpus else 4), []
+        self.last_expected = 0.0  # the last proposal's expected accepted drafts (0 when gated off)
 
     def _update(self, ids: list[int]) -> None:
         if ids[: len(self.seen)] != self.seen:  # a new text: start the local counts again
@@ -125,4 +126,5 @@ class NgramDrafter(FreeDrafter):
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         tree, expected = self.draft(ids, stop.limit() if stop is not None else None)  # a stop rule sets the budget
+        self.last_expected = expected if expected >= self.min_expected else 0.0
         return tree if expected >= self.min_expected else DraftTree()
