@@ -281,7 +281,8 @@ class Engine:
     def _nodes(self, tree: DraftTree) -> list[Node]:
         d = depths(tree.parents)
         return [
-            Node(i, par, d[i], tok, self.decode([tok]), float(tree.q_of(i)[tok]), tree.entropy.get(par, 0.0))
+            Node(i, par, d[i], tok, self.decode([tok]), float(tree.q_of(i)[tok]), tree.entropy.get(par, 0.0),
+                 source=tree.origin.get(i))
             for i, (tok, par) in enumerate(zip(tree.tokens, tree.parents))
         ]
 

@@ -25,6 +25,7 @@ class Node:
     accept_prob: float | None = None  # min(1, p/q) when it was tried (after earlier siblings' rejections)
     status: str | None = None  # accepted / rejected / unvisited
     beta: float | None = None  # sum_x min(p, q) at its parent
+    source: str | None = None  # a merged tree: which drafter proposed it ("both" when both did)
 
 
 @dataclass

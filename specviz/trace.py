@@ -336,6 +336,7 @@ RULES = {
     "Node.accept_prob": _optional(PROB),
     "Node.status": _choice(NODE_STATUS, "node status"),
     "Node.beta": _optional(PROB),
+    "Node.source": _optional(NAME),
     "Token.id": _integer(0, MAX_ID),
     "Token.text": _text(MAX_TOKEN_TEXT),
     "Token.kind": _choice(TOKEN_KINDS, "token kind"),

@@ -104,6 +104,29 @@ def test_tree_figure_colors_nodes_by_outcome_and_marks_the_path(sampled):
     assert f"step {step.index}" in fig.layout.title.text
 
 
+def test_a_merged_tree_shows_which_drafter_proposed_each_node():
+    nodes = [Node(0, -1, 1, 5, "a", 0.5, 1.0, 0.4, 1.0, "accepted", source="EAGLE-3 head"),
+             Node(1, 0, 2, 6, "b", 0.3, 1.0, 0.5, 1.0, "accepted", source="both"),
+             Node(2, 1, 3, 7, "c", 1.0, 0.0, 0.9, 1.0, "accepted", source="n-gram tree"),
+             Node(3, 0, 2, 8, "d", 1.0, 0.0, None, None, "unvisited", source="n-gram tree")]
+    drafted = [replace(n, p=None, accept_prob=None, status=None) for n in nodes]
+    events = [RunStarted("t", "d", "greedy", {}, "prompt", 3), StepStarted(0), Drafted(0, drafted, "iid"),
+              Verified(0, nodes, [0, 1, 2], "bonus"),
+              Emitted(0, [Token(5, "a", "accepted", 0.4, 1.0, 0.5, 1.0, 0), Token(6, "b", "accepted", 0.5, 1.0, 0.3, 1.0, 1),
+                          Token(7, "c", "accepted", 0.9, 1.0, 1.0, 1.0, 2), Token(2, "g", "bonus", 0.2, 1.0)])]
+    fig = views.tree_figure(views.split_steps(events)[0])
+    legend = {t.name: t.marker.symbol for t in fig.data if t.mode == "markers"}
+    assert legend == {"proposed by the EAGLE-3 head": "circle", "proposed by both drafters": "hexagon",
+                      "proposed by the n-gram tree": "square"}
+    accepted = next(t for t in fig.data if t.name == SHORT["accepted"])
+    assert list(accepted.marker.symbol) == ["circle", "hexagon", "square"]
+    assert any("proposed by the n-gram tree" in h for h in accepted.hovertext)
+    assert trace.loads(trace.dumps(events))[2].nodes[2].source == "n-gram tree"  # traces keep it
+    plain = views.tree_figure(views.split_steps([replace(e, nodes=[replace(n, source=None) for n in e.nodes])
+                                                 if hasattr(e, "nodes") else e for e in events])[0])
+    assert not [t for t in plain.data if t.mode == "markers"]  # one drafter: no shapes legend
+
+
 def test_tree_figure_draws_general_trees_by_depth():
     nodes = [Node(0, -1, 1, 5, "a", 0.5, 1.0, 0.4, 0.8, "rejected", 0.7),
              Node(1, -1, 1, 6, "b", 0.3, 1.0, 0.5, 1.0, "accepted", 0.7),

@@ -20,11 +20,16 @@ from ..verify import Verdict
 from . import Drafter, TargetView
 
 
-def graft(tree: DraftTree, other: DraftTree, vocab: int) -> tuple[DraftTree, list[int]]:
+BOTH = "both"
+
+
+def graft(tree: DraftTree, other: DraftTree, vocab: int, names: tuple[str, str] = ("first", "second")
+          ) -> tuple[DraftTree, list[int]]:
     """`other`'s nodes added to `tree` (in place) as a trie: a node whose token is already a child of
     its mapped parent is shared. Returns the tree and, per merged node, which tree proposed it
-    (0: `tree`, 1: only `other`)."""
+    (0: `tree`, 1: only `other`); `tree.origin` names it (`names`, or BOTH for a shared node)."""
     source = [0] * len(tree)
+    tree.origin = {node: names[0] for node in range(len(tree))}
     children = {}  # (parent, token) -> node
     for node, (tok, par) in enumerate(zip(tree.tokens, tree.parents)):
         children.setdefault((par, tok), node)
@@ -36,6 +41,9 @@ def graft(tree: DraftTree, other: DraftTree, vocab: int) -> tuple[DraftTree, lis
             found = tree.add_certain(tok, parent, vocab)
             children[(parent, tok)] = found
             source.append(1)
+            tree.origin[found] = names[1]
+        else:
+            tree.origin[found] = names[1] if source[found] else BOTH
         where[node] = found
     return tree, source
 
@@ -45,8 +53,9 @@ class MergedDrafter:
 
     greedy_only = True
 
-    def __init__(self, first: Drafter, second: Drafter, vocab: int, name: str, alone_above: float | None = None):
-        self.first, self.second, self.vocab, self.name = first, second, vocab, name
+    def __init__(self, first: Drafter, second: Drafter, vocab: int, name: str, alone_above: float | None = None,
+                 names: tuple[str, str] = ("first drafter", "second drafter")):
+        self.first, self.second, self.vocab, self.name, self.names = first, second, vocab, name, names
         # When the second drafter expects at least this many accepted drafts (its `last_expected`),
         # its tree goes alone: the first drafter's forwards and extra nodes would cost more than they add.
         self.alone_above = alone_above
@@ -65,9 +74,10 @@ class MergedDrafter:
         other = self.second.propose(ids, warp, gen)
         if self.alone_above is not None and getattr(self.second, "last_expected", 0.0) >= self.alone_above:
             tree, source = other, [1] * len(other)
+            tree.origin = {node: self.names[1] for node in range(len(tree))}
         else:
             tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
-            tree, source = graft(tree, other, self.vocab)
+            tree, source = graft(tree, other, self.vocab, self.names)
         self.grafted += sum(source)
         self._source = source
         return tree

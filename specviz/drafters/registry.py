@@ -115,7 +115,8 @@ def _merged(r: DraftRequest) -> Drafter:
 
     head = _eagle("eagle3")(r)
     counts = NgramDrafter(_vocab(r), ngram_corpus(r.target), budget=NGRAM_GRAFT, width=8, name="ngram-tree")
-    return MergedDrafter(head, counts, _vocab(r), f"eagle-3 + n-gram tree ({r.shape})", alone_above=GRAFT_ALONE)
+    return MergedDrafter(head, counts, _vocab(r), f"eagle-3 + n-gram tree ({r.shape})", alone_above=GRAFT_ALONE,
+                         names=("EAGLE-3 head", "n-gram tree"))
 
 
 def _del(r: DraftRequest) -> Drafter:

@@ -120,6 +120,8 @@ def hover(g: nx.DiGraph, key, greedy: bool = False) -> str:
     if node.beta is not None:
         lines.append(f"β here = Σ min(p, q) = {number(node.beta)}")
     lines.append(f"drafter entropy = {number(node.q_entropy, 2)} nats")
+    if node.source is not None:
+        lines.append("proposed by both drafters" if node.source == "both" else f"proposed by the {esc_plot(node.source)}")
     return "<br>".join(lines)
 
 
@@ -162,6 +164,7 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
                            hoverinfo="text", name="not drawn"))
     depth = max(g.nodes[k]["depth"] for k in g.nodes)
     chars = label_chars(depth)
+    shapes = source_symbols(step.nodes)
     for kind in ("context", "pending", "accepted", "rejected", "unvisited", "resampled", "bonus", "target"):
         keys = [k for k in g.nodes if g.nodes[k]["kind"] == kind]
         if not keys:
@@ -173,9 +176,14 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
             textposition=[label_position(g.nodes[k]["depth"], kind) for k in keys],
             hovertext=[hover(g, k, greedy) for k in keys], hoverinfo="text",
             marker=dict(size=20 if kind != "context" else 14, color=MARKER[kind],
-                        symbol="diamond" if kind in ("resampled", "bonus", "target") else "circle",
+                        symbol="diamond" if kind in ("resampled", "bonus", "target") else
+                        [node_symbol(g, k, shapes) for k in keys],
                         line=dict(color="#0f172a", width=1.5 if kind in ("target", "context") else 1)),
         ))
+    for source, symbol in shapes.items():  # a merged tree: the legend says which drafter each shape is
+        traces.append(dict(type="scatter", x=[None], y=[None], mode="markers",
+                           name="proposed by both drafters" if source == "both" else f"proposed by the {source}",
+                           marker=dict(size=12, color="#cbd5e1", symbol=symbol, line=dict(color="#0f172a", width=1))))
     ys = [y for _, y in pos.values()]
     layout_["xaxis"]["range"] = [-1.3, depth + 0.6]
     span = max(ys) - min(ys)
@@ -185,6 +193,27 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
                             xanchor="left")
     layout_["height"] = max(HEIGHT, 120 + ROW_PX * widest)  # a row per node of the widest depth
     return go.Figure(dict(data=traces, layout=layout_))
+
+
+SOURCE_SYMBOLS = ("circle", "square", "triangle-up")
+BOTH_SYMBOL = "hexagon"
+
+
+def source_symbols(nodes) -> dict[str, str]:
+    """A merged tree's drafters (Node.source), each with a marker shape: the first drafter met keeps the
+    plain circle; nodes both proposed are hexagons. Empty for a tree from one drafter."""
+    out: dict[str, str] = {}
+    for node in nodes:
+        src = node.source
+        if src is not None and src not in out:
+            out[src] = BOTH_SYMBOL if src == "both" else SOURCE_SYMBOLS[min(len([s for s in out if s != "both"]),
+                                                                             len(SOURCE_SYMBOLS) - 1)]
+    return out
+
+
+def node_symbol(g: nx.DiGraph, key, shapes: dict[str, str]) -> str:
+    node = g.nodes[key].get("node")
+    return shapes.get(node.source, "circle") if node is not None else "circle"
 
 
 def label_chars(depth: int) -> int:
