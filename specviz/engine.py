@@ -193,7 +193,7 @@ class Engine:
             t_draft = time.perf_counter() - t0
             nodes = self._nodes(tree)
             pause = time.perf_counter()
-            yield Drafted(step, [replace(n) for n in nodes], tree.draw, tree.stop)
+            yield Drafted(step, [replace(n) for n in nodes], tree.draw, tree.stop, list(tree.sources) or None)
             if reason := interrupted():  # before the (costly) target forward
                 stop_reason = reason
                 break

@@ -68,6 +68,7 @@ class Drafted:
     nodes: list[Node]
     draw: str  # how siblings were drawn: iid / without_replacement
     stop: dict | None = None  # why drafting ended: rule, depth, reason and the rule's numbers
+    sources: list[str] | None = None  # a merged tree: its drafters in order (what Node.source names)
 
 
 @dataclass

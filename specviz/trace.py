@@ -360,6 +360,7 @@ RULES = {
     "Drafted.step": STEP,
     "Drafted.draw": _choice(DRAWS, "draw"),
     "Drafted.stop": _optional(_json_object),
+    "Drafted.sources": _optional(_list_of(NAME, 8)),
     "Verified.step": STEP,
     "Verified.path": _list_of(_integer(0, MAX_ID), MAX_NODES_PER_STEP),
     "Verified.kind": _choice(FINAL_KINDS, "final token kind"),

@@ -28,6 +28,7 @@ class DraftTree:
     stop: dict | None = None  # why drafting ended (a StopNote's as_dict), when a stop rule was asked
     wasted_forwards: int = 0  # drafter forwards whose output no node used (a round stopped after them)
     origin: dict[int, str] = field(default_factory=dict)  # a merged tree: node -> which drafter proposed it
+    sources: tuple[str, ...] = ()  # a merged tree: its drafters, in order (origin's values, besides "both")
 
     def __len__(self) -> int:
         return len(self.tokens)

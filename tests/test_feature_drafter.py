@@ -562,8 +562,10 @@ def test_merged_tree_is_lossless_and_its_grafted_nodes_are_accepted(context_targ
         assert result.token_ids == want, prompt
         assert drafter.reads_target == trained3.head.config.layers
         grafted_accepted += drafter.grafted_accepted
-        sources = {n.source for ev in result.events if type(ev).__name__ == "Drafted" for n in ev.nodes}
+        drafted = [ev for ev in result.events if type(ev).__name__ == "Drafted"]
+        sources = {n.source for ev in drafted for n in ev.nodes}
         assert "second drafter" in sources and sources <= {"first drafter", "second drafter", "both"}
+        assert all(ev.sources == ["first drafter", "second drafter"] for ev in drafted if any(n.source for n in ev.nodes))
     assert grafted_accepted > 0  # the graft's own nodes were used, not just verified away
 
 

@@ -110,8 +110,8 @@ def test_a_merged_tree_shows_which_drafter_proposed_each_node():
              Node(2, 1, 3, 7, "c", 1.0, 0.0, 0.9, 1.0, "accepted", source="n-gram tree"),
              Node(3, 0, 2, 8, "d", 1.0, 0.0, None, None, "unvisited", source="n-gram tree")]
     drafted = [replace(n, p=None, accept_prob=None, status=None) for n in nodes]
-    events = [RunStarted("t", "d", "greedy", {}, "prompt", 3), StepStarted(0), Drafted(0, drafted, "iid"),
-              Verified(0, nodes, [0, 1, 2], "bonus"),
+    events = [RunStarted("t", "d", "greedy", {}, "prompt", 3), StepStarted(0),
+              Drafted(0, drafted, "iid", sources=["EAGLE-3 head", "n-gram tree"]), Verified(0, nodes, [0, 1, 2], "bonus"),
               Emitted(0, [Token(5, "a", "accepted", 0.4, 1.0, 0.5, 1.0, 0), Token(6, "b", "accepted", 0.5, 1.0, 0.3, 1.0, 1),
                           Token(7, "c", "accepted", 0.9, 1.0, 1.0, 1.0, 2), Token(2, "g", "bonus", 0.2, 1.0)])]
     fig = views.tree_figure(views.split_steps(events)[0])
@@ -121,7 +121,15 @@ def test_a_merged_tree_shows_which_drafter_proposed_each_node():
     accepted = next(t for t in fig.data if t.name == SHORT["accepted"])
     assert list(accepted.marker.symbol) == ["circle", "hexagon", "square"]
     assert any("proposed by the n-gram tree" in h for h in accepted.hovertext)
+    assert "1 from the EAGLE-3 head (circles), 2 from the n-gram tree (squares), 1 proposed by both" in \
+        views.explain_step(events)
     assert trace.loads(trace.dumps(events))[2].nodes[2].source == "n-gram tree"  # traces keep it
+    # a step where the head's nodes were all shared: the n-gram tree keeps its square
+    shared = [replace(n, source="both") if n.source == "EAGLE-3 head" else n for n in nodes]
+    fig = views.tree_figure(views.split_steps(events[:2] + [replace(events[2], nodes=[replace(n, source=s.source)
+                            for n, s in zip(drafted, shared)]), replace(events[3], nodes=shared), events[4]])[0])
+    assert {t.name: t.marker.symbol for t in fig.data if t.mode == "markers"} == {
+        "proposed by the n-gram tree": "square", "proposed by both drafters": "hexagon"}
     plain = views.tree_figure(views.split_steps([replace(e, nodes=[replace(n, source=None) for n in e.nodes])
                                                  if hasattr(e, "nodes") else e for e in events])[0])
     assert not [t for t in plain.data if t.mode == "markers"]  # one drafter: no shapes legend

@@ -15,12 +15,13 @@ import torch
 
 from ..sampling import Warp
 from ..stop_rules import StopRule
-from ..tree import DraftTree
+from ..tree import DraftTree, depths
 from ..verify import Verdict
 from . import Drafter, TargetView
 
 
 BOTH = "both"
+MERGED = "merged"  # the stop note's rule when the second drafter drafted alone (views/stop_note.py reads it)
 
 
 def graft(tree: DraftTree, other: DraftTree, vocab: int, names: tuple[str, str] = ("first", "second")
@@ -30,6 +31,7 @@ def graft(tree: DraftTree, other: DraftTree, vocab: int, names: tuple[str, str] 
     (0: `tree`, 1: only `other`); `tree.origin` names it (`names`, or BOTH for a shared node)."""
     source = [0] * len(tree)
     tree.origin = {node: names[0] for node in range(len(tree))}
+    tree.sources = tuple(names)
     children = {}  # (parent, token) -> node
     for node, (tok, par) in enumerate(zip(tree.tokens, tree.parents)):
         children.setdefault((par, tok), node)
@@ -73,8 +75,11 @@ class MergedDrafter:
             raise ValueError(f"{self.name} merges two drafters' trees, which only greedy verification accepts")
         other = self.second.propose(ids, warp, gen)
         if self.alone_above is not None and getattr(self.second, "last_expected", 0.0) >= self.alone_above:
-            tree, source = other, [1] * len(other)
-            tree.origin = {node: self.names[1] for node in range(len(tree))}
+            tree, source = other, [1] * len(other)  # a tree of one drafter: no origins; the note says why
+            tree.stop = {"rule": MERGED, "depth": max(depths(tree.parents)),
+                         "reason": f"the {self.names[1]} expected {self.second.last_expected:.1f} accepted drafts "
+                                   f"(at least {self.alone_above:g}), so it drafted alone and the {self.names[0]} "
+                                   f"was not asked"}
         else:
             tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
             tree, source = graft(tree, other, self.vocab, self.names)

@@ -130,7 +130,7 @@ def build_demo() -> gr.Blocks:
                 drafter_note = gr.Markdown(menus.drafter_note(DEFAULT.target, DEFAULT.drafter),
                                            elem_id="specviz-drafter-note")
                 strategy = gr.Dropdown(menus.shapes(), value=DEFAULT.shape, label="Draft shape (model drafters)",
-                                       elem_classes=["specviz-menu"])
+                                       elem_classes=["specviz-menu"], elem_id="specviz-shape-menu")
                 measure_ar = gr.Checkbox(False, label="measure against AR (runs the target alone afterwards; cached)")
                 gr.Examples([[p] for _, p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts",
                             example_labels=[name for name, _ in EXAMPLE_PROMPTS])

@@ -8,6 +8,7 @@ from .. import rules
 from ..events import Event, RunStarted
 from . import stop_note
 from .labels import esc, number, visible
+from .sources import source_symbols
 from .steps import Step, split_steps
 
 MAX_LINES = 12  # tried nodes explained one by one at a position
@@ -47,11 +48,27 @@ def stop_line(note, tree: bool, depth: int | None = None) -> str | None:
     deepest drafted node, which the text gives (it is what the figure shows) where the note counts otherwise."""
     if not stop_note.is_note(note):
         return None
+    if note.get("rule") == stop_note.MERGED:
+        return f"**Merged tree**: {esc(stop_note.why(note))}."
     depth = note["depth"] if depth is None else depth
     unit = ("level" if tree else "token") + ("s" if depth != 1 else "")
     numbers = ", ".join(f"{esc(k)} = {esc(v)}" for k, v in stop_note.numbers(note))
     return (f"**Drafting stopped** after {depth} {unit}: {esc(stop_note.why(note))} "
             f"(stopping rule **{esc(stop_note.label(note))}**" + (f"; {numbers}" if numbers else "") + ").")
+
+
+def merged_line(nodes, sources=None) -> str | None:
+    """A tree merged from two drafters' (Node.source): how many nodes each proposed, in the figure's shapes."""
+    shapes = source_symbols(nodes, sources)
+    if not shapes:
+        return None
+    names = [s for s in (sources or []) if s not in shapes] + list(shapes)  # every drafter, those with nodes last
+    counts = {src: sum(1 for n in nodes if n.source == src) for src in names}
+    parts = [f"none from the {esc(src)}" if not k else
+             (f"{k} proposed by both" if src == "both" else f"{k} from the {esc(src)}") + f" ({shapes[src]}s)"
+             for src, k in counts.items()]
+    parts = parts[len(names) - len(shapes):] + parts[: len(names) - len(shapes)]  # those with nodes first
+    return "**Merged** from two drafters' trees, shared prefixes once: " + ", ".join(parts) + "."
 
 
 def node_line(node, greedy: bool, target_choice, lossy: bool = False) -> str:
@@ -102,8 +119,13 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
     else:
         depth = max(n.depth for n in nodes)
         out.append(f"**Drafted** a tree of {len(nodes)} nodes, {depth} deep (several guesses per position).")
-    stopped = stop_line(step.drafted.stop if step.drafted is not None else None, tree=not chain,
-                        depth=max(n.depth for n in nodes))
+    merged = merged_line(nodes, step.drafted.sources if step.drafted is not None else None)
+    if merged:
+        out.append(merged)
+    stopped = stop_line(step.drafted.stop if step.drafted is not None else None, tree=not chain,  # a merged
+                        depth=None if merged else max(n.depth for n in nodes))  # tree: the rule bounds the first
+    if stopped and merged:
+        stopped = stopped.replace("**Drafting stopped**", "**The first drafter stopped**", 1)
     if stopped:
         out.append(stopped)
     if step.verified is None:  # step-by-step, between its two clicks

@@ -29,8 +29,13 @@ def kind(note: dict) -> str:
     return SHORT if is_number(length) and note["depth"] < length else LIMIT
 
 
+MERGED = "merged"  # drafters/merged.py: a merged tree's second drafter drafted alone (its reason says why)
+
+
 def label(note: dict) -> str:
     name = note.get("rule")
+    if name == MERGED:
+        return "merged tree"
     return STOP_RULES.get(name).label if name in STOP_RULES else visible(name, 40)
 
 
@@ -43,6 +48,8 @@ def numbers(note: dict) -> list[tuple[str, str]]:
 def why(note: dict) -> str:
     """One clause: why the round ended."""
     case = kind(note)
+    if note.get("rule") == MERGED:
+        return visible(note.get("reason"), 200)
     if case == RULE:
         return f"the stopping rule ended it early: {visible(note.get('reason'), 160)}"
     if case == SHORT:

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 
 from .labels import esc_plot, number, ratio, visible
 from .palette import MARKER, SHORT
+from .sources import source_symbols
 from .steps import Step, run_started, split_steps
 from .tokens_html import greedy_run
 
@@ -164,7 +165,7 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
                            hoverinfo="text", name="not drawn"))
     depth = max(g.nodes[k]["depth"] for k in g.nodes)
     chars = label_chars(depth)
-    shapes = source_symbols(step.nodes)
+    shapes = source_symbols(step.nodes, step.drafted.sources if step.drafted is not None else None)
     for kind in ("context", "pending", "accepted", "rejected", "unvisited", "resampled", "bonus", "target"):
         keys = [k for k in g.nodes if g.nodes[k]["kind"] == kind]
         if not keys:
@@ -193,22 +194,6 @@ def tree_figure(step: Step | None, context: str = "", title: str | None = None, 
                             xanchor="left")
     layout_["height"] = max(HEIGHT, 120 + ROW_PX * widest)  # a row per node of the widest depth
     return go.Figure(dict(data=traces, layout=layout_))
-
-
-SOURCE_SYMBOLS = ("circle", "square", "triangle-up")
-BOTH_SYMBOL = "hexagon"
-
-
-def source_symbols(nodes) -> dict[str, str]:
-    """A merged tree's drafters (Node.source), each with a marker shape: the first drafter met keeps the
-    plain circle; nodes both proposed are hexagons. Empty for a tree from one drafter."""
-    out: dict[str, str] = {}
-    for node in nodes:
-        src = node.source
-        if src is not None and src not in out:
-            out[src] = BOTH_SYMBOL if src == "both" else SOURCE_SYMBOLS[min(len([s for s in out if s != "both"]),
-                                                                             len(SOURCE_SYMBOLS) - 1)]
-    return out
 
 
 def node_symbol(g: nx.DiGraph, key, shapes: dict[str, str]) -> str:
