@@ -20,7 +20,9 @@ HOW_TO_READ = """**How to read this page**
 * **Step explorer**: one *step* is one forward pass of the target. The graph shows what the drafter proposed in that
   step: a chain (one guess per position) or a tree (several guesses per position, from tree drafters such as
   `pld-tree` and `ngram-tree` or a model drafter's tree shapes). Green nodes were accepted, red rejected, grey never
-  checked; the diamond is the token the target added itself. The explanation beside it says, in words, what the
+  checked; the diamond is the token the target added itself. With `eagle3+ngram` the tree is merged from two
+  drafters' trees (as in SpecInfer): circles are the trained head's guesses, squares the n-gram counts', hexagons
+  guesses both made; one forward verifies them all. The explanation beside it says, in words, what the
   verification rule did and why drafting stopped where it did. Drag the slider or use ◀ ▶ to look at any step.
 * **Entropy**: the target's uncertainty at every generated token, and the drafter's at every drafted one. Drafts
   fail where the models are unsure. Marks on the axis show where each drafting round stopped: at its length limit,
