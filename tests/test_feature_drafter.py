@@ -569,15 +569,23 @@ def test_merged_tree_is_lossless_and_its_grafted_nodes_are_accepted(context_targ
     assert grafted_accepted > 0  # the graft's own nodes were used, not just verified away
 
 
-def test_merged_drafter_refuses_sampling(context_target, trained3):
+@pytest.mark.parametrize("shape", ["chain", "gumbel-top-k"])
+def test_merged_tree_sampling_matches_target_distribution(shape, monkeypatch):
+    """The whole engine with a merged drafter under sampling: the distribution test passes."""
+    import test_lossless_sampling as lossless
+
     from specviz.drafters.merged import MergedDrafter
     from specviz.drafters.ngram import NgramDrafter
-    from specviz.sampling import Warp
 
-    head = make_feature_drafter(context_target, head=trained3.head, shape="chain", draft_len=3)
-    drafter = MergedDrafter(head, NgramDrafter(32, None), 32, "m")
-    with pytest.raises(ValueError, match="greedy"):
-        drafter.propose([1, 2, 3], Warp(temperature=1.0), torch.Generator())
+    monkeypatch.setattr(lossless, "SAMPLES", SAMPLES)
+    target = FeatureBigram(6, seed=0)
+    head = random_head(HeadConfig(hidden=8, heads=2, kv_heads=1, intermediate=16, vocab=6), seed=4, std=0.8)
+    drafter = MergedDrafter(make_feature_drafter(target, head=head, shape=shape, draft_len=2),
+                            NgramDrafter(6, None, budget=4, width=2, prior=0.0, min_expected=0.0), 6, "m")
+    pvalue, tvd = lossless.chi_square(Engine(target, str, drafter, rule="sampling"),
+                                      Settings(lossless.N_TOKENS, temperature=1.0), lossless.TREE_PROMPT)
+    print(f"merged {shape}: chi-square p={pvalue:.3g} tvd={tvd:.4f}")
+    assert pvalue > 1e-3
 
 
 def test_a_confident_graft_drafts_alone(context_target, trained3):

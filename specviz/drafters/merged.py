@@ -6,8 +6,13 @@ first drafter's, sharing prefixes (a token proposed by both under the same paren
 where the text copies (translation, summaries) the copied continuation is in the tree, and where it
 does not the trained drafter's guesses are. The graft costs no drafter forward.
 
-Greedy only: the grafted nodes are deterministic (their own one-hot q, `DraftTree.add_certain`) but
-their siblings come from the first drafter's top-k picks, a mix no sampling verifier here replays.
+Under sampling it stays exact in every shape the first drafter samples (not `dynamic`, which is greedy
+only): a grafted node is a point mass (its own one-hot q; the counts are a function of the text) and
+comes after the first drafter's siblings, so when its turn comes the verifier has already turned p into
+the right residual, and a point-mass stage -- accept y with p'(y), else go on with p' without y --
+passes p' on unchanged, whichever y it was and whether or not the first drafter also drew y (then the
+node is shared and is that drawer's). tests/test_merged.py checks one verification's output against p
+for i.i.d. and without-replacement siblings, and that verifying the graft with the wrong q is caught.
 """
 from __future__ import annotations
 
@@ -26,9 +31,9 @@ MERGED = "merged"  # the stop note's rule when the second drafter drafted alone 
 
 def graft(tree: DraftTree, other: DraftTree, vocab: int, names: tuple[str, str] = ("first", "second")
           ) -> tuple[DraftTree, list[int]]:
-    """`other`'s nodes added to `tree` (in place) as a trie: a node whose token is already a child of
-    its mapped parent is shared. Returns the tree and, per merged node, which tree proposed it
-    (0: `tree`, 1: only `other`); `tree.origin` names it (`names`, or BOTH for a shared node)."""
+    """`other`'s nodes (certain proposals) added to `tree` (in place) as a trie: a node whose token is
+    already a child of its mapped parent is shared. Returns the tree and, per merged node, which tree
+    proposed it (0: `tree`, 1: only `other`); `tree.origin` names it (`names`, or BOTH for a shared node)."""
     source = [0] * len(tree)
     tree.origin = {node: names[0] for node in range(len(tree))}
     tree.sources = tuple(names)
@@ -51,13 +56,13 @@ def graft(tree: DraftTree, other: DraftTree, vocab: int, names: tuple[str, str] 
 
 
 class MergedDrafter:
-    """`first` drafts (any shape); `second`'s tree (a free drafter) is grafted onto it."""
-
-    greedy_only = True
+    """`first` drafts (any shape; under sampling one with i.i.d. siblings); `second`'s tree (a free
+    drafter's certain proposals) is grafted onto it."""
 
     def __init__(self, first: Drafter, second: Drafter, vocab: int, name: str, alone_above: float | None = None,
                  names: tuple[str, str] = ("first drafter", "second drafter")):
         self.first, self.second, self.vocab, self.name, self.names = first, second, vocab, name, names
+        self.greedy_only = first.greedy_only
         # When the second drafter expects at least this many accepted drafts (its `last_expected`),
         # its tree goes alone: the first drafter's forwards and extra nodes would cost more than they add.
         self.alone_above = alone_above
@@ -71,8 +76,6 @@ class MergedDrafter:
         return self.first.forward_seconds + self.second.forward_seconds
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
-        if not warp.greedy:
-            raise ValueError(f"{self.name} merges two drafters' trees, which only greedy verification accepts")
         other = self.second.propose(ids, warp, gen)
         if self.alone_above is not None and getattr(self.second, "last_expected", 0.0) >= self.alone_above:
             tree, source = other, [1] * len(other)  # a tree of one drafter: no origins; the note says why

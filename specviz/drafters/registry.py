@@ -197,7 +197,7 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
                  takes_shape=True, max_nodes=_model_nodes),
     DrafterEntry("eagle3+ngram", "EAGLE-3 head + n-gram tree", "the EAGLE-3 head's tree with the n-gram tree "
                  "grafted on (SpecInfer's merged token tree): guesses where the text is new, copies where it "
-                 "repeats; one verification", _merged, kind="trained", takes_shape=True, greedy_only=True,
+                 "repeats; one verification", _merged, kind="trained", takes_shape=True,
                  max_nodes=lambda d, s: _model_nodes(d, s) + NGRAM_GRAFT),
     # DEL self-speculation (specviz/drafters/early_exit.py; exit adapters in assets/drafters/, SmolLM2-135M only)
     DrafterEntry("del", "DEL self-speculation", "the target's own first L layers + a trained exit adapter; the exit "
