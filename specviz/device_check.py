@@ -17,8 +17,8 @@ import torch
 
 # (drafter, shape, length): every registered drafter once, the shape-taking ones also as a tree
 DEFAULT = ("pld:chain:8,pld-tree:chain:8,ngram:chain:8,ngram-tree:chain:8,eagle3:chain:4,eagle3:dynamic:2,"
-           "eagle:chain:4,del:chain:4,distill-kd:chain:4,distill-tvd:specinfer:3,distill-kd-online:chain:4,"
-           "auto:chain:4,auto-online:chain:4")
+           "eagle3+ngram:dynamic:2,eagle3+ngram:chain:3,eagle:chain:4,del:chain:4,distill-kd:chain:4,"
+           "distill-tvd:specinfer:3,distill-kd-online:chain:4,auto:chain:4,auto-online:chain:4")
 
 
 def check(config, drafters: str, prompts: list[dict], sampled: bool = True, log=print) -> list[dict]:

@@ -14,10 +14,10 @@ from specviz.engine import Settings
 needs_smollm2 = pytest.mark.skipif(models.status("smollm2-135m") != "ready", reason="smollm2-135m not fetched")
 
 # one configuration per code path that allocates its own tensors: the feature heads (chain and tree),
-# DEL's exit adapters, the distilled LM (shipped and online copies), the tree verifier of a copying
-# drafter, and `auto`, which builds its arms itself
-CONFIGS = ("eagle3:dynamic:2,eagle:chain:3,del:chain:3,distill-kd:chain:3,distill-kd-online:chain:3,"
-           "pld-tree:chain:4,auto:chain:4")
+# the merged tree, DEL's exit adapters, the distilled LM (shipped and online copies), the tree verifier
+# of a copying drafter, and `auto`, which builds its arms itself
+CONFIGS = ("eagle3:dynamic:2,eagle3+ngram:chain:3,eagle:chain:3,del:chain:3,distill-kd:chain:3,"
+           "distill-kd-online:chain:3,pld-tree:chain:4,auto:chain:4")
 
 
 @needs_smollm2
