@@ -200,26 +200,6 @@ def test_trees_stop_step_by_step_and_race(url, browser):
     page.locator("#specviz-tree").scroll_into_view_if_needed()
     page.screenshot(path=str(ASSETS / "screenshot-tree.png"))
 
-    # a merged tree (the EAGLE-3 head's and the n-gram tree's): some step shows whose node is whose
-    page.fill("#specviz-prompt textarea", "Copy this sentence exactly, then translate it into French: "
-              "The small red boat sails across the quiet lake every morning at seven.")
-    pick(page, "#specviz-drafter-menu", "eagle3+ngram")
-    pick(page, "#specviz-shape-menu", "dynamic")
-    set_number(page, "specviz-draft-len", 2)
-    page.click("#specviz-run")
-    page.wait_for_selector("#specviz-status:has-text('n-gram tree'):has-text('✔ done')", timeout=180_000)
-    for _ in range(40):  # back through the steps to one both drafters proposed nodes in
-        if "from the n-gram tree (squares)" in page.inner_text("#specviz-explain"):
-            break
-        page.click("#specviz-prev")
-        page.wait_for_timeout(500)
-    assert "from the EAGLE-3 head (circles)" in page.inner_text("#specviz-explain")
-    assert "proposed by the n-gram tree" in page.inner_text("#specviz-tree")  # the legend
-    page.locator("#specviz-tree").scroll_into_view_if_needed()
-    page.screenshot(path=str(ASSETS / "screenshot-merged-tree.png"))
-    pick(page, "#specviz-shape-menu", "chain")
-    set_number(page, "specviz-draft-len", 8)
-
     # Stop mid-run: the partial run can be downloaded
     pick(page, "#specviz-drafter-menu", "pld")
     set_number(page, "specviz-max-new", 400)
@@ -260,6 +240,24 @@ def test_trees_stop_step_by_step_and_race(url, browser):
     page.get_by_role("tab", name="Watch").click()
     page.wait_for_timeout(500)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # a merged tree (the EAGLE-3 head's and the n-gram tree's): some step shows whose node is whose
+    page.fill("#specviz-prompt textarea", "Copy this sentence exactly, then translate it into French: "
+              "The small red boat sails across the quiet lake every morning at seven.")
+    pick(page, "#specviz-drafter-menu", "eagle3+ngram")
+    pick(page, "#specviz-shape-menu", "dynamic")
+    set_number(page, "specviz-draft-len", 2)
+    page.click("#specviz-run")
+    page.wait_for_selector("#specviz-status:has-text('n-gram tree'):has-text('✔ done')", timeout=180_000)
+    for _ in range(40):  # back through the steps to one both drafters proposed nodes in
+        if "from the n-gram tree (squares)" in page.inner_text("#specviz-explain"):
+            break
+        page.click("#specviz-prev")
+        page.wait_for_timeout(500)
+    assert "from the EAGLE-3 head (circles)" in page.inner_text("#specviz-explain")
+    assert "proposed by the n-gram tree" in page.inner_text("#specviz-tree")  # the legend
+    page.locator("#specviz-tree").scroll_into_view_if_needed()
+    page.screenshot(path=str(ASSETS / "screenshot-merged-tree.png"))
     assert visible_badges(page) == 0
     page.close()
     assert not outside, f"the page tried to reach the network: {outside[:5]}"
