@@ -56,8 +56,7 @@ def graft(tree: DraftTree, other: DraftTree, vocab: int, names: tuple[str, str] 
 
 
 class MergedDrafter:
-    """`first` drafts (any shape; under sampling one with i.i.d. siblings); `second`'s tree (a free
-    drafter's certain proposals) is grafted onto it."""
+    """`first` drafts (any shape); `second`'s tree (a free drafter's certain proposals) is grafted onto it."""
 
     def __init__(self, first: Drafter, second: Drafter, vocab: int, name: str, alone_above: float | None = None,
                  names: tuple[str, str] = ("first drafter", "second drafter")):

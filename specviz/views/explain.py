@@ -43,7 +43,7 @@ def is_lossy(rule: str | None) -> bool:
     return rule in rules.VERIFY_RULES and not rules.VERIFY_RULES.get(rule).lossless
 
 
-def stop_line(note, tree: bool, depth: int | None = None) -> str | None:
+def stop_line(note, tree: bool, depth: int | None = None, subject: str = "Drafting stopped") -> str | None:
     """Why drafting ended this step, from the Drafted event's stop note (None without one). `depth`: the
     deepest drafted node, which the text gives (it is what the figure shows) where the note counts otherwise."""
     if not stop_note.is_note(note):
@@ -53,7 +53,7 @@ def stop_line(note, tree: bool, depth: int | None = None) -> str | None:
     depth = note["depth"] if depth is None else depth
     unit = ("level" if tree else "token") + ("s" if depth != 1 else "")
     numbers = ", ".join(f"{esc(k)} = {esc(v)}" for k, v in stop_note.numbers(note))
-    return (f"**Drafting stopped** after {depth} {unit}: {esc(stop_note.why(note))} "
+    return (f"**{subject}** after {depth} {unit}: {esc(stop_note.why(note))} "
             f"(stopping rule **{esc(stop_note.label(note))}**" + (f"; {numbers}" if numbers else "") + ").")
 
 
@@ -62,12 +62,9 @@ def merged_line(nodes, sources=None) -> str | None:
     shapes = source_symbols(nodes, sources)
     if not shapes:
         return None
-    names = [s for s in (sources or []) if s not in shapes] + list(shapes)  # every drafter, those with nodes last
-    counts = {src: sum(1 for n in nodes if n.source == src) for src in names}
-    parts = [f"none from the {esc(src)}" if not k else
-             (f"{k} proposed by both" if src == "both" else f"{k} from the {esc(src)}") + f" ({shapes[src]}s)"
-             for src, k in counts.items()]
-    parts = parts[len(names) - len(shapes):] + parts[: len(names) - len(shapes)]  # those with nodes first
+    parts = [(f"{k} proposed by both" if src == "both" else f"{k} from the {esc(src)}") + f" ({shape}s)"
+             for src, shape in shapes.items() for k in [sum(1 for n in nodes if n.source == src)]]
+    parts += [f"none from the {esc(src)}" for src in sources or [] if src not in shapes]
     return "**Merged** from two drafters' trees, shared prefixes once: " + ", ".join(parts) + "."
 
 
@@ -122,10 +119,11 @@ def explain_step(events: list[Event], rule: str | None = None) -> str:
     merged = merged_line(nodes, step.drafted.sources if step.drafted is not None else None)
     if merged:
         out.append(merged)
-    stopped = stop_line(step.drafted.stop if step.drafted is not None else None, tree=not chain,  # a merged
-                        depth=None if merged else max(n.depth for n in nodes))  # tree: the rule bounds the first
-    if stopped and merged:
-        stopped = stopped.replace("**Drafting stopped**", "**The first drafter stopped**", 1)
+    note = step.drafted.stop if step.drafted is not None else None
+    if merged:  # the stopping rule bounds the first drafter only: its own depth, not the deepest graft
+        stopped = stop_line(note, tree=True, subject="The first drafter stopped")
+    else:
+        stopped = stop_line(note, tree=not chain, depth=max(n.depth for n in nodes))
     if stopped:
         out.append(stopped)
     if step.verified is None:  # step-by-step, between its two clicks
