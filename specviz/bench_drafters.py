@@ -77,6 +77,7 @@ def run_drafters(a, config) -> int:
     identical: dict[tuple[str, str], list[bool]] = defaultdict(list)
     diverged: dict[str, list[dict]] = defaultdict(list)  # where greedy text left AR's, and how close the tie was
     grafted: dict[tuple[str, str], int] = defaultdict(int)  # merged trees: accepted drafts only the graft proposed
+    merged = {name for name, spec in engines.items() if hasattr(spec.engine.drafter, "grafted_accepted")}
     oracle = getattr(a, "oracle", False)
     if oracle and not greedy:
         raise ValueError("--oracle compares arms that write the same text: use temperature 0")
@@ -93,7 +94,8 @@ def run_drafters(a, config) -> int:
             for cat in (p["category"], "overall"):
                 spec_m[name, cat].add(r.metrics)
                 identical[name, cat].append(r.token_ids == r_ar.token_ids)
-                grafted[name, cat] += getattr(spec.engine.drafter, "grafted_accepted", 0)
+                if name in merged:
+                    grafted[name, cat] += spec.engine.drafter.grafted_accepted
             if greedy and r.token_ids != r_ar.token_ids:
                 from .bench import first_divergence, top2_gap
 
@@ -118,7 +120,7 @@ def run_drafters(a, config) -> int:
             "identical": all(identical[name, cat]) if greedy else None,
             "identical_count": sum(identical[name, cat]) if greedy else None,
             "divergences": [d for d in diverged[name] if cat in ("overall", d["category"])]}
-        if hasattr(engines.get(name) and engines[name].engine.drafter, "grafted_accepted"):
+        if name in merged:
             results[name][cat]["grafted_share"] = grafted[name, cat] / m.accepted if m.accepted else 0.0
     print(format_table(results))
     if a.json:

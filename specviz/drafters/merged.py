@@ -19,14 +19,13 @@ from __future__ import annotations
 import torch
 
 from ..sampling import Warp
-from ..stop_rules import StopRule
+from ..stop_rules import MERGED_ALONE, StopNote, StopRule
 from ..tree import DraftTree, depths
 from ..verify import Verdict
 from . import Drafter, TargetView
 
 
 BOTH = "both"
-MERGED = "merged"  # the stop note's rule when the second drafter drafted alone (views/stop_note.py reads it)
 
 
 def graft(tree: DraftTree, other: DraftTree, vocab: int, names: tuple[str, str] = ("first", "second")
@@ -78,10 +77,10 @@ class MergedDrafter:
         other = self.second.propose(ids, warp, gen)
         if self.alone_above is not None and getattr(self.second, "last_expected", 0.0) >= self.alone_above:
             tree, source = other, [1] * len(other)  # a tree of one drafter: no origins; the note says why
-            tree.stop = {"rule": MERGED, "depth": max(depths(tree.parents)),
-                         "reason": f"the {self.names[1]} expected {self.second.last_expected:.1f} accepted drafts "
-                                   f"(at least {self.alone_above:g}), so it drafted alone and the {self.names[0]} "
-                                   f"was not asked"}
+            tree.stop = StopNote(MERGED_ALONE, max(depths(tree.parents), default=0),
+                                 f"the {self.names[1]} expected {self.second.last_expected:.1f} accepted drafts "
+                                 f"(at least {self.alone_above:g}), so it drafted alone and the {self.names[0]} "
+                                 "was not asked").as_dict()
         else:
             tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
             tree, source = graft(tree, other, self.vocab, self.names)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..registry import Registry
 from . import adaedl, confidence, schedule, static
-from .base import StopEntry, StopNote, StopRule, stop_level
+from .base import MERGED_ALONE, StopEntry, StopNote, StopRule, stop_level
 
 STOP_RULES: Registry[StopEntry] = Registry("stopping rule", static.ENTRY, schedule.ENTRY, confidence.ENTRY,
                                             adaedl.ENTRY)
@@ -16,4 +16,4 @@ def make_stop_rule(name: str, draft_len: int, params: dict | None = None) -> Sto
     return entry.make(draft_len, **check_params(entry.params, params, f"stopping rule '{name}'"))
 
 
-__all__ = ["STOP_RULES", "StopEntry", "StopNote", "StopRule", "make_stop_rule", "stop_level"]
+__all__ = ["MERGED_ALONE", "STOP_RULES", "StopEntry", "StopNote", "StopRule", "make_stop_rule", "stop_level"]

@@ -36,6 +36,11 @@ class StopRule(Protocol):
         ...
 
 
+# The note's rule when a merged tree's second drafter drafted alone (drafters/merged.py writes it,
+# views/stop_note.py reads it): not a stopping rule, so its reason is shown as it is.
+MERGED_ALONE = "merged"
+
+
 @dataclass
 class StopNote:
     """Why a drafting round ended: recorded in the draft tree and the Drafted event."""

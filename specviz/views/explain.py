@@ -48,7 +48,7 @@ def stop_line(note, tree: bool, depth: int | None = None, subject: str = "Drafti
     deepest drafted node, which the text gives (it is what the figure shows) where the note counts otherwise."""
     if not stop_note.is_note(note):
         return None
-    if note.get("rule") == stop_note.MERGED:
+    if note.get("rule") == stop_note.MERGED_ALONE:
         return f"**Merged tree**: {esc(stop_note.why(note))}."
     depth = note["depth"] if depth is None else depth
     unit = ("level" if tree else "token") + ("s" if depth != 1 else "")

@@ -7,7 +7,7 @@ Plain text here; each view escapes it for its medium.
 """
 from __future__ import annotations
 
-from ..stop_rules import STOP_RULES
+from ..stop_rules import MERGED_ALONE, STOP_RULES
 from .labels import visible
 
 MAX_NUMBERS = 8  # a note's numbers shown (a hostile trace may record many)
@@ -29,12 +29,9 @@ def kind(note: dict) -> str:
     return SHORT if is_number(length) and note["depth"] < length else LIMIT
 
 
-MERGED = "merged"  # drafters/merged.py: a merged tree's second drafter drafted alone (its reason says why)
-
-
 def label(note: dict) -> str:
     name = note.get("rule")
-    if name == MERGED:
+    if name == MERGED_ALONE:
         return "merged tree"
     return STOP_RULES.get(name).label if name in STOP_RULES else visible(name, 40)
 
@@ -48,7 +45,7 @@ def numbers(note: dict) -> list[tuple[str, str]]:
 def why(note: dict) -> str:
     """One clause: why the round ended."""
     case = kind(note)
-    if note.get("rule") == MERGED:
+    if note.get("rule") == MERGED_ALONE:
         return visible(note.get("reason"), 200)
     if case == RULE:
         return f"the stopping rule ended it early: {visible(note.get('reason'), 160)}"
