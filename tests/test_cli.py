@@ -131,6 +131,9 @@ def test_trained_drafter_card_names_command_weights_and_curve(tmp_path):
                                  "--vocab 128 --seed 1 --threads 1")
     assert stored["loss_curve"] == "loss.png" and stored["train_seconds"] == 2
     assert len(logged) == 1 and str(out) in logged[0]
+    a.positions = 200_000  # DEL's sample of recomputed states, when set, is part of what reproduces it
+    assert write_card(a, 128, {"summary": {"train_seconds": 2}, "png": tmp_path / "loss.png"}, out,
+                      logged.append)["command"].endswith("--threads 1 --positions 200000")
 
 
 @needs_smollm2
@@ -185,3 +188,13 @@ def test_check_lossless_prints_the_distributions_and_the_verdict():
     assert "speculative: chi-square" in run.stdout and "Lossless as far as 40 samples can tell" in run.stdout
     bad = cli("check-lossless", "--prompt", "x", "--k", "5")
     assert bad.returncode == 2 and "--k must be 1 to 3" in bad.stderr
+
+
+def test_trainer_progress_bars_take_a_stage_name():
+    """DEL names each stage's bar (`progress(items, desc=...)`); the CLI's bar factory used to pass desc twice
+    and `train-drafter del` died before its first step."""
+    from specviz.train.card import progress_bar
+
+    bar = progress_bar(mininterval=10)(range(3), desc="states (train)")
+    assert list(bar) == [0, 1, 2] and bar.desc.startswith("states (train)")
+    assert progress_bar("kd")(range(2)).desc.startswith("kd")

@@ -16,17 +16,19 @@ def log(msg: str) -> None:
 
 
 def progress_bar(desc: str | None = None, mininterval: float = 5):
-    """A `progress=` callable for the trainers: wraps an iterable in a tqdm bar on stderr."""
+    """A `progress=` callable for the trainers: wraps an iterable in a tqdm bar on stderr; a trainer's own
+    keywords (e.g. a `desc` per stage) win over these defaults."""
     from tqdm import tqdm
 
-    return lambda items, **kw: tqdm(items, desc=desc, file=sys.stderr, mininterval=mininterval, **kw)
+    return lambda items, **kw: tqdm(items, **({"desc": desc, "file": sys.stderr, "mininterval": mininterval} | kw))
 
 
 def write_card(a: argparse.Namespace, vocab: int, result: dict, out: Path, log=log) -> dict:
     """The trained drafter's JSON card next to its weights (atomically): the trainer's summary, the command
     that reproduces it, the weights' and loss curve's file names; logs where everything went."""
     command = (f"python -m specviz train-drafter {a.kind} --shards {a.shards} --steps {a.steps} "
-               f"--batch-tokens {a.batch_tokens} --vocab {vocab} --seed {a.seed} --threads {a.threads}")
+               f"--batch-tokens {a.batch_tokens} --vocab {vocab} --seed {a.seed} --threads {a.threads}"
+               + (f" --positions {a.positions}" if getattr(a, "positions", None) else ""))
     card = result["summary"] | {"command": command, "weights": out.name, "loss_curve": result["png"].name,
                                 "weights_bytes": out.stat().st_size}
     atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=2))

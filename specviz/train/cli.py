@@ -44,6 +44,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--minutes", type=float, default=0.0, help="eagle, eagle3: a training time budget; the learning-rate "
                    "schedule runs on the larger of step and time fraction and training ends at either limit")
     t.add_argument("--lr", type=float, help="eagle, eagle3: peak learning rate (default 1e-3)")
+    t.add_argument("--positions", type=int, help="del: training positions whose exit states are recomputed in "
+                   "memory (a seeded sample of sequences; default 40,000, ~6 KB each)")
     t.add_argument("--init", help="eagle, eagle3: start from this trained head (its weights and readout tokens) "
                    "instead of random weights, e.g. to continue the shipped head on more data")
     t.add_argument("--out", help="weights file (default assets/drafters/eagle-<target>.safetensors)")

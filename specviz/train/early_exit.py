@@ -250,7 +250,7 @@ def run_from_cli(a, roots: list[Path]) -> int:
     sets = [DistillSet(r, shards=a.shards if r == roots[-1] else 0) for r in roots]
     model, tokenizer, _ = load_model(a.target)
     cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, vocab=a.vocab or distill.VOCAB, seed=a.seed,
-                      threads=a.threads)
+                      threads=a.threads, **({"max_tokens": a.positions} if getattr(a, "positions", None) else {}))
     out = Path(a.out) if a.out else default_weights(a.target)
     work = Path(a.work) if a.work else cache_root() / "train" / f"del-{Path(a.target).name}"
     result = train(model, sets, cfg, out, work, eos_ids(model, tokenizer),
