@@ -27,6 +27,8 @@ from .policy import HIDDEN_DIMS, ArmPolicy, fit_best_arm, fit_encoder, fit_reinf
 
 HOLDOUT_EVERY = 5
 METHODS = {"reinforce": fit_reinforce, "supervised": fit_best_arm}
+# the ablation's feature sets: (principal components of the pooled prefill states, text statistics on)
+FEATURES = {"both": (HIDDEN_DIMS, True), "states only": (HIDDEN_DIMS, False), "text only": (0, True)}
 
 
 def metrics_of(summary: dict) -> Metrics:
@@ -44,7 +46,8 @@ def cost_curve(rows: list[dict]) -> CostCurve:
 
 
 def table(rows: list[dict], arms: list[str] | None = None):
-    """(arms, kept rows, rewards [rows, arms], wall-clock speedups [rows, arms], curve)."""
+    """(arms, kept rows, rewards [rows, arms], wall-clock speedups [rows, arms], curve). `arms`: the arms to
+    score (a prompt logged without one of them is left out); default: the arms every prompt has."""
     if arms is None:
         arms = [a for a in rows[0]["arms"] if all(a in r["arms"] for r in rows)] if rows else []
     curve = cost_curve(rows)
@@ -85,9 +88,10 @@ def probs(enc, w, b, states, stats) -> torch.Tensor:
     return torch.softmax(enc(states, stats) @ w.T + b, -1)
 
 
-def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None) -> dict:
+def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None, arms: list[str] | None = None) -> dict:
     """Held-out mean rewards of the policies and the fixed choices (the card's figures)."""
-    arms, rows, rewards, walls, curve = table(rows)
+    logged = len(rows)
+    arms, rows, rewards, walls, curve = table(rows, arms)
     test = torch.tensor([held_out(r) for r in rows])
     train = ~test
     if train.sum() < 2 or test.sum() < 1:
@@ -96,7 +100,8 @@ def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None) -> dict
     tr = lambda t: t[train]  # noqa: E731
     te = lambda t: t[test]  # noqa: E731
     best_single = int(tr(rewards).mean(0).argmax())
-    out = {"arms": arms, "prompts": len(rows), "train": int(train.sum()), "held_out": int(test.sum()),
+    out = {"arms": arms, "prompts": len(rows), "left_out": logged - len(rows), "train": int(train.sum()),
+           "held_out": int(test.sum()),
            "curve": [[round(n, 2), round(s, 6), c] for n, s, c in curve.points()],
            "mean_reward_per_arm": {a: round(float(te(rewards)[:, i].mean()), 4) for i, a in enumerate(arms)},
            "mean_wall_speedup_per_arm": {a: round(float(te(walls)[:, i].mean()), 4) for i, a in enumerate(arms)},
@@ -105,8 +110,7 @@ def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None) -> dict
                      "oracle": round(float(te(rewards).max(1).values.mean()), 4)}}
     picks = {}
     for method in METHODS:
-        for name, dims, use_text in (("both", HIDDEN_DIMS, True), ("states only", HIDDEN_DIMS, False),
-                                     ("text only", 0, True)):
+        for name, (dims, use_text) in FEATURES.items():
             enc, w, b = fit(method, tr(states), tr(stats), tr(rewards), seed, dims, use_text, epochs)
             p = probs(enc, w, b, te(states), te(stats))
             out.setdefault("ablation", {}).setdefault(method, {})[name] = round(mean_reward(p, te(rewards)), 4)
@@ -135,11 +139,13 @@ def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None) -> dict
     return out
 
 
-def train_policy(rows: list[dict], method: str = "reinforce", seed: int = 0, epochs: int | None = None) -> ArmPolicy:
+def train_policy(rows: list[dict], method: str = "reinforce", seed: int = 0, epochs: int | None = None,
+                 arms: list[str] | None = None, feature_set: str = "both") -> ArmPolicy:
     """The policy on every usable prompt, with what `auto` needs beside it (priors, drafting costs, curve)."""
-    arms, rows, rewards, _, curve = table(rows)
+    arms, rows, rewards, _, curve = table(rows, arms)
     states, stats = features(rows)
-    enc, w, b = fit(method, states, stats, rewards, seed, epochs=epochs)
+    dims, use_text = FEATURES[feature_set]
+    enc, w, b = fit(method, states, stats, rewards, seed, dims, use_text, epochs)
     one = curve.seconds(1) or 1.0
     cost = []
     for a in arms:
@@ -157,11 +163,12 @@ def write_card(path: Path, report: dict, collected: dict, method: str, seconds: 
     card = {"method": method, "trained_in_s": round(seconds, 1), "collection": collected, **report}
     atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=1))
     fixed = report["fixed"]
+    left = f" ({report['left_out']} logged without every arm left out)" if report.get("left_out") else ""
     lines = [f"# Drafter-choice policy (`auto`) for {collected.get('target', '?')}", "",
              f"Trained with {method} on {report['train']} logged prompts, evaluated on {report['held_out']} held out "
              f"(one in {HOLDOUT_EVERY} by prompt hash), {time.strftime('%Y-%m-%d')}. Collection: "
              f"{collected.get('prompts', '?')} prompts in {collected.get('seconds', '?')} s on {collected.get('machine', '?')}, "
-             f"{collected.get('max_new_tokens', '?')} new tokens, greedy; arms skipped: "
+             f"{collected.get('max_new_tokens', '?')} new tokens, greedy{left}; arms skipped: "
              f"{'; '.join(collected.get('skipped', [])) or 'none'}.", "",
              "Reward: the speedup expected from tau and this machine's cost curve (metrics.expected_speedup); "
              "held-out means:", "", "| choice | mean expected speedup |", "|---|---|"]
@@ -189,13 +196,19 @@ def cmd_train_policy(a) -> int:
         collected = json.loads((data / "card.json").read_text())
     except (OSError, ValueError):
         collected = {}
+    # the arms of the last collection: prompts logged before an arm was added and not yet redone sit out
+    arms = collected.get("arms") or None
     start = time.perf_counter()
-    report = evaluate(rows, a.seed, a.epochs or None)
-    policy = train_policy(rows, a.method, a.seed, a.epochs or None)
-    policy.card = {"held_out": report["fixed"], "ablation": report["ablation"], "prompts": report["prompts"]}
+    report = evaluate(rows, a.seed, a.epochs or None, arms)
+    if report["left_out"]:
+        print(f"{report['left_out']} of {len(rows)} logged prompts lack one of the arms {', '.join(report['arms'])} "
+              f"and were left out (run collect again to log them)", file=sys.stderr)
+    policy = train_policy(rows, a.method, a.seed, a.epochs or None, arms, a.features)
+    policy.card = {"held_out": report["fixed"], "ablation": report["ablation"], "prompts": report["prompts"],
+                   "features": a.features}
     out = Path(a.out) if a.out else POLICY_DIR / f"auto-{Path(a.target).name}.safetensors"
     policy.save(out)
-    write_card(out, report, collected, a.method, time.perf_counter() - start)
+    write_card(out, report, collected, f"{a.method} ({a.features})", time.perf_counter() - start)
     print(out.with_suffix(".md").read_text())
     print(f"policy written to {out}", file=sys.stderr)
     return 0
@@ -206,6 +219,8 @@ def add_parser(sub) -> None:
     t.add_argument("--target", default="smollm2-135m")
     t.add_argument("--data", help="the collect directory (default: <cache>/policy/<target>)")
     t.add_argument("--method", choices=sorted(METHODS), default="reinforce")
+    t.add_argument("--features", choices=sorted(FEATURES), default="both",
+                   help="what the shipped policy reads (the card's ablation scores all three on the held-out fifth)")
     t.add_argument("--epochs", type=int, default=0, help="0: the default")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="policy file (default: assets/policy/auto-<target>.safetensors)")
