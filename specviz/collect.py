@@ -46,17 +46,48 @@ def prompt_key(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()[:16]
 
 
-def training_prompts(limit: int, seed: int = 0) -> list[dict]:
+def training_prompts(limit: int, seed: int = 0, seen_shards: int = 0) -> list[dict]:
     """A seeded sample of the wide instruction set (rows: category, prompt, source); checked once more
-    against every evaluation prompt."""
+    against every evaluation prompt. `seen_shards`: the instructions whose responses fill the first
+    that many shards of data v2 are left out (a trained arm learned from them: see v2_shards_seen)."""
     from .prompts import overlapping
     from .train.sources import shares_material, wide_instructions
 
-    rows = wide_instructions(seed)
+    rows = unseen_instructions(wide_instructions(seed), seed, seen_shards)
     random.Random(seed).shuffle(rows)
     rows = rows[:limit] if limit else rows
     clash = set(shares_material([r["prompt"] for r in rows])) | set(overlapping([r["prompt"] for r in rows]))
     return [r for r in rows if r["prompt"] not in clash]
+
+
+def unseen_instructions(rows: list[dict], seed: int, shards: int) -> list[dict]:
+    """The rows none of whose data-v2 jobs (train/data.make_jobs: the same seed, lengths and batch as
+    `build`) lies in the first `shards` shards."""
+    if shards <= 0:
+        return list(rows)
+    from .train.data import BATCH, make_jobs
+
+    seen = {job["prompt"] for job in make_jobs([len(r["prompt"]) for r in rows], seed, BATCH) if job["shard"] < shards}
+    return [r for i, r in enumerate(rows) if i not in seen]
+
+
+def v2_shards_seen(target: str, arms: list[str]) -> int:
+    """How many shards of data v2 the arms' trained heads learned from (their weights' metadata names
+    the shards of each data set, v2 last). Logged on those instructions, a head's arms would score its
+    training accuracy (top-1 ~0.7 against ~0.5 on new text) and the policy would learn to overrate them."""
+    from safetensors import safe_open
+
+    from .drafters.feature_head import default_weights
+
+    seen = 0
+    for kind in sorted({k for a in arms for k in parse_arm(a)[0].split("+")} & {"eagle", "eagle3"}):
+        path = default_weights(target, kind)
+        if not path.exists():
+            continue
+        with safe_open(str(path), "pt") as f:
+            shards = (f.metadata() or {}).get("shards", "0").split("+")[-1]
+        seen = max(seen, int(shards) if shards.isdigit() else 0)
+    return seen
 
 
 def encode_states(states: torch.Tensor) -> str:
@@ -111,7 +142,11 @@ def collect(target: str, arms: list[str], limit: int, max_new_tokens: int, out: 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "outcomes.jsonl"
     done = {row["key"]: row for row in read_outcomes(path)}
-    prompts = training_prompts(limit, seed)
+    seen = v2_shards_seen(target, arms)
+    prompts = training_prompts(limit, seed, seen)
+    if not prompts:
+        raise ValueError(f"no training prompt is left: the arms' heads learned from the first {seen} shards of data v2, "
+                         f"which hold every instruction")
     settings = Settings(max_new_tokens=max_new_tokens)
     engines, skipped = {}, []
     for label in arms:
@@ -137,7 +172,8 @@ def collect(target: str, arms: list[str], limit: int, max_new_tokens: int, out: 
     try:
         _log_prompts(bar, engines, first, done, settings, max_new_tokens, path)
     finally:  # stopped (Ctrl-C) or done: the card says what was logged so far
-        write_card(out, target, list(engines), skipped, max_new_tokens, seed, limit, time.perf_counter() - started)
+        write_card(out, target, list(engines), skipped, max_new_tokens, seed, limit, time.perf_counter() - started,
+                   seen)
     return path
 
 
@@ -175,7 +211,7 @@ def _log_prompts(bar, engines: dict, first, done: dict, settings, max_new_tokens
 
 
 def write_card(out: Path, target: str, arms: list[str], skipped: list[str], max_new_tokens: int, seed: int,
-               limit: int, elapsed: float) -> None:
+               limit: int, elapsed: float, seen_shards: int = 0) -> None:
     from .atomic import atomic_write_text
     from .ui.measured import machine
 
@@ -187,7 +223,8 @@ def write_card(out: Path, target: str, arms: list[str], skipped: list[str], max_
         pass
     card = {
         "target": target, "arms": arms, "skipped": skipped, "max_new_tokens": max_new_tokens, "seed": seed,
-        "limit": limit, "prompts": len(rows), "machine": machine(), "torch_threads": torch.get_num_threads(),
+        "limit": limit, "left_out_v2_shards": seen_shards, "prompts": len(rows), "machine": machine(),
+        "torch_threads": torch.get_num_threads(),
         "seconds": round(old.get("seconds", 0.0) + elapsed, 1),
         "prompt_seconds": round(sum(r["seconds"] for r in rows), 1),
         "categories": {c: sum(r["category"] == c for r in rows) for c in sorted({r["category"] for r in rows})},

@@ -314,13 +314,37 @@ def test_training_prompts_never_hold_an_evaluation_prompt(monkeypatch):
     assert evaluation not in got and set(got) <= {r["prompt"] for r in TRAINING} and len(got) >= 4
 
 
+def test_collect_leaves_out_the_instructions_a_trained_head_learned_from(tmp_path, monkeypatch):
+    """Logged on its own training instructions a head scores its training accuracy, and the policy learns
+    to overrate its arms; collect skips the instructions whose responses fill the shards the head saw."""
+    from safetensors.torch import save_file
+
+    from specviz import collect
+    from specviz.drafters import feature_head
+    from specviz.train.data import BATCH, make_jobs
+
+    rows = [{"category": "qa", "prompt": "x" * (10 + i % 37), "source": "t"} for i in range(3 * BATCH)]
+    jobs = make_jobs([len(r["prompt"]) for r in rows], 0, BATCH)
+    first = {j["prompt"] for j in jobs if j["shard"] == 0}
+    kept = collect.unseen_instructions(rows, 0, 1)
+    assert 0 < len(kept) == len(rows) - len(first)
+    assert {i for i, r in enumerate(rows) if any(r is k for k in kept)}.isdisjoint(first)
+    assert collect.unseen_instructions(rows, 0, 0) == rows
+    head = tmp_path / "eagle3-t.safetensors"
+    save_file({"w": torch.zeros(1)}, str(head), metadata={"shards": "20+3"})  # a corpus set, then 3 v2 shards
+    monkeypatch.setattr(feature_head, "default_weights", lambda target, kind: tmp_path / f"{kind}-t.safetensors")
+    assert collect.v2_shards_seen("t", ["none", "eagle3+ngram:dynamic:2"]) == 3
+    assert collect.v2_shards_seen("t", ["none", "pld:chain:8", "eagle:chain:4"]) == 0  # no EAGLE-1 head here
+
+
 def test_collect_resumes_and_train_policy_writes_a_policy(tmp_path, monkeypatch):
     from specviz import collect
     from specviz.choice.train import train_policy
     from specviz.paths import DRAFTERS as WEIGHTS
 
     target = tiny_target_dir(tmp_path)
-    monkeypatch.setattr(collect, "training_prompts", lambda limit, seed=0: TRAINING[:limit] if limit else TRAINING)
+    monkeypatch.setattr(collect, "training_prompts",
+                        lambda limit, seed=0, seen=0: TRAINING[:limit] if limit else TRAINING)
     out = tmp_path / "out"
     arms = ["none", "pld:chain:8", "ngram:chain:4", "eagle3:chain:4"]
     path = collect.collect(target, arms, 4, 8, out, log=lambda s: None)
@@ -337,8 +361,19 @@ def test_collect_resumes_and_train_policy_writes_a_policy(tmp_path, monkeypatch)
     assert len(rows) == 6 and [r["key"] for r in rows[:3]] == [json.loads(x)["key"] for x in lines[:3]]
     policy = train_policy(rows, "reinforce", epochs=5)
     assert policy.arms == ["none", "pld:chain:8", "ngram:chain:4"] and len(policy.curve) >= 1
+    # a prompt logged before an arm existed: named arms keep the arm and leave that prompt out
+    from specviz.choice.train import table
+
+    older = [dict(rows[0], arms={k: v for k, v in rows[0]["arms"].items() if k != "ngram:chain:4"})] + rows[1:]
+    assert table(older)[0] == ["none", "pld:chain:8"]
+    arms_kept, kept, rewards, _, _ = table(older, policy.arms)
+    assert arms_kept == policy.arms and len(kept) == 5 and rewards.shape == (5, 3)
     again = ArmPolicy.load(policy.save(tmp_path / "auto.safetensors"))
     assert again.probs(collect.decode_states(rows[0]["states"]), torch.tensor(rows[0]["stats"])).shape == (3,)
+    text_only = ArmPolicy.load(train_policy(rows, "reinforce", epochs=5, feature_set="text only").save(
+        tmp_path / "text.safetensors"))  # the ablation's "text only" shipped: no state components
+    assert text_only.encoder.basis.shape[1] == 0 and text_only.encoder.use_text
+    assert text_only.probs(collect.decode_states(rows[0]["states"]), torch.tensor(rows[0]["stats"])).shape == (3,)
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
