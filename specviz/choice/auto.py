@@ -2,7 +2,7 @@
 target's prefill, and, behind a switch, keeps re-deciding as the text goes.
 
     step 0        drafts nothing: the target's forward is the prefill; its final states are pooled
-                  (features.py) and every arm reads that forward (state-reading arms need it)
+                  (features.py), the policy chooses, and the chosen arm reads that forward
     step 1        the policy's choice drafts (argmax of pi; probabilities recorded)
     every K steps (online) a Thompson switch (bandit.py) re-decides from the rewards just observed
 
@@ -119,10 +119,13 @@ class AutoDrafter:
 
     def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
         if self.step == 0:
-            for arm in self.arms:  # nothing was drafted: this forward is every arm's own
-                if arm.drafter is not None:
-                    arm.drafter.learn(tree, verdict, target)
             self._first_choice(target)
+            # nothing was drafted: the prefill is the chosen arm's own. Only it learns from it: an arm that
+            # reads the target's states and does not draft the next step leaves the run anyway, and the free
+            # arms learn nothing (they read the text), so the other heads' passes over the prompt were waste
+            chosen = self.arms[self.active].drafter
+            if chosen is not None:
+                chosen.learn(tree, verdict, target)
         else:
             arm = self.arms[self.active]
             if arm.drafter is not None:
