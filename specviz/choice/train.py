@@ -169,8 +169,10 @@ def write_card(path: Path, report: dict, collected: dict, method: str, seconds: 
              f"(one in {HOLDOUT_EVERY} by prompt hash), {time.strftime('%Y-%m-%d')}. Collection: "
              f"{collected.get('prompts', '?')} prompts in {collected.get('seconds', '?')} s on {collected.get('machine', '?')}, "
              f"{collected.get('max_new_tokens', '?')} new tokens, greedy{left}; arms skipped: "
-             f"{'; '.join(collected.get('skipped', [])) or 'none'}.", "",
-             "Reward: the speedup expected from tau and this machine's cost curve (metrics.expected_speedup); "
+             f"{'; '.join(collected.get('skipped', [])) or 'none'}."
+             + (f" Instructions the arms' heads trained on were not logged (those of the first "
+                f"{collected['left_out_v2_shards']} shards of data v2)." if collected.get("left_out_v2_shards") else ""),
+             "", "Reward: the speedup expected from tau and this machine's cost curve (metrics.expected_speedup); "
              "held-out means:", "", "| choice | mean expected speedup |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in fixed.items()]
     for m, abl in report["ablation"].items():
