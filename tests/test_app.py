@@ -107,8 +107,9 @@ def test_streamed_updates_are_at_most_five_a_second_and_figures_come_at_the_end(
     job = client.submit(*args(max_new_tokens=64), False, api_name="/run")
     updates = [named(out) for out in job]
     wall = time.perf_counter() - t0
-    # the throttle spaces streamed updates UPDATES_EVERY_S apart; besides them: "loading", the first view, the end
-    assert len(updates) <= wall / UPDATES_EVERY_S + 3, (len(updates), wall)
+    # the throttle spaces streamed updates UPDATES_EVERY_S apart; besides them: "loading", the first view, the
+    # first update with text (sent at once, callbacks._streamed) and the end (a short run, 0.56 s here, had 6)
+    assert len(updates) <= wall / UPDATES_EVERY_S + 4, (len(updates), wall)
     streamed = [u for u in updates if "▶ decoding" in u["status"]]
     untouched = {"__type__": "update"}  # gradio's word for "this output is left as it is"
     assert streamed and all(u["tree"] == untouched and u["entropy"] == untouched for u in streamed)  # figures: at the end
