@@ -61,13 +61,12 @@ def training_prompts(limit: int, seed: int = 0, seen_shards: int = 0) -> list[di
 
 
 def unseen_instructions(rows: list[dict], seed: int, shards: int) -> list[dict]:
-    """The rows none of whose data-v2 jobs (train/data.make_jobs: the same seed, lengths and batch as
-    `build`) lies in the first `shards` shards."""
+    """The rows none of whose data-v2 jobs lies in the first `shards` shards."""
     if shards <= 0:
         return list(rows)
-    from .train.data import BATCH, make_jobs
+    from .train.data import instruction_jobs
 
-    seen = {job["prompt"] for job in make_jobs([len(r["prompt"]) for r in rows], seed, BATCH) if job["shard"] < shards}
+    seen = {job["prompt"] for job in instruction_jobs(rows, seed) if job["shard"] < shards}
     return [r for i, r in enumerate(rows) if i not in seen]
 
 

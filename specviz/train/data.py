@@ -74,6 +74,12 @@ def make_jobs(prompts: int | list[int], seed: int, batch: int = BATCH, sampled_e
     return jobs
 
 
+def instruction_jobs(rows: list[dict], seed: int, batch: int = BATCH) -> list[dict]:
+    """Data v2's jobs for its instruction rows (each job names its prompt's row and its shard): `build`
+    makes these, and `collect` reads them to leave out what a trained head saw."""
+    return make_jobs([len(r["prompt"]) for r in rows], seed, batch)
+
+
 def feature_layers(n_layers: int) -> tuple[int, ...]:
     """The low and middle layers whose states data v2 records beside the final one (EAGLE-3's fused
     features: low, middle, last), as transformers' hidden_states indices."""
@@ -318,7 +324,7 @@ def build(target: str = "smollm2-135m", shards: int = 0, seed: int = 0, max_new_
     rows = wide_instructions(seed)
     if shares_material([r["prompt"] for r in rows]):
         raise ValueError("training instructions share material with the evaluation prompts")
-    jobs = make_jobs([len(r["prompt"]) for r in rows], seed, batch)
+    jobs = instruction_jobs(rows, seed, batch)
     n_shards = jobs[-1]["shard"] + 1
     shards = min(shards or n_shards, n_shards)
     from ..models import load
