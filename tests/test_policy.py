@@ -20,7 +20,8 @@ from specviz.choice.arms import build_arms, make_auto_drafter
 from specviz.choice.auto import Arm, AutoDrafter, step_units
 from specviz.choice.bandit import SwitchSettings
 from specviz.choice.features import TEXT_STATS, pooled_states, repeated_share, text_stats
-from specviz.choice.policy import ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, fit_values, mean_reward
+from specviz.choice.policy import (ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, fit_values, gate,
+                                   mean_reward)
 from specviz.drafters.model import ModelDrafter, chain_builder
 from specviz.drafters.ngram import NgramDrafter
 from specviz.drafters.prompt_lookup import PromptLookupDrafter
@@ -83,6 +84,32 @@ def test_supervised_baseline_learns_the_best_arm():
     assert (probs_of(w, b, x).argmax(1) == rewards.argmax(1)).float().mean() > 0.95
 
 
+def test_the_gate_keeps_the_default_unless_a_pick_clears_the_margin():
+    values = torch.tensor([[1.0, 1.5, 1.55], [1.0, 1.5, 1.8], [1.0, 2.0, 1.2]])
+    picks = torch.tensor([2, 2, 0])
+    assert gate(picks, values, 1, 0.1).tolist() == [1, 2, 1]  # +0.05 stays, +0.3 leaves, a loss stays
+    assert gate(picks, values, 1, 0.0).tolist() == [2, 2, 1]
+    assert gate(picks, values, 1, float("inf")).tolist() == [1, 1, 1]
+
+
+def test_cross_validation_keeps_the_best_arm_where_features_say_nothing_and_leaves_it_where_they_do():
+    from specviz.choice.train import cross_validated_margin
+
+    gen = torch.Generator().manual_seed(0)
+    n = 200
+    states, stats = torch.randn(n, 8, generator=gen), torch.randn(n, len(TEXT_STATS), generator=gen)
+    # arm 1 pays 1.6; arm 2 pays 1.3 +- 0.6 at random: no feature predicts when it wins, so out of fold
+    # no margin gains on staying (in-sample, a policy fitted to the noise would)
+    noise = torch.stack([torch.ones(n), torch.full((n,), 1.6), 1.3 + 0.6 * torch.randn(n, generator=gen)], 1)
+    margin, means = cross_validated_margin(states, stats, noise, "reinforce", "both", epochs=30)
+    assert means[float("inf")] == pytest.approx(1.6) and max(means.values()) < 1.61
+    # now the first text statistic says when arm 2 pays 2.4 (and 0.8 otherwise): leaving pays
+    told = noise.clone()
+    told[:, 2] = torch.where(stats[:, 0] > 0, 2.4, 0.8)
+    margin, means = cross_validated_margin(states, stats, told, "reinforce", "both", epochs=30)
+    assert margin < 0.3 and means[margin] > means[float("inf")] + 0.2
+
+
 def test_text_statistics_and_pooling():
     assert repeated_share([1, 2, 3, 1, 2, 3], 2) == pytest.approx(2 / 5)
     stats = text_stats([1, 2, 3, 1, 2, 3], "def f(x):\n    return x[0]\n")
@@ -98,9 +125,10 @@ def test_policy_file_round_trip(tmp_path):
     w, b = fit_best_arm(x, torch.rand(20, 3), epochs=3)
     policy = ArmPolicy(["none", "pld:chain:8", "ngram:chain:8"], enc, w, b, "supervised", [1.0, 1.2, 1.1],
                        [0.0, 0.01, 0.02], [(1.0, 0.05), (4.0, 0.06)], {"prompts": 20},
-                       fit_values(x, torch.rand(20, 3)))
+                       fit_values(x, torch.rand(20, 3)), "pld:chain:8", float("inf"))
     again = ArmPolicy.load(policy.save(tmp_path / "p.safetensors"))
     assert again.arms == policy.arms and again.curve == policy.curve and again.card == {"prompts": 20}
+    assert again.default_arm == "pld:chain:8" and again.margin == float("inf")
     assert torch.allclose(again.probs(states[0], stats[0]), policy.probs(states[0], stats[0]))
     assert torch.allclose(again.expected(states[0], stats[0]), policy.expected(states[0], stats[0]))
 
@@ -174,6 +202,20 @@ def test_greedy_auto_switches_mid_answer_and_records_it(tiny_target, tiny_drafte
     loaded = trace.loads(trace.dumps(run.events))  # the choices survive a trace
     assert [e.arm for e in loaded if isinstance(e, StepStarted)] == [e.arm for e in steps]
     assert loaded[0].policy == start.policy
+
+
+@pytest.mark.parametrize("margin,chosen", [(0.5, "none"), (0.1, "pld:chain:3"), (None, "pld:chain:3")])
+def test_auto_keeps_the_default_arm_unless_the_pick_clears_the_margin(tiny_target, tiny_drafter, margin, chosen):
+    drafter = auto_drafter(tiny_target, tiny_drafter, "pld:chain:3", every=None)
+    policy = drafter.policy  # favours pld (by its bias); expected: pld 1.3x, the default (none) 1.0x
+    policy.value_weight = torch.zeros(len(policy.arms), policy.encoder.dims + 1)
+    policy.value_weight[:, -1] = torch.tensor([1.0, 1.3, 0.9, 0.8])
+    policy.default_arm, policy.margin = "none", margin
+    run = Engine(tiny_target, str, drafter).run(PROMPTS[0], Settings(max_new_tokens=20))
+    first = [ev for ev in run.events if isinstance(ev, StepStarted)][1].choice
+    assert first["arm"] == chosen and first["probs"]["pld:chain:3"] > 0.5
+    assert ("margin of 0.5" in first["reason"]) == (margin == 0.5)
+    assert run.token_ids == Engine(tiny_target, str).run(PROMPTS[0], Settings(max_new_tokens=20)).token_ids
 
 
 def test_auto_is_deterministic_for_a_seed(tiny_target, tiny_drafter):

@@ -172,10 +172,15 @@ class AutoDrafter:
         probs = [p / total if i in allowed and total > 0 else 0.0 for i, p in enumerate(probs)]
         self.probs = probs
         best = max(allowed, key=lambda i: (probs[i], -i))
-        self.active = self.chosen_by_policy = best
         prior = [float(v) for v in values] if values is not None else self.policy.prior
-        expected = {a.label: round(prior[j], 3) for a, j in zip(self.arms, self.policy_index)
-                    if j is not None and j < len(prior)}
+        raw = {a.label: prior[j] for a, j in zip(self.arms, self.policy_index) if j is not None and j < len(prior)}
+        expected = {k: round(v, 3) for k, v in raw.items()}
+        reason = (f"the policy gives {self.arms[best].label} {probs[best]:.0%} for this prompt"
+                  if self.policy.method != "untrained" else "no trained policy yet: plain decoding")
+        kept = self._kept_default(best, allowed, raw) if values is not None else None
+        if kept is not None:
+            best, reason = kept
+        self.active = self.chosen_by_policy = best
         if self.switch is not None and values is not None:  # the switch starts from this prompt's expectations
             self.switch.prior = [prior[j] if j is not None else 1.0 for j in self.policy_index]
         self.pending = {
@@ -183,9 +188,23 @@ class AutoDrafter:
             "probs": {a.label: round(p, 4) for a, p in zip(self.arms, probs)},
             "expected_speedup": expected,
             "expected_from": "this prompt" if values is not None else "the logged mean",
-            "reason": (f"the policy gives {self.arms[best].label} {probs[best]:.0%} for this prompt"
-                       if self.policy.method != "untrained" else "no trained policy yet: plain decoding"),
+            "reason": reason,
         }
+
+    def _kept_default(self, pick: int, allowed: list[int], expected: dict[str, float]) -> tuple[int, str] | None:
+        """(the default arm, why) where the policy's pick does not clear the margin over it; else None."""
+        margin, default = self.policy.margin, self.policy.default_arm
+        labels = [a.label for a in self.arms]
+        if margin is None or default not in labels or self.arms[pick].label == default:
+            return None
+        d = labels.index(default)
+        if d not in allowed or default not in expected or self.arms[pick].label not in expected:
+            return None
+        gain = expected[self.arms[pick].label] - expected[default]
+        if gain > margin:
+            return None
+        return d, (f"the policy leans to {self.arms[pick].label} ({gain:+.2f}x expected over {default}), "
+                   f"which does not clear the margin of {margin:g}: {default}, the best arm on average")
 
     def _reward(self, arm: int, nodes: int, accepted: int) -> float:
         """Tokens of a step per unit of its cost (one unit: a one-token target forward)."""

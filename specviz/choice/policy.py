@@ -11,6 +11,11 @@ Two ways to fit W, b on logged outcomes R[prompt, arm] (every arm was run on eve
 Beside either, `fit_values` (ridge regression) predicts each arm's reward for a prompt: the expected
 speedups the app shows, and the online switch's prior.
 
+A margin (`gate`) keeps the arm that was best on average (the default) unless the value model expects
+the policy's pick to beat it by more than the margin: a wrong pick costs more than a right one gains
+when the best arm is near the oracle, and train-policy sets the margin by cross-validation on the
+training prompts.
+
 A policy file (safetensors) holds the encoder (PCA basis, means, scales), W, b, the arms, and what
 the online re-decider needs (each arm's mean logged reward and drafting cost, the cost curve).
 """
@@ -131,6 +136,8 @@ class ArmPolicy:
     curve: list[tuple[float, float]] = field(default_factory=list)  # (positions, seconds): the cost curve
     card: dict = field(default_factory=dict)  # what it was trained on (data card figures)
     value_weight: torch.Tensor | None = None  # [arms, dims + 1]: each arm's expected reward for a prompt (ridge)
+    default_arm: str | None = None  # the arm best on average, kept unless a pick clears the margin
+    margin: float | None = None  # expected-speedup gain a pick needs over the default (None: no gate)
 
     def probs(self, states: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         x = self.encoder(states, stats)
@@ -140,8 +147,7 @@ class ArmPolicy:
         """Each arm's expected reward (speedup) for this prompt, or None without a value model."""
         if self.value_weight is None:
             return None
-        x = self.encoder(states, stats)
-        return torch.cat([x, torch.ones(1)]) @ self.value_weight.T
+        return values_of(self.value_weight, self.encoder(states, stats)[None])[0]
 
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -155,7 +161,8 @@ class ArmPolicy:
             tensors["value_weight"] = self.value_weight
         meta = {"format": FORMAT, "arms": self.arms, "method": self.method, "use_text": e.use_text,
                 "text_stats": list(TEXT_STATS), "prior": self.prior, "draft_cost": self.draft_cost,
-                "curve": self.curve, "card": self.card}
+                "curve": self.curve, "card": self.card, "default_arm": self.default_arm,
+                "margin": None if self.margin is None else str(self.margin)}  # str: JSON has no infinity
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps(meta)})
         tmp.replace(path)
@@ -173,8 +180,10 @@ class ArmPolicy:
                 raise ValueError(f"{path} was trained on other text statistics; retrain it with train-policy")
             t = {k: f.get_tensor(k) for k in f.keys()}
         enc = Encoder(t["state_mean"], t["basis"], t["stat_mean"], t["stat_scale"], t["proj_scale"], meta["use_text"])
+        margin = meta.get("margin")
         return cls(meta["arms"], enc, t["weight"], t["bias"], meta["method"], meta["prior"], meta["draft_cost"],
-                   [tuple(p) for p in meta["curve"]], meta.get("card", {}), t.get("value_weight"))
+                   [tuple(p) for p in meta["curve"]], meta.get("card", {}), t.get("value_weight"),
+                   meta.get("default_arm"), None if margin is None else float(margin))
 
 
 def fit_values(x: torch.Tensor, rewards: torch.Tensor, ridge: float = 1.0) -> torch.Tensor:
@@ -184,6 +193,18 @@ def fit_values(x: torch.Tensor, rewards: torch.Tensor, ridge: float = 1.0) -> to
     penalty = ridge * torch.eye(xa.shape[1], dtype=torch.float64)
     penalty[-1, -1] = 0.0
     return torch.linalg.solve(xa.T @ xa + penalty, xa.T @ rewards.double()).T.float()
+
+
+def gate(picks: torch.Tensor, values: torch.Tensor, default: int, margin: float) -> torch.Tensor:
+    """Each row's pick where its expected value beats the default arm's by more than `margin`, else the
+    default. picks [n], values [n, arms] (the value model's expected rewards)."""
+    gain = values.gather(1, picks[:, None])[:, 0] - values[:, default]
+    return torch.where(gain > margin, picks, torch.full_like(picks, default))
+
+
+def values_of(value_weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The value model's expected reward per arm for encoded features x [n, dims] -> [n, arms]."""
+    return torch.cat([x, torch.ones(len(x), 1)], 1) @ value_weight.T
 
 
 def mean_reward(probs: torch.Tensor, rewards: torch.Tensor, greedy: bool = True) -> float:

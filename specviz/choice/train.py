@@ -7,13 +7,16 @@
 One prompt in five (by a hash of the prompt, so a rerun splits alike) is held out. On it the card
 reports the mean reward of: the REINFORCE policy, the supervised best-arm baseline, the best single
 arm (chosen on the training part), plain decoding and the per-prompt oracle; per category; the
-ablation of the features (states only, text statistics only, both); and a learning curve (the
-REINFORCE policy on a quarter, a half, all of the training part). The chosen method's policy, refit
-on every prompt, ships in assets/policy/ with its card.
+ablation of the features (states only, text statistics only, both); a learning curve (the
+REINFORCE policy on a quarter, a half, all of the training part); and the shipped method gated by a
+margin (policy.gate), the margin chosen by 5-fold cross-validation on the training part alone. The
+chosen method's policy, refit on every prompt with its margin cross-validated on every prompt, ships
+in assets/policy/ with its card.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import fields
@@ -23,9 +26,13 @@ import torch
 
 from ..metrics import CostCurve, Metrics, expected_speedup
 from .arms import POLICY_DIR
-from .policy import HIDDEN_DIMS, ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, fit_values, mean_reward
+from .policy import (HIDDEN_DIMS, ArmPolicy, fit_best_arm, fit_encoder, fit_reinforce, fit_values, gate,
+                     mean_reward, values_of)
 
 HOLDOUT_EVERY = 5
+# the margins cross-validation tries (expected speedup a pick must gain over the default; inf: never leave it)
+MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, math.inf)
+FOLDS = 5
 METHODS = {"reinforce": fit_reinforce, "supervised": fit_best_arm}
 # the ablation's feature sets: (principal components of the pooled prefill states, text statistics on)
 FEATURES = {"both": (HIDDEN_DIMS, True), "states only": (HIDDEN_DIMS, False), "text only": (0, True)}
@@ -88,7 +95,40 @@ def probs(enc, w, b, states, stats) -> torch.Tensor:
     return torch.softmax(enc(states, stats) @ w.T + b, -1)
 
 
-def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None, arms: list[str] | None = None) -> dict:
+def gated_picks(method: str, feature_set: str, seed: int, epochs, train_part: tuple, test_part: tuple,
+                margins=MARGINS) -> dict[float, torch.Tensor]:
+    """Fit on (states, stats, rewards) of the training part; each margin's picks on the test part's
+    (states, stats). The default arm is the training part's best on average."""
+    states, stats, rewards = train_part
+    dims, use_text = FEATURES[feature_set]
+    enc, w, b = fit(method, states, stats, rewards, seed, dims, use_text, epochs)
+    values = values_of(fit_values(enc(states, stats), rewards), enc(*test_part))
+    picks = probs(enc, w, b, *test_part).argmax(1)
+    default = int(rewards.mean(0).argmax())
+    return {m: gate(picks, values, default, m) for m in margins}
+
+
+def cross_validated_margin(states, stats, rewards, method: str, feature_set: str, seed: int = 0,
+                           epochs=None, folds: int = FOLDS) -> tuple[float, dict[float, float]]:
+    """(the margin with the highest mean reward over `folds` folds, every margin's mean). Ties go to
+    the larger margin: with no evidence either way, stay with the arm that is best on average."""
+    n = len(rewards)
+    fold = torch.arange(n) % folds
+    total = dict.fromkeys(MARGINS, 0.0)
+    for f in range(folds):
+        te, tr = fold == f, fold != f
+        if not te.any() or tr.sum() < 2:
+            continue
+        for m, pick in gated_picks(method, feature_set, seed, epochs, (states[tr], stats[tr], rewards[tr]),
+                                   (states[te], stats[te])).items():
+            total[m] += float(rewards[te].gather(1, pick[:, None]).sum())
+    means = {m: round(v / n, 4) for m, v in total.items()}
+    best = max(means.values())
+    return max(m for m, v in means.items() if v >= best - 1e-9), means
+
+
+def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None, arms: list[str] | None = None,
+             method: str = "reinforce", feature_set: str = "both") -> dict:
     """Held-out mean rewards of the policies and the fixed choices (the card's figures)."""
     logged = len(rows)
     arms, rows, rewards, walls, curve = table(rows, arms)
@@ -136,15 +176,25 @@ def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None, arms: l
         enc, w, b = fit("reinforce", tr(states)[:k], tr(stats)[:k], tr(rewards)[:k], seed, epochs=epochs)
         curve_points[k] = round(mean_reward(probs(enc, w, b, te(states), te(stats)), te(rewards)), 4)
     out["learning_curve_reinforce"] = curve_points
+    margin, cv = cross_validated_margin(tr(states), tr(stats), tr(rewards), method, feature_set, seed, epochs)
+    pick = gated_picks(method, feature_set, seed, epochs, (tr(states), tr(stats), tr(rewards)),
+                       (te(states), te(stats)), (margin,))[margin]
+    out["margin"] = {"method": f"{method} ({feature_set})", "chosen": str(margin),
+                     "cv_mean_reward": {str(m): v for m, v in cv.items()},
+                     "held_out": round(float(te(rewards).gather(1, pick[:, None]).mean()), 4),
+                     "left_default": int((pick != best_single).sum())}
     return out
 
 
 def train_policy(rows: list[dict], method: str = "reinforce", seed: int = 0, epochs: int | None = None,
-                 arms: list[str] | None = None, feature_set: str = "both") -> ArmPolicy:
-    """The policy on every usable prompt, with what `auto` needs beside it (priors, drafting costs, curve)."""
+                 arms: list[str] | None = None, feature_set: str = "both", margin: float | str | None = "cv") -> ArmPolicy:
+    """The policy on every usable prompt, with what `auto` needs beside it (priors, drafting costs, curve,
+    the default arm and its margin: "cv" cross-validates it on these prompts, None leaves no gate)."""
     arms, rows, rewards, _, curve = table(rows, arms)
     states, stats = features(rows)
     dims, use_text = FEATURES[feature_set]
+    if margin == "cv":
+        margin = cross_validated_margin(states, stats, rewards, method, feature_set, seed, epochs)[0]
     enc, w, b = fit(method, states, stats, rewards, seed, dims, use_text, epochs)
     one = curve.seconds(1) or 1.0
     cost = []
@@ -154,7 +204,8 @@ def train_policy(rows: list[dict], method: str = "reinforce", seed: int = 0, epo
         cost.append(draft_s / drafted / one if drafted else 0.0)
     return ArmPolicy(arms, enc, w, b, method, [round(float(x), 4) for x in rewards.mean(0)],
                      [round(c, 5) for c in cost], [(round(n, 3), s) for n, s, _ in curve.points()],
-                     value_weight=fit_values(enc(states, stats), rewards))
+                     value_weight=fit_values(enc(states, stats), rewards),
+                     default_arm=arms[int(rewards.mean(0).argmax())], margin=margin)
 
 
 def write_card(path: Path, report: dict, collected: dict, method: str, seconds: float) -> None:
@@ -177,6 +228,14 @@ def write_card(path: Path, report: dict, collected: dict, method: str, seconds: 
     lines += [f"| {k} | {v:.3f} |" for k, v in fixed.items()]
     for m, abl in report["ablation"].items():
         lines += [f"| {m} ({k}) | {v:.3f} |" for k, v in abl.items()]
+    if report.get("margin"):
+        g = report["margin"]
+        lines += [f"| {g['method']}, kept to the best single arm unless its pick gains > {g['chosen']} expected "
+                  f"(margin by {FOLDS}-fold cross-validation on the training part; left it on {g['left_default']} "
+                  f"of {report['held_out']}) | {g['held_out']:.3f} |"]
+        if "shipped" in g:
+            lines += ["", f"The shipped policy's margin, cross-validated on every logged prompt: {g['shipped']} "
+                          "(inf: it always keeps the best single arm)."]
     lines += ["", "Per arm (held out): " + ", ".join(f"{a} {v:.3f} (wall {report['mean_wall_speedup_per_arm'][a]:.2f})"
                                                       for a, v in report["mean_reward_per_arm"].items()), "",
               "Learning curve (REINFORCE, training prompts -> held-out mean): " +
@@ -201,13 +260,20 @@ def cmd_train_policy(a) -> int:
     # the arms of the last collection: prompts logged before an arm was added and not yet redone sit out
     arms = collected.get("arms") or None
     start = time.perf_counter()
-    report = evaluate(rows, a.seed, a.epochs or None, arms)
+    margin = {"cv": "cv", "none": None}.get(a.margin, None)
+    if a.margin not in ("cv", "none"):
+        try:
+            margin = float(a.margin)
+        except ValueError:
+            raise ValueError(f"--margin {a.margin!r}: expected cv, none or a number (expected speedup)") from None
+    report = evaluate(rows, a.seed, a.epochs or None, arms, a.method, a.features)
     if report["left_out"]:
         print(f"{report['left_out']} of {len(rows)} logged prompts lack one of the arms {', '.join(report['arms'])} "
               f"and were left out (run collect again to log them)", file=sys.stderr)
-    policy = train_policy(rows, a.method, a.seed, a.epochs or None, arms, a.features)
+    policy = train_policy(rows, a.method, a.seed, a.epochs or None, arms, a.features, margin)
     policy.card = {"held_out": report["fixed"], "ablation": report["ablation"], "prompts": report["prompts"],
-                   "features": a.features}
+                   "features": a.features, "margin": report["margin"]}
+    report["margin"]["shipped"] = str(policy.margin)  # cross-validated on every prompt, as the policy is fit
     out = Path(a.out) if a.out else POLICY_DIR / f"auto-{Path(a.target).name}.safetensors"
     policy.save(out)
     write_card(out, report, collected, f"{a.method} ({a.features})", time.perf_counter() - start)
@@ -223,6 +289,9 @@ def add_parser(sub) -> None:
     t.add_argument("--method", choices=sorted(METHODS), default="reinforce")
     t.add_argument("--features", choices=sorted(FEATURES), default="both",
                    help="what the shipped policy reads (the card's ablation scores all three on the held-out fifth)")
+    t.add_argument("--margin", default="cv",
+                   help="expected-speedup gain a pick needs over the best single arm to replace it: cv "
+                        "(cross-validated on the logged prompts), none (no gate) or a number")
     t.add_argument("--epochs", type=int, default=0, help="0: the default")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="policy file (default: assets/policy/auto-<target>.safetensors)")
