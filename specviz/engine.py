@@ -162,6 +162,8 @@ class Engine:
         warp = settings.warp
         drafter_name = self.drafter.name if self.drafter else "none (autoregressive)"
         choosing = getattr(self.drafter, "step_choice", None)  # an `auto` drafter says which arm drafts, and why
+        if begin := getattr(self.drafter, "begin", None):  # `auto` may choose from the prompt before the prefill
+            begin(list(prompt_ids), warp.greedy)
         text = IncrementalText(self.decode)
         gen = torch.Generator().manual_seed(settings.seed)
         ids, new = list(prompt_ids), []

@@ -153,20 +153,23 @@ def test_step_units_read_the_cost_curve():
 VOCAB = 32
 
 
-def tiny_policy(arms: list[str], state_dims: int, favour: str, seed: int = 0) -> ArmPolicy:
-    """A policy that prefers `favour` (by its bias) over a fitted encoder of random states."""
+def tiny_policy(arms: list[str], state_dims: int, favour: str, seed: int = 0, text_only: bool = False) -> ArmPolicy:
+    """A policy that prefers `favour` (by its bias) over a fitted encoder of random states (text_only:
+    of the text statistics alone, so `auto` chooses before the prefill)."""
     gen = torch.Generator().manual_seed(seed)
-    enc = fit_encoder(torch.randn(16, state_dims, generator=gen), torch.randn(16, len(TEXT_STATS), generator=gen), 4)
+    enc = fit_encoder(torch.randn(16, state_dims, generator=gen), torch.randn(16, len(TEXT_STATS), generator=gen),
+                      0 if text_only else 4)
     bias = torch.tensor([2.0 if a == favour else 0.0 for a in arms])
     return ArmPolicy(arms, enc, torch.zeros(len(arms), enc.dims), bias, "test", [1.0] * len(arms),
                      [0.0] * len(arms), [(1.0, 0.05), (3.0, 0.06), (9.0, 0.08)])
 
 
-def auto_drafter(target, drafter_model, favour="pld", every: int | None = 1, vocab=VOCAB, seed=0) -> AutoDrafter:
+def auto_drafter(target, drafter_model, favour="pld", every: int | None = 1, vocab=VOCAB, seed=0,
+                 text_only=False) -> AutoDrafter:
     arms = [Arm("none", None), Arm("pld:chain:3", PromptLookupDrafter(vocab, k=3, min_ngram=1)),
             Arm("model:chain:2", ModelDrafter(drafter_model, chain_builder(2))),
             Arm("ngram:chain:4", NgramDrafter(vocab, None, budget=4, min_expected=0.0))]
-    policy = tiny_policy([a.label for a in arms], 2 * target.config.hidden_size, favour)
+    policy = tiny_policy([a.label for a in arms], 2 * target.config.hidden_size, favour, text_only=text_only)
     switch = SwitchSettings(every=every, decay=0.5, prior_weight=0.5, noise=1.0, seed=seed) if every else None
     return AutoDrafter(arms, policy, None, switch)
 
@@ -174,16 +177,20 @@ def auto_drafter(target, drafter_model, favour="pld", every: int | None = 1, voc
 PROMPTS = [[1, 2, 3, 4, 5, 1, 2, 3], [7, 7, 7, 7, 7, 7], [3, 9, 27, 11, 3, 9, 4, 30, 2, 3, 9], list(range(20))]
 
 
+@pytest.mark.parametrize("text_only", [False, True])
 @pytest.mark.parametrize("favour", ["pld:chain:3", "model:chain:2", "none"])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_auto_with_switching_equals_plain_decoding(tiny_target, tiny_drafter, prompt, favour):
+def test_greedy_auto_with_switching_equals_plain_decoding(tiny_target, tiny_drafter, prompt, favour, text_only):
     settings = Settings(max_new_tokens=40)
     want = Engine(tiny_target, str).run(prompt, settings).token_ids
-    drafter = auto_drafter(tiny_target, tiny_drafter, favour)
+    drafter = auto_drafter(tiny_target, tiny_drafter, favour, text_only=text_only)
     run = Engine(tiny_target, str, drafter).run(prompt, settings)
     assert run.token_ids == want
-    arms = [ev.arm for ev in run.events if isinstance(ev, StepStarted)]
-    assert arms[0] == "none" and arms[1] == favour  # the prefill, then the policy's choice
+    steps = [ev for ev in run.events if isinstance(ev, StepStarted)]
+    if text_only:  # chosen from the prompt's text: the choice drafts on the prefill already
+        assert steps[0].arm == favour and steps[0].choice["arm"] == favour
+    else:  # the prefill, then the policy's choice
+        assert steps[0].arm == "none" and steps[1].arm == favour and steps[1].choice["by"] == "policy"
 
 
 def test_greedy_auto_switches_mid_answer_and_records_it(tiny_target, tiny_drafter):
@@ -251,7 +258,8 @@ def test_without_a_trained_policy_auto_decodes_plainly(tiny_target, tmp_path):
                                 policy_file=tmp_path / "none.safetensors", decode=str)
     run = Engine(tiny_target, str, drafter).run(PROMPTS[0], Settings(max_new_tokens=10))
     steps = [ev for ev in run.events if isinstance(ev, StepStarted)]
-    assert {ev.arm for ev in steps} == {"none"} and "no trained policy" in steps[1].choice["reason"]
+    # an untrained policy reads no states: it decides before the prefill
+    assert {ev.arm for ev in steps} == {"none"} and "no trained policy" in steps[0].choice["reason"]
     assert "no trained drafter policy" in run.events[0].policy["skipped"][0]
 
 
@@ -267,16 +275,17 @@ def context_pair():
     return target, perturbed(target, 0.5, seed=4)
 
 
-def context_auto(target, drafter_model):
+def context_auto(target, drafter_model, text_only=False):
     arms = [Arm("pld:chain:3", PromptLookupDrafter(CTX_VOCAB, k=3, min_ngram=1)),
             Arm("model:chain:2", ModelDrafter(drafter_model, chain_builder(2))), Arm("none", None)]
-    policy = tiny_policy([a.label for a in arms], 2 * target.config.hidden_size, "pld:chain:3")
+    policy = tiny_policy([a.label for a in arms], 2 * target.config.hidden_size, "pld:chain:3", text_only=text_only)
     return AutoDrafter(arms, policy, None, SwitchSettings(every=1, decay=0.5, prior_weight=0.5, noise=1.0))
 
 
-def test_auto_sampling_with_switching_matches_a_context_dependent_target(context_pair):
+@pytest.mark.parametrize("text_only", [False, True])
+def test_auto_sampling_with_switching_matches_a_context_dependent_target(context_pair, text_only):
     target, drafter_model = context_pair
-    engine = Engine(target, str, context_auto(target, drafter_model), rule="sampling")
+    engine = Engine(target, str, context_auto(target, drafter_model, text_only), rule="sampling")
     switched = 0
     for seed in range(200):  # the switch really switches inside the tokens the test compares
         run = engine.run(CTX_PROMPT, Settings(N, temperature=1.0, seed=seed))

@@ -1,9 +1,11 @@
 """The `auto` drafter: a learned policy picks the drafter (or plain decoding) for each prompt from the
 target's prefill, and, behind a switch, keeps re-deciding as the text goes.
 
-    step 0        drafts nothing: the target's forward is the prefill; its final states are pooled
-                  (features.py), the policy chooses, and the chosen arm reads that forward
-    step 1        the policy's choice drafts (argmax of pi; probabilities recorded)
+    step 0        a policy that reads the prefill's states: drafts nothing; the target's forward is the
+                  prefill, its final states are pooled (features.py), the policy chooses, and the chosen
+                  arm reads that forward; the choice drafts from step 1 (argmax of pi; probabilities recorded)
+                  a policy that reads only the prompt's text statistics chooses before the prefill
+                  (`begin`), so the chosen arm drafts on the prefill, as it would alone
     every K steps (online) a Thompson switch (bandit.py) re-decides from the rewards just observed
 
 It is an ordinary Drafter: whatever arm drafts, the engine's verification is the same, so output is
@@ -87,7 +89,7 @@ class AutoDrafter:
 
     @property
     def reads_target(self) -> tuple[int, ...]:
-        if self.step == 0:  # the prefill: pooled final states, and every arm's own layers
+        if self.step == 0 and self.active is None:  # the prefill: pooled final states, and every arm's own layers
             return tuple(sorted({-1, *(layer for a in self.arms for layer in a.reads_target)}))
         return self.arms[self.active].reads_target if self.active is not None else ()
 
@@ -108,17 +110,23 @@ class AutoDrafter:
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         self.greedy = warp.greedy
+        if self.step == 0 and self.switch is not None and gen is not None:  # the run's seed (read, not drawn
+            self.switch.reset(seed=self.switch.settings.seed + 7919 * gen.initial_seed())  # from) seeds the switch
         if self.active is None:
-            if self.switch is not None and gen is not None:  # the run's seed (read, not drawn from) seeds the switch
-                self.switch.reset(seed=self.switch.settings.seed + 7919 * gen.initial_seed())
             return DraftTree()
         drafter = self.arms[self.active].drafter
         if drafter is None:
             return DraftTree()
         return drafter.propose(ids, warp, gen, None)  # each arm drafts in its own shape and length
 
+    def begin(self, prompt: list[int], greedy: bool) -> None:
+        """Before the prefill (the engine calls it once a run): a policy that reads no states chooses now."""
+        self.greedy = greedy
+        if self.policy.encoder.basis.shape[1] == 0:  # text statistics only: the prompt is all it needs
+            self._choose(torch.zeros_like(self.policy.encoder.state_mean), list(prompt))
+
     def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
-        if self.step == 0:
+        if self.step == 0 and self.active is None:
             self._first_choice(target)
             # nothing was drafted: the prefill is the chosen arm's own. Only it learns from it: an arm that
             # reads the target's states and does not draft the next step leaves the run anyway, and the free
@@ -160,10 +168,14 @@ class AutoDrafter:
     def _first_choice(self, target: TargetView | None) -> None:
         hidden = target.hidden.get(-1) if target is not None else None
         ids = target.committed[:-1] if target is not None else []  # the prompt (the last is this step's token)
-        text = self.decode(ids) if self.decode is not None else ""
         if hidden is None:
             raise RuntimeError("the auto drafter needs the target's final states of the prefill")
-        states, stats = pooled_states(hidden), torch.tensor(text_stats(ids, text))
+        self._choose(pooled_states(hidden), ids)
+
+    def _choose(self, states: torch.Tensor, ids: list[int]) -> None:
+        """The policy's arm for a prompt (its ids) from the pooled prefill states and the text statistics."""
+        text = self.decode(ids) if self.decode is not None else ""
+        stats = torch.tensor(text_stats(ids, text))
         p_all = self.policy.probs(states, stats)
         values = self.policy.expected(states, stats)  # this prompt's expected speedup per arm, if the policy has it
         probs = [float(p_all[i]) if i is not None else 0.0 for i in self.policy_index]
