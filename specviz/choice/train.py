@@ -187,7 +187,8 @@ def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None, arms: l
 
 
 def train_policy(rows: list[dict], method: str = "reinforce", seed: int = 0, epochs: int | None = None,
-                 arms: list[str] | None = None, feature_set: str = "both", margin: float | str | None = "cv") -> ArmPolicy:
+                 arms: list[str] | None = None, feature_set: str = "both",
+                 margin: float | str | None = "cv") -> ArmPolicy:
     """The policy on every usable prompt, with what `auto` needs beside it (priors, drafting costs, curve,
     the default arm and its margin: "cv" cross-validates it on these prompts, None leaves no gate)."""
     arms, rows, rewards, _, curve = table(rows, arms)
