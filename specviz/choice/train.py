@@ -149,13 +149,13 @@ def evaluate(rows: list[dict], seed: int = 0, epochs: int | None = None, arms: l
            "fixed": {"none (AR)": round(float(te(rewards)[:, arms.index("none")].mean()), 4), f"best single ({arms[best_single]})": round(float(te(rewards)[:, best_single].mean()), 4),
                      "oracle": round(float(te(rewards).max(1).values.mean()), 4)}}
     picks = {}
-    for method in METHODS:
+    for each in METHODS:
         for name, (dims, use_text) in FEATURES.items():
-            enc, w, b = fit(method, tr(states), tr(stats), tr(rewards), seed, dims, use_text, epochs)
+            enc, w, b = fit(each, tr(states), tr(stats), tr(rewards), seed, dims, use_text, epochs)
             p = probs(enc, w, b, te(states), te(stats))
-            out.setdefault("ablation", {}).setdefault(method, {})[name] = round(mean_reward(p, te(rewards)), 4)
+            out.setdefault("ablation", {}).setdefault(each, {})[name] = round(mean_reward(p, te(rewards)), 4)
             if name == "both":
-                picks[method] = p.argmax(1)
+                picks[each] = p.argmax(1)
     cats = sorted({r["category"] for r in rows})
     cat_of = [r["category"] for r in rows]
     test_cats = [c for c, t in zip(cat_of, test.tolist()) if t]
