@@ -76,7 +76,7 @@ def fit_encoder(states: torch.Tensor, stats: torch.Tensor, hidden_dims: int = HI
     else:
         basis = torch.zeros(states.shape[1], 0)
     proj = (states - mean) @ basis
-    proj_scale = proj.std(0).clamp_min(1e-6) if len(states) > 1 else torch.ones(k)
+    proj_scale = proj.std(0).clamp_min(1e-6) if len(states) > 1 and k else torch.ones(k)
     stat_scale = stats.std(0).clamp_min(1e-6) if len(stats) > 1 else torch.ones(stats.shape[1])
     return Encoder(mean, basis, stats.mean(0), stat_scale, proj_scale, use_text)
 
