@@ -22,6 +22,7 @@ from .text import IncrementalText
 from .tree import DraftTree, depths
 from .rules import make_rule, resolve
 from .verify import ACCEPTED, UNVISITED, Rule
+from . import verify_cost
 
 MAX_NEW_TOKENS = ENGINE.max_new_tokens
 # a longer prompt is read in chunks of this many tokens, with a Prefilled event (and, served, a turn) between
@@ -109,6 +110,8 @@ class Engine:
         self.max_draft = max_draft  # the most nodes a drafter may add to the context in one step
         self.stop = stop  # when drafting rounds end (None: the drafter's own fixed length)
         self._rules: dict[str, Rule] = {}
+        if price := getattr(drafter, "price", None):  # a tree sized by what verification costs on this machine
+            price(lambda: verify_cost.seconds_by_positions(self.target))
 
     def check_prompt(self, prompt_ids: list[int], settings: Settings) -> None:
         if not prompt_ids:

@@ -93,6 +93,11 @@ class AutoDrafter:
             return tuple(sorted({-1, *(layer for a in self.arms for layer in a.reads_target)}))
         return self.arms[self.active].reads_target if self.active is not None else ()
 
+    def price(self, costs) -> None:
+        for arm in self.arms:
+            if price := getattr(arm.drafter, "price", None):
+                price(costs)
+
     def reset(self) -> None:
         for arm in self.arms:
             if arm.drafter is not None:

@@ -194,6 +194,10 @@ class DistilledDrafter:
     def forward_seconds(self) -> float:
         return self.lm.forward_seconds
 
+    def price(self, costs) -> None:
+        if price := getattr(self.builder, "price", None):
+            price(costs)
+
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         return self.builder(self.lm, ids, warp, gen, stop)
 

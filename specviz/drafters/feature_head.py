@@ -449,6 +449,10 @@ class FeatureDrafter:
     def forward_seconds(self) -> float:
         return self.lm.forward_seconds
 
+    def price(self, costs) -> None:
+        if price := getattr(self.builder, "price", None):
+            price(costs)
+
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         if len(ids) < 2 or self.lm.known() < len(ids) - 1:  # no target features yet (step 0): nothing
             tree = DraftTree()

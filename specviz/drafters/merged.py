@@ -93,6 +93,10 @@ class MergedDrafter:
         self.first.learn(tree, verdict, target)
         self.second.learn(tree, verdict, target)
 
+    def price(self, costs) -> None:
+        if price := getattr(self.first, "price", None):
+            price(costs)
+
     def reset(self) -> None:
         self.first.reset()
         self.second.reset()

@@ -15,6 +15,7 @@ from .beam import beam_builder, beam_strategy
 from .dynamic import dynamic_builder, dynamic_strategy
 from .gumbel_top_k import gumbel_top_k_builder, gumbel_top_k_strategy
 from .model import Builder, chain_builder
+from .priced import PricedDynamic, priced_strategy
 from .specinfer import specinfer_builder, specinfer_strategy
 from .trees import default_widths, depth_for_budget, widths_size
 
@@ -49,6 +50,9 @@ STRATEGIES: Registry[ShapeEntry] = Registry(
     ShapeEntry("dynamic", "tree grown where the drafter is confident, 4 * draft_len nodes (EAGLE-2; greedy only)",
                dynamic_strategy, lambda d: 4 * d, lambda nodes: dynamic_builder(nodes, depth_for_budget(nodes)),
                greedy_only=True),
+    ShapeEntry("priced", "EAGLE-2's tree with as many nodes and levels as this machine's measured verification cost "
+               "repays, at most draft_len levels and 24 nodes (greedy only)", priced_strategy, lambda d: 24,
+               lambda nodes: PricedDynamic(depth_for_budget(nodes), max_nodes=nodes), greedy_only=True),
 )
 
 # Shapes whose trees no sampling verifier accepts losslessly: the builder raises under sampling.
