@@ -57,6 +57,29 @@ class Drafter(Protocol):
         ...
 
 
+class BuilderHints:
+    """For drafters that build their trees with `self.builder`: passes hints on to a builder that takes
+    them (drafters/priced.py), and ignores them otherwise."""
+
+    builder = None
+
+    def price(self, costs) -> None:
+        """costs() -> seconds of a target forward by new positions on this machine (from the engine)."""
+        if price := getattr(self.builder, "price", None):
+            price(costs)
+
+    def besides(self, nodes: int, value: float) -> None:
+        """The next tree will be verified together with `nodes` other nodes expected to add `value`
+        accepted tokens (a merged drafter's graft)."""
+        if besides := getattr(self.builder, "besides", None):
+            besides(nodes, value)
+
+    def keeps_besides(self) -> bool:
+        """Whether the last tree was built to be verified with those other nodes (False: they would
+        cost more than they add)."""
+        return getattr(self.builder, "graft", True)
+
+
 class FreeDrafter:
     """Defaults for drafters that run no model of their own (prompt lookup, n-gram counts)."""
 

@@ -38,7 +38,7 @@ from ..sampling import Warp
 from ..stop_rules import StopRule
 from ..tree import DraftTree
 from ..verify import Verdict
-from . import TargetView
+from . import BuilderHints, TargetView
 from .online import OnlineLearner, own_parameters
 
 FORMAT = "specviz-distilled-drafter/1"
@@ -177,7 +177,7 @@ class ReducedVocabLM(CachedLM):
         return root, nodes
 
 
-class DistilledDrafter:
+class DistilledDrafter(BuilderHints):
     """A distilled LM drafting in any registered shape; with `online`, it also adapts as it serves."""
 
     reads_target: tuple[int, ...] = ()
@@ -193,10 +193,6 @@ class DistilledDrafter:
     @property
     def forward_seconds(self) -> float:
         return self.lm.forward_seconds
-
-    def price(self, costs) -> None:
-        if price := getattr(self.builder, "price", None):
-            price(costs)
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         return self.builder(self.lm, ids, warp, gen, stop)

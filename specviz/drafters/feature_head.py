@@ -33,7 +33,7 @@ from ..sampling import Warp
 from ..stop_rules import StopNote, StopRule
 from ..tree import DraftTree, ancestor_mask, depths
 from ..verify import Verdict
-from . import TargetView
+from . import BuilderHints, TargetView
 
 from ..paths import DRAFTERS as ASSETS  # noqa: E402  (installed copy or the checkout)
 
@@ -434,7 +434,7 @@ class HeadLM:
         return self.logits(out)
 
 
-class FeatureDrafter:
+class FeatureDrafter(BuilderHints):
     """The EAGLE-style drafter: a trained FeatureHead fed the target's own features (see module doc)."""
 
     def __init__(self, head: FeatureHead, target_model: torch.nn.Module, builder, name: str = "eagle",
@@ -448,10 +448,6 @@ class FeatureDrafter:
     @property
     def forward_seconds(self) -> float:
         return self.lm.forward_seconds
-
-    def price(self, costs) -> None:
-        if price := getattr(self.builder, "price", None):
-            price(costs)
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         if len(ids) < 2 or self.lm.known() < len(ids) - 1:  # no target features yet (step 0): nothing

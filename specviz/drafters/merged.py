@@ -82,7 +82,11 @@ class MergedDrafter:
                                  f"(at least {self.alone_above:g}), so it drafted alone and the {self.names[0]} "
                                  "was not asked").as_dict()
         else:
+            if besides := getattr(self.first, "besides", None):  # a priced tree counts the graft's cost
+                besides(len(other), getattr(self.second, "last_expected", 0.0))
             tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
+            if not getattr(self.first, "keeps_besides", lambda: True)():
+                other = DraftTree(draw=other.draw)  # the priced tree found the graft costs more than it adds
             tree, source = graft(tree, other, self.vocab, self.names)
         self.grafted += sum(source)
         self._source = source

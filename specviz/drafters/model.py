@@ -10,7 +10,7 @@ from ..sampling import Warp
 from ..stop_rules import StopRule
 from ..tree import DraftTree
 from ..verify import Verdict
-from . import TargetView
+from . import BuilderHints, TargetView
 from .chain import build_chain
 
 # A builder turns (drafter LM, committed ids, warp, generator, stop rule or None) into a draft tree.
@@ -21,7 +21,7 @@ def chain_builder(k: int) -> Builder:
     return lambda lm, ids, warp, gen, stop=None: build_chain(lm, ids, warp, gen, k, stop)
 
 
-class ModelDrafter:
+class ModelDrafter(BuilderHints):
     reads_target: tuple[int, ...] = ()
 
     def __init__(self, model: torch.nn.Module, builder: Builder, name: str = "model", greedy_only: bool = False,
@@ -34,10 +34,6 @@ class ModelDrafter:
     @property
     def forward_seconds(self) -> float:
         return self.lm.forward_seconds
-
-    def price(self, costs) -> None:
-        if price := getattr(self.builder, "price", None):
-            price(costs)
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
         return self.builder(self.lm, ids, warp, gen, stop)

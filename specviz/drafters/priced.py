@@ -24,7 +24,7 @@ from itertools import count
 from typing import Callable
 
 from ..stop_rules import StopNote
-from ..tree import WITHOUT_REPLACEMENT, DraftTree
+from ..tree import WITHOUT_REPLACEMENT, DraftTree, depths
 from .dynamic import build_dynamic
 from .trees import feed, note_limit, root_logits, set_q
 
@@ -59,12 +59,18 @@ class PricedDynamic:
         self.child_probs: list[float] | None = None  # mean top-`branch` probabilities of a fed row
         self.level_s: float | None = None  # seconds of one drafter forward over a level's nodes
         self.overhead_s = 0.0  # a step's seconds outside the drafter and the verification forward
-        # the previous step: its text, its tree's (tokens, parents) before any graft, their value, its end
-        self._last: tuple[list[int], list[int], list[int], float, float] | None = None
+        self.extra = (0, 0.0)  # nodes verified beside the next tree (a merged drafter's graft), their value
+        self.graft = True  # whether they paid for themselves in the last tree's reckoning
+        # the previous step: its text, its tree's (tokens, parents) before any graft, their value, the
+        # nodes verified beside it, when it was built
+        self._last: tuple[list[int], list[int], list[int], float, int, float] | None = None
 
     def price(self, costs: Callable[[], dict[int, float]]) -> None:
         """costs() -> seconds of a target forward by new positions (called once, at the first tree)."""
         self.costs, self._seconds = costs, None
+
+    def besides(self, nodes: int, value: float) -> None:
+        self.extra = (nodes, value)
 
     @property
     def kappa(self) -> float:
@@ -74,33 +80,42 @@ class PricedDynamic:
         s = self._seconds
         return s[min(positions, max(s))]
 
-    def rate(self, value: float, nodes: int, draft_s: float) -> float:
-        """Expected committed tokens per second of a step with these nodes (summed path value)."""
-        return (1 + self.kappa * value) / (draft_s + self.overhead_s + self.verify_s(1 + nodes))
+    def rate(self, value: float, nodes: int, draft_s: float, extra: bool = True) -> float:
+        """Expected committed tokens per second of a step with these nodes (summed path value), with or
+        without the nodes verified beside them."""
+        extra_nodes, extra_value = self.extra if extra else (0, 0.0)
+        return ((1 + self.kappa * value + extra_value)
+                / (draft_s + self.overhead_s + self.verify_s(1 + nodes + extra_nodes)))
 
-    def best_leaves(self, value: float, nodes: int, candidates: list[float], draft_s: float) -> tuple[float, int]:
-        """(best rate, how many of the best `candidates` to add as leaves) for a tree of `nodes` nodes."""
-        best, take, total = self.rate(value, nodes, draft_s), 0, value
-        room = min(self.max_nodes, max(self._seconds) - 1) - nodes
-        for k, v in enumerate(sorted(candidates, reverse=True)[:max(0, room)], 1):
-            total += v
-            r = self.rate(total, nodes + k, draft_s)
-            if r > best:
-                best, take = r, k
-        return best, take
+    def best_leaves(self, value: float, nodes: int, candidates: list[float], draft_s: float
+                    ) -> tuple[float, int, bool]:
+        """(best rate, how many of the best `candidates` to add as leaves, whether the nodes offered
+        beside the tree pay) for a tree of `nodes` nodes."""
+        best = (0.0, 0, True)
+        for extra in ((True, False) if self.extra[0] else (True,)):
+            total = value
+            room = min(self.max_nodes, max(self._seconds) - 1 - (self.extra[0] if extra else 0)) - nodes
+            options = [(self.rate(total, nodes, draft_s, extra), 0)]
+            for k, v in enumerate(candidates[:max(0, room)], 1):  # candidates: best first
+                total += v
+                options.append((self.rate(total, nodes + k, draft_s, extra), k))
+            r, k = max(options, key=lambda o: (o[0], -o[1]))
+            if r > best[0]:
+                best = (r, k, extra)
+        return best
 
     def _observe(self, ids: list[int], now: float) -> None:
         """Learn from the previous step of the same text: how much of its tree was accepted, and what
         the step cost outside the forwards we account for."""
         if self._last is None:
             return
-        last_ids, tokens, parents, value, end = self._last
+        last_ids, tokens, parents, value, extra, end = self._last
         self._last = None
         if len(ids) <= len(last_ids) or ids[: len(last_ids)] != last_ids:
             return  # a new text: nothing to learn
         self.accepted = DECAY * self.accepted + accepted_in(tokens, parents, ids[len(last_ids):])
         self.expected = DECAY * self.expected + value
-        outside = (now - end) - self.verify_s(1 + len(tokens))
+        outside = (now - end) - self.verify_s(1 + len(tokens) + extra)
         self.overhead_s = ema(self.overhead_s, max(0.0, outside))
 
     def __call__(self, lm, ids, warp, gen, stop=None) -> DraftTree:
@@ -113,7 +128,9 @@ class PricedDynamic:
         start = time.perf_counter()
         self._observe(list(ids), start)
         tree = self._build(lm, ids, warp, stop, start)
-        self._last = (list(ids), list(tree.tokens), list(tree.parents), sum(tree.value), time.perf_counter())
+        self._last = (list(ids), list(tree.tokens), list(tree.parents), sum(tree.value),
+                      self.extra[0] if self.graft else 0, time.perf_counter())
+        self.extra = (0, 0.0)
         return tree
 
     def _build(self, lm, ids, warp, stop, start: float) -> DraftTree:
@@ -146,18 +163,18 @@ class PricedDynamic:
         for level in range(depth):
             spent = time.perf_counter() - start
             have, candidates = sum(tree.value), sorted((-v for v, *_ in pool), reverse=True)
-            now_rate, now_take = self.best_leaves(have, len(tree), candidates, spent)
+            now_rate, now_take, self.graft = self.best_leaves(have, len(tree), candidates, spent)
             grow = level < depth - 1 and len(tree) + self.width <= self.max_nodes
             if grow and self.level_s is not None:  # never timed yet: grow once to learn what a level costs
                 fed = candidates[: self.width]
                 children = [v * p for v in fed for p in self.child_probs]
-                grow_rate, _ = self.best_leaves(have + sum(fed), len(tree) + len(fed),
+                grow_rate, _, _ = self.best_leaves(have + sum(fed), len(tree) + len(fed),
                                                 candidates[self.width:] + children, spent + self.level_s)
                 grow = grow_rate > now_rate
             if not grow:
                 add([heapq.heappop(pool) for _ in range(min(now_take, len(pool)))])
                 if level < depth - 1:
-                    tree.stop = StopNote(RULE, level + (1 if len(tree) else 0), self.reason(len(tree)),
+                    tree.stop = StopNote(RULE, max(depths(tree.parents), default=0), self.reason(len(tree)),
                                          self.state()).as_dict()
                 break
             new = add([heapq.heappop(pool) for _ in range(min(self.width, len(pool)))])
