@@ -613,3 +613,28 @@ def test_a_confident_graft_drafts_alone(context_target, trained3):
         drafter = MergedDrafter(head, counts, vocab, "m", alone_above=alone)
         result = Engine(context_target, decode, drafter).run(prompt, Settings(30))
         assert result.token_ids == reference_greedy(context_target, prompt, 30)
+
+
+def test_teacher_forced_guesses_are_what_the_served_head_drafts(context_target, trained3):
+    # specviz.train.agreement scores the head on the target's own greedy text in one forward; each guess must
+    # be the token the served head drafts (a chain of 1) at the same place, so the agreement it reports is the
+    # head's, with the serving taken out
+    from specviz.events import Drafted, Emitted
+    from specviz.train.agreement import agreement, first_guesses
+
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    drafter = make_feature_drafter(context_target, head=trained3.head, shape="chain", draft_len=1)
+    result = Engine(context_target, decode, drafter).run(prompt, Settings(24, stop_at_eos=False))
+    guesses = first_guesses(context_target, trained3.head, prompt + result.token_ids)
+    committed, checked = len(prompt), 0
+    for ev in result.events:
+        if isinstance(ev, Drafted) and ev.nodes:
+            assert ev.nodes[0].token == int(guesses[committed - 2]), committed
+            checked += 1
+        elif isinstance(ev, Emitted):
+            committed += len(ev.tokens)
+    assert checked > 5
+    counts = agreement(context_target, lambda text: [int(t) for t in text.split()], trained3.head,
+                       [{"category": "a", "prompt": "3 1 4 1 5 9 2 6"}, {"category": "b", "prompt": "2 7 1 8"}], 16)
+    assert counts["all"][1] == counts["a"][1] + counts["b"][1] == 32
+    assert counts["all"][0] == counts["a"][0] + counts["b"][0]
