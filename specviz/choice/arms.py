@@ -18,10 +18,11 @@ from .auto import PLAIN, Arm, AutoDrafter
 from .bandit import SwitchSettings
 
 # the arms that were fastest somewhere on the tuning prompts (docs/benchmarks.md): plain decoding, the
-# two copying drafters, the EAGLE-3 head as a tree (greedy) and as a chain (any temperature), and the
-# head's tree and chain with the n-gram tree grafted on (one verification for both drafters' guesses)
+# two copying drafters, the EAGLE-3 head as a tree (greedy) and as a chain (any temperature), the head's
+# tree and chain with the n-gram tree grafted on (one verification for both drafters' guesses), and both
+# trees sized by this machine's verification cost (`priced`)
 DEFAULT_ARMS = ("none", "pld:chain:8", "ngram-tree:chain:8", "eagle3:dynamic:2", "eagle3:chain:3",
-                "eagle3+ngram:dynamic:2", "eagle3+ngram:chain:3")
+                "eagle3+ngram:dynamic:2", "eagle3+ngram:chain:3", "eagle3:priced:4", "eagle3+ngram:priced:4")
 POLICY_DIR = ASSETS / "policy"
 
 

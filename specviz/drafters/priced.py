@@ -188,11 +188,11 @@ class PricedDynamic:
         return note_limit(tree, stop, depth)
 
     def reason(self, nodes: int) -> str:
-        return (f"{nodes} nodes: one more drafter level, or more leaves, would add less expected text than "
-                f"its seconds cost on this machine")
+        return (f"{nodes} nodes paid best: one more drafter level or more leaves would add less expected "
+                f"text than they cost to draft and verify on this machine")
 
     def state(self) -> dict[str, float]:
-        return {"kappa": round(self.kappa, 3), "verify_ms_per_node": round(
+        return {"calibration": round(self.kappa, 3), "verify_ms_per_node": round(
             1e3 * (self.verify_s(9) - self.verify_s(1)) / 8, 3) if self._seconds else 0.0}
 
 
