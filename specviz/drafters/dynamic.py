@@ -17,40 +17,57 @@ from ..tree import WITHOUT_REPLACEMENT, DraftTree
 from .trees import feed, note_limit, root_logits, set_q
 
 
+class Frontier:
+    """A best-first tree being grown: the tree, and the candidate children of its fed nodes by path value."""
+
+    def __init__(self, warp, branch: int):
+        self.tree = DraftTree(draw=WITHOUT_REPLACEMENT)
+        self.warp, self.branch = warp, branch
+        self.pool: list[tuple[float, int, int, int]] = []  # (-value, tie-break, parent, token): a max-heap
+        self.rows, self.value, self.order = {}, {-1: 1.0}, count()
+        self.values: list[float] = []  # path value per tree node, in node order
+
+    def offer(self, node: int, row) -> list[float]:
+        """Make the node's `branch` likeliest children candidates; returns their probabilities."""
+        self.rows[node] = row
+        top = row.float().softmax(-1).topk(min(self.branch, row.shape[-1]))
+        probs = top.values.tolist()
+        for prob, tok in zip(probs, top.indices.tolist()):
+            heapq.heappush(self.pool, (-self.value[node] * prob, next(self.order), node, tok))
+        return probs
+
+    def candidates(self) -> list[float]:
+        """The candidates' path values, best first."""
+        return sorted((-v for v, *_ in self.pool), reverse=True)
+
+    def take(self, k: int) -> list[int]:
+        """Add the k best candidates to the tree; their nodes."""
+        new = []
+        for neg_value, _, parent, tok in [heapq.heappop(self.pool) for _ in range(min(k, len(self.pool)))]:
+            if parent not in self.tree.q:
+                set_q(self.tree, parent, self.rows[parent], self.warp)
+            new.append(self.tree.add(tok, parent))
+            self.value[new[-1]] = -neg_value
+            self.values.append(-neg_value)
+        return new
+
+
 def build_dynamic(lm, ids, warp, gen, budget: int, depth: int, width: int = 2, branch: int = 4,
                   stop=None) -> DraftTree:
     """A stop rule sets the number of rounds (its limit); the tree's own values decide the rest."""
     depth = stop.limit() if stop is not None else depth
     if not warp.greedy:
         raise ValueError("dynamic trees are for greedy decoding")
-    tree = DraftTree(draw=WITHOUT_REPLACEMENT)
-    pool: list[tuple[float, int, int, int]] = []  # (-value, tie-break, parent, token): a max-heap
-    rows, value, order = {}, {-1: 1.0}, count()
-
-    def offer(node, row):  # make the node's best children candidates
-        rows[node] = row
-        top = row.float().softmax(-1).topk(min(branch, row.shape[-1]))
-        for prob, tok in zip(top.values.tolist(), top.indices.tolist()):
-            heapq.heappush(pool, (-value[node] * prob, next(order), node, tok))
-
-    offer(-1, root_logits(lm, ids))
+    grow = Frontier(warp, branch)
+    grow.offer(-1, root_logits(lm, ids))
     for rnd in range(depth):
         last = rnd == depth - 1
-        take = budget - len(tree) if last else min(width, budget - len(tree))
-        chosen = [heapq.heappop(pool) for _ in range(min(take, len(pool)))]
-        if not chosen:
+        new = grow.take(budget - len(grow.tree) if last else min(width, budget - len(grow.tree)))
+        if not new or last or len(grow.tree) >= budget:
             break
-        new = []
-        for neg_value, _, parent, tok in chosen:
-            if parent not in tree.q:
-                set_q(tree, parent, rows[parent], warp)
-            new.append(tree.add(tok, parent))
-            value[new[-1]] = -neg_value
-        if last or len(tree) >= budget:
-            break
-        for node, row in zip(new, feed(lm, ids, tree, new)):
-            offer(node, row)
-    return note_limit(tree, stop, depth)
+        for node, row in zip(new, feed(lm, ids, grow.tree, new)):
+            grow.offer(node, row)
+    return note_limit(grow.tree, stop, depth)
 
 
 def dynamic_builder(budget: int = 16, depth: int = 6, width: int = 2, branch: int = 4):

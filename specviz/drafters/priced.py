@@ -18,15 +18,13 @@ would have produced, so the tree's size changes speed only, never the output.
 """
 from __future__ import annotations
 
-import heapq
 import time
-from itertools import count
 from typing import Callable
 
 from ..stop_rules import StopNote
-from ..tree import WITHOUT_REPLACEMENT, DraftTree, depths
-from .dynamic import build_dynamic
-from .trees import feed, note_limit, root_logits, set_q
+from ..tree import DraftTree, depths
+from .dynamic import Frontier, build_dynamic
+from .trees import feed, note_limit, root_logits
 
 RULE = "priced"
 DECAY = 0.95  # per step: the calibration and timings follow the text as it changes
@@ -135,49 +133,33 @@ class PricedDynamic:
 
     def _build(self, lm, ids, warp, stop, start: float) -> DraftTree:
         depth = stop.limit() if stop is not None else self.depth
-        tree = DraftTree(draw=WITHOUT_REPLACEMENT)
-        tree.value = []  # path value per node, in node order
-        pool: list[tuple[float, int, int, int]] = []  # (-value, tie-break, parent, token): a max-heap
-        rows, value, order = {}, {-1: 1.0}, count()
+        grow = Frontier(warp, self.branch)
 
         def offer(node, row):
-            rows[node] = row
-            top = row.float().softmax(-1).topk(min(self.branch, row.shape[-1]))
-            probs = top.values.tolist()
+            probs = grow.offer(node, row)
             self.child_probs = probs if self.child_probs is None else [
                 ema(a, b) for a, b in zip(self.child_probs, probs)]
-            for prob, tok in zip(probs, top.indices.tolist()):
-                heapq.heappush(pool, (-value[node] * prob, next(order), node, tok))
-
-        def add(chosen):
-            new = []
-            for neg_value, _, parent, tok in chosen:
-                if parent not in tree.q:
-                    set_q(tree, parent, rows[parent], warp)
-                new.append(tree.add(tok, parent))
-                value[new[-1]] = -neg_value
-                tree.value.append(-neg_value)
-            return new
 
         offer(-1, root_logits(lm, ids))
+        tree = grow.tree
         for level in range(depth):
             spent = time.perf_counter() - start
-            have, candidates = sum(tree.value), sorted((-v for v, *_ in pool), reverse=True)
+            have, candidates = sum(grow.values), grow.candidates()
             now_rate, now_take, self.graft = self.best_leaves(have, len(tree), candidates, spent)
-            grow = level < depth - 1 and len(tree) + self.width <= self.max_nodes
-            if grow and self.level_s is not None:  # never timed yet: grow once to learn what a level costs
+            more = level < depth - 1 and len(tree) + self.width <= self.max_nodes
+            if more and self.level_s is not None:  # never timed yet: grow once to learn what a level costs
                 fed = candidates[: self.width]
                 children = [v * p for v in fed for p in self.child_probs]
                 grow_rate, _, _ = self.best_leaves(have + sum(fed), len(tree) + len(fed),
-                                                candidates[self.width:] + children, spent + self.level_s)
-                grow = grow_rate > now_rate
-            if not grow:
-                add([heapq.heappop(pool) for _ in range(min(now_take, len(pool)))])
+                                                   candidates[self.width:] + children, spent + self.level_s)
+                more = grow_rate > now_rate
+            if not more:
+                grow.take(now_take)
                 if level < depth - 1:
                     tree.stop = StopNote(RULE, max(depths(tree.parents), default=0), self.reason(len(tree)),
                                          self.state()).as_dict()
                 break
-            new = add([heapq.heappop(pool) for _ in range(min(self.width, len(pool)))])
+            new = grow.take(self.width)
             if not new:
                 break
             t = time.perf_counter()
@@ -185,6 +167,7 @@ class PricedDynamic:
             self.level_s = ema(self.level_s, time.perf_counter() - t)
             for node, row in zip(new, out):
                 offer(node, row)
+        tree.value = grow.values
         return note_limit(tree, stop, depth)
 
     def reason(self, nodes: int) -> str:
