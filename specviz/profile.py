@@ -69,11 +69,12 @@ def cpu_busy(seconds: float = 0.3) -> float:
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-class _Stepper:
+class Stepper:
     """Times forwards of n new tokens (the last committed token + n - 1 chain nodes) after a prefix."""
 
     def __init__(self, lm: CachedLM, prefix: list[int]):
         self.lm, self.prefix, self.i = lm, prefix, 0
+        self.sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
         lm.reset()
         lm.reserve(len(prefix) + 2 * max(SIZES) + 8)
         lm.forward(prefix)  # prefill
@@ -83,14 +84,16 @@ class _Stepper:
         self.i += 1
         last = (self.i * 7919) % vocab
         nodes = [(self.i * 104729 + 31 * j) % vocab for j in range(n - 1)]
+        self.sync()
         start = time.perf_counter()
         lm.forward(self.prefix + [last], nodes, list(range(-1, n - 2)))
+        self.sync()  # a GPU runs the forward asynchronously
         seconds = time.perf_counter() - start
         lm.accept([])  # the next step crops back to the prefix
         return seconds
 
 
-def _breakdown(stepper: _Stepper, steps: int, quiet: float | None = None) -> dict[str, float]:
+def _breakdown(stepper: Stepper, steps: int, quiet: float | None = None) -> dict[str, float]:
     """ms per one-token step by kind of work, from torch.profiler's top-level operators."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -168,7 +171,7 @@ def profile(model: torch.nn.Module, paths: Iterable[str] = ("plain", "fast"), si
     setup_s, steppers = {}, {}
     for path in paths:
         start = time.perf_counter()
-        steppers[path] = _Stepper(CachedLM(model, fast_path=path == "fast"), prefix_ids)
+        steppers[path] = Stepper(CachedLM(model, fast_path=path == "fast"), prefix_ids)
         setup_s[path] = time.perf_counter() - start
     for stepper in steppers.values():  # warm-up: every size once
         for n in sizes:

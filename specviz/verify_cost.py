@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from datetime import datetime, timezone
 
 import torch
@@ -21,6 +20,7 @@ from .atomic import atomic_write_text
 from .lm import CachedLM
 from .machine import machine
 from .paths import cache_root
+from .profile import Stepper
 
 MAX_POSITIONS = 25  # 1 + the most nodes a priced tree drafts
 PREFIX = 200
@@ -40,27 +40,15 @@ def _path():
 
 def measure(lm: CachedLM, positions: int = MAX_POSITIONS, repeats: int = REPEATS) -> dict[int, float]:
     """Median seconds of a forward of n = 1 .. positions new positions after PREFIX cached tokens (the
-    last committed token and a chain of n - 1 nodes), sizes interleaved. Leaves `lm` reset."""
+    last committed token and a chain of n - 1 nodes; profile's Stepper), sizes interleaved."""
     prefix_len = min(PREFIX, max(1, lm.context - 2 * positions - 8))
-    vocab = lm.vocab
-    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
-    prefix = [(i * 7919) % vocab for i in range(prefix_len)]
-    lm.reset()
-    lm.reserve(prefix_len + positions + 8)
-    lm.forward(prefix)
+    stepper = Stepper(lm, [(i * 7919) % lm.vocab for i in range(prefix_len)])
     times = {n: [] for n in range(1, positions + 1)}
     for r in range(repeats + 1):  # the first round warms every size up and is not kept
         for n in times:
-            last, nodes = (r * 31 + n) % vocab, [(r * 104729 + 31 * j) % vocab for j in range(n - 1)]
-            sync()
-            start = time.perf_counter()
-            lm.forward(prefix + [last], nodes, list(range(-1, n - 2)))
-            sync()
-            seconds = time.perf_counter() - start
-            lm.accept([])
+            seconds = stepper.step(n)
             if r:
                 times[n].append(seconds)
-    lm.reset()
     return {n: statistics.median(v) for n, v in times.items()}
 
 

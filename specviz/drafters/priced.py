@@ -125,13 +125,14 @@ class PricedDynamic:
             self._seconds = self.costs()
         start = time.perf_counter()
         self._observe(list(ids), start)
-        tree = self._build(lm, ids, warp, stop, start)
-        self._last = (list(ids), list(tree.tokens), list(tree.parents), sum(tree.value),
+        tree, value = self._build(lm, ids, warp, stop, start)
+        self._last = (list(ids), list(tree.tokens), list(tree.parents), value,
                       self.extra[0] if self.graft else 0, time.perf_counter())
         self.extra = (0, 0.0)
         return tree
 
-    def _build(self, lm, ids, warp, stop, start: float) -> DraftTree:
+    def _build(self, lm, ids, warp, stop, start: float) -> tuple[DraftTree, float]:
+        """The tree, and the summed path value of its nodes."""
         depth = stop.limit() if stop is not None else self.depth
         grow = Frontier(warp, self.branch)
 
@@ -167,8 +168,7 @@ class PricedDynamic:
             self.level_s = ema(self.level_s, time.perf_counter() - t)
             for node, row in zip(new, out):
                 offer(node, row)
-        tree.value = grow.values
-        return note_limit(tree, stop, depth)
+        return note_limit(tree, stop, depth), sum(grow.values)
 
     def reason(self, nodes: int) -> str:
         return (f"{nodes} nodes paid best: one more drafter level or more leaves would add less expected "
