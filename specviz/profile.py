@@ -20,6 +20,7 @@ import torch
 
 from . import fast
 from .lm import CachedLM
+from .stepper import Stepper
 
 SIZES = (1, 2, 4, 8, 9, 16, 32)  # 9 = verifying 8 drafted tokens
 PREFIX = 200  # cached tokens before the timed forward
@@ -67,30 +68,6 @@ def cpu_busy(seconds: float = 0.3) -> float:
     except OSError:
         return float("nan")
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
-
-
-class Stepper:
-    """Times forwards of n new tokens (the last committed token + n - 1 chain nodes) after a prefix."""
-
-    def __init__(self, lm: CachedLM, prefix: list[int]):
-        self.lm, self.prefix, self.i = lm, prefix, 0
-        self.sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
-        lm.reset()
-        lm.reserve(len(prefix) + 2 * max(SIZES) + 8)
-        lm.forward(prefix)  # prefill
-
-    def step(self, n: int) -> float:
-        lm, vocab = self.lm, self.lm.vocab
-        self.i += 1
-        last = (self.i * 7919) % vocab
-        nodes = [(self.i * 104729 + 31 * j) % vocab for j in range(n - 1)]
-        self.sync()
-        start = time.perf_counter()
-        lm.forward(self.prefix + [last], nodes, list(range(-1, n - 2)))
-        self.sync()  # a GPU runs the forward asynchronously
-        seconds = time.perf_counter() - start
-        lm.accept([])  # the next step crops back to the prefix
-        return seconds
 
 
 def _breakdown(stepper: Stepper, steps: int, quiet: float | None = None) -> dict[str, float]:

@@ -20,7 +20,7 @@ from .atomic import atomic_write_text
 from .lm import CachedLM
 from .machine import machine
 from .paths import cache_root
-from .profile import Stepper
+from .stepper import Stepper
 
 MAX_POSITIONS = 25  # 1 + the most nodes a priced tree drafts
 PREFIX = 200
@@ -40,7 +40,7 @@ def _path():
 
 def measure(lm: CachedLM, positions: int = MAX_POSITIONS, repeats: int = REPEATS) -> dict[int, float]:
     """Median seconds of a forward of n = 1 .. positions new positions after PREFIX cached tokens (the
-    last committed token and a chain of n - 1 nodes; profile's Stepper), sizes interleaved."""
+    last committed token and a chain of n - 1 nodes; stepper.Stepper), sizes interleaved."""
     prefix_len = min(PREFIX, max(1, lm.context - 2 * positions - 8))
     stepper = Stepper(lm, [(i * 7919) % lm.vocab for i in range(prefix_len)])
     times = {n: [] for n in range(1, positions + 1)}
