@@ -448,11 +448,45 @@ def test_arms_sitting_out_are_scored_against_the_text_the_target_committed(tiny_
     drafter.switch.reset()
     drafter.greedy, drafter.active = True, 0
     drafter._draft_shadows(text)  # pld drafts [3, 4, 1] (it copies what followed "1 2"); ngram drafts too
-    shadow = next(tree for i, _, tree in drafter.shadows if i == pld)
+    shadow, seconds = next((tree, s) for i, _, tree, s in drafter.shadows if i == pld)
     assert shadow.tokens == [3, 4, 1]
     drafter._score_shadows(text + [3, 4])  # too early: the draft's positions are not all committed yet
     assert drafter.switch.count[pld] == 0
     drafter._score_shadows(text + [3, 4, 9, 9])  # the target went 3, 4, then elsewhere: 2 accepted
     assert drafter.switch.count[pld] == 1
-    assert drafter.switch.total[pld] == pytest.approx(drafter._reward(pld, 3, 2))
-    assert all(i != pld for i, _, _ in drafter.shadows)
+    assert drafter.switch.total[pld] == pytest.approx(drafter._reward(pld, 3, 2, seconds))
+    assert all(i != pld for i, *_ in drafter.shadows)
+
+
+@pytest.mark.parametrize("layers", [(-1,), (1, -1)])
+def test_online_auto_returns_to_a_head_it_left_and_the_head_kept_up(tiny_target, layers):
+    """An arm that reads the target's states follows the text while another arm drafts: the switch can
+    come back to it, its drafts then read the states of every committed position, and output stays AR's."""
+    from specviz.drafters.feature_head import FeatureDrafter, FeatureHead, HeadConfig
+
+    torch.manual_seed(3)
+    head = FeatureHead(HeadConfig(hidden=tiny_target.config.hidden_size, heads=4, kv_heads=2, intermediate=16,
+                                  vocab=VOCAB, layers=layers)).eval()
+    eagle = FeatureDrafter(head, tiny_target, chain_builder(3), "eagle")
+    arms = [Arm("none", None), Arm("pld:chain:3", PromptLookupDrafter(VOCAB, k=3, min_ngram=1)),
+            Arm("eagle:chain:3", eagle)]
+    policy = tiny_policy([a.label for a in arms], 2 * tiny_target.config.hidden_size, "eagle:chain:3")
+    drafter = AutoDrafter(arms, policy, None, SwitchSettings(every=1, decay=0.5, prior_weight=0.5, noise=2.0))
+    settings = Settings(max_new_tokens=60)
+    for prompt in PROMPTS:
+        want = Engine(tiny_target, str).run(prompt, settings).token_ids
+        run = Engine(tiny_target, str, drafter).run(prompt, settings)
+        assert run.token_ids == want
+        arms_by_step = [ev.arm for ev in run.events if isinstance(ev, StepStarted)]
+        returned = [i for i in range(2, len(arms_by_step))
+                    if arms_by_step[i] == "eagle:chain:3" and "eagle:chain:3" not in arms_by_step[i - 1:i]]
+        assert returned, arms_by_step  # the head drafted again after another arm had drafted
+        eagle._catch_up()
+        text = prompt + run.token_ids[:-1]  # the last token's states come with the next step
+        with torch.no_grad():
+            states = tiny_target(torch.tensor([text]), output_hidden_states=True).hidden_states
+            fused = torch.cat([states[layer][0] for layer in layers], -1)
+            if head.config.fused:
+                fused = head.fuse(fused)
+        assert eagle.lm.known() >= len(text)  # (the last step may commit past the token budget)
+        assert torch.allclose(eagle.lm.feats[:len(text)], fused, atol=1e-4)  # every committed position's states

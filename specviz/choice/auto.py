@@ -12,10 +12,14 @@ It is an ordinary Drafter: whatever arm drafts, the engine's verification is the
 exact (greedy equals plain decoding token for token; sampling keeps the target's distribution).
 Arms whose drafter runs on the text alone (prompt lookup, n-grams, a model drafter, which re-syncs
 its cache from the text) can be left and re-entered at any step. An arm that reads the target's
-states (EAGLE, DEL) is in step only while it drafts: once left, it is not chosen again in that run.
+states (EAGLE, DEL) needs them for every committed position: online, one that can `follow` (the
+EAGLE heads, alone or merged) is handed the states of each verification while it sits out (the
+engine computes them anyway; the head's cache catches up in one pass when it drafts again), so the
+switch can return to it; one that cannot (DEL) leaves the run once left.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,6 +82,8 @@ class AutoDrafter:
         self.policy_index = [index.get(a.label) for a in arms]  # arm -> its row in the policy (None: unknown)
         prior = [policy.prior[i] if i is not None and i < len(policy.prior) else 1.0 for i in self.policy_index]
         self.switch = ThompsonSwitch(prior, switch) if switch is not None else None
+        self.costs, self._seconds = None, None  # seconds of a target forward by new positions (`price`)
+        self.draft_s = 0.0  # what the active arm's last draft took
         if not arms:
             raise ValueError("the auto drafter has no arm to choose from")
         self.reset()
@@ -91,9 +97,18 @@ class AutoDrafter:
     def reads_target(self) -> tuple[int, ...]:
         if self.step == 0 and self.active is None:  # the prefill: pooled final states, and every arm's own layers
             return tuple(sorted({-1, *(layer for a in self.arms for layer in a.reads_target)}))
-        return self.arms[self.active].reads_target if self.active is not None else ()
+        if self.switch is None:
+            return self.arms[self.active].reads_target if self.active is not None else ()
+        # online: the arms that read the target's states and can follow the text stay in step, so the
+        # switch may come back to them (their states arrive with every verification, whoever drafted)
+        followers = [i for i in self.in_step if i == self.active or self._can_follow(i)]
+        return tuple(sorted({layer for i in followers for layer in self.arms[i].reads_target}))
+
+    def _can_follow(self, i: int) -> bool:
+        return getattr(self.arms[i].drafter, "follow", None) is not None
 
     def price(self, costs) -> None:
+        self.costs, self._seconds = costs, None  # the online switch's rewards read it too
         for arm in self.arms:
             if price := getattr(arm.drafter, "price", None):
                 price(costs)
@@ -109,7 +124,7 @@ class AutoDrafter:
         self.greedy = True
         self.probs: list[float] = []
         self.chosen_by_policy: int | None = None
-        self.shadows: list[tuple[int, int, DraftTree]] = []  # (arm, text length, its draft) of arms sitting out
+        self.shadows: list[tuple[int, int, DraftTree, float]] = []  # (arm, text length, its draft, its seconds)
         if self.switch is not None:
             self.switch.reset(seed=self.switch.settings.seed)
 
@@ -122,7 +137,10 @@ class AutoDrafter:
         drafter = self.arms[self.active].drafter
         if drafter is None:
             return DraftTree()
-        return drafter.propose(ids, warp, gen, None)  # each arm drafts in its own shape and length
+        t = time.perf_counter()
+        tree = drafter.propose(ids, warp, gen, None)  # each arm drafts in its own shape and length
+        self.draft_s = time.perf_counter() - t
+        return tree
 
     def begin(self, prompt: list[int], greedy: bool) -> None:
         """Before the prefill (the engine calls it once a run): a policy that reads no states chooses now."""
@@ -139,19 +157,27 @@ class AutoDrafter:
             chosen = self.arms[self.active].drafter
             if chosen is not None:
                 chosen.learn(tree, verdict, target)
+            self._follow(target)
         else:
             arm = self.arms[self.active]
             if arm.drafter is not None:
                 arm.drafter.learn(tree, verdict, target)
-            for i, other in enumerate(self.arms):
-                if i != self.active and other.reads_target:
-                    self.in_step.discard(i)  # it missed this forward's states
+            self._follow(target)
             if self.switch is not None:
                 committed = target.committed if target is not None else []
                 self._score_shadows(committed)
                 self._observe_and_switch(tree, verdict)
                 self._draft_shadows(committed)
         self.step += 1
+
+    def _follow(self, target: TargetView | None) -> None:
+        """Arms that read the target's states and sit out: online, those that can follow keep the states
+        of what was committed (a switch may return to them); the others missed this forward and leave."""
+        for i, other in enumerate(self.arms):
+            if i == self.active or not other.reads_target or i not in self.in_step:
+                continue
+            if self.switch is None or target is None or not self._can_follow(i) or not other.drafter.follow(target):
+                self.in_step.discard(i)
 
     # ---- what the engine records
     def step_choice(self) -> tuple[str, dict | None]:
@@ -169,6 +195,15 @@ class AutoDrafter:
     # ---- choosing
     def allowed(self) -> list[int]:
         return [i for i in sorted(self.in_step) if self.greedy or not self.arms[i].greedy_only]
+
+    def candidates(self) -> list[int]:
+        """The arms the online switch weighs: the policy's pick, the one drafting now, and the arms it knows
+        without trying them (the free arms, scored on the text while they sit out; plain decoding). Other
+        arms would only be known by drafting with them: a blind draw among several alike heads every few
+        steps cost more than it found on the tuning prompts."""
+        def known(i: int) -> bool:
+            return self.arms[i].drafter is None or isinstance(self.arms[i].drafter, FreeDrafter)
+        return [i for i in self.allowed() if i in (self.chosen_by_policy, self.active) or known(i)]
 
     def _first_choice(self, target: TargetView | None) -> None:
         hidden = target.hidden.get(-1) if target is not None else None
@@ -223,8 +258,15 @@ class AutoDrafter:
         return d, (f"the policy leans to {self.arms[pick].label} ({gain:+.2f}x expected over {default}), "
                    f"which does not clear the margin of {margin:g}: {default}, the best arm on average")
 
-    def _reward(self, arm: int, nodes: int, accepted: int) -> float:
-        """Tokens of a step per unit of its cost (one unit: a one-token target forward)."""
+    def _reward(self, arm: int, nodes: int, accepted: int, draft_s: float) -> float:
+        """Tokens of a step per unit of its cost (one unit: a one-token target forward): the verification
+        from this machine's measured curve (`price`) plus the draft's own time; without a curve, the
+        collection's pooled curve and logged drafting cost per node."""
+        if self.costs is not None:
+            if self._seconds is None:
+                self._seconds = self.costs()
+            s = self._seconds
+            return (accepted + 1) * s[1] / (s[min(1 + nodes, max(s))] + draft_s)
         j = self.policy_index[arm]
         cost = self.policy.draft_cost[j] if j is not None and j < len(self.policy.draft_cost) else 0.0
         return (accepted + 1) / (step_units(self.policy.curve, 1 + nodes) + cost * nodes)
@@ -236,16 +278,18 @@ class AutoDrafter:
         for i in self.allowed():
             drafter = self.arms[i].drafter
             if i != self.active and isinstance(drafter, FreeDrafter):
-                self.shadows.append((i, len(committed), drafter.propose(list(committed), Warp(), None, None)))
+                t = time.perf_counter()
+                tree = drafter.propose(list(committed), Warp(), None, None)
+                self.shadows.append((i, len(committed), tree, time.perf_counter() - t))
 
     def _score_shadows(self, committed: list[int]) -> None:
         """Shadow drafts whose positions the target has committed since: how many it would have accepted
         (greedy: the longest path of the draft that the committed text follows)."""
         keep = []
-        for i, start, tree in self.shadows:
+        for i, start, tree, draft_s in self.shadows:
             deepest = max(depths(tree.parents), default=0)
             if start + deepest + 1 > len(committed):
-                keep.append((i, start, tree))
+                keep.append((i, start, tree, draft_s))
                 continue
             node, accepted = -1, 0
             for tok in committed[start:start + deepest]:
@@ -253,15 +297,15 @@ class AutoDrafter:
                 if node is None:
                     break
                 accepted += 1
-            self.switch.add(i, self._reward(i, len(tree), accepted))
+            self.switch.add(i, self._reward(i, len(tree), accepted, draft_s))
         self.shadows = keep
 
     def _observe_and_switch(self, tree: DraftTree, verdict: Verdict) -> None:
         arm = self.arms[self.active]
-        self.switch.observe(self.active, self._reward(self.active, len(tree), len(verdict.path)))
+        self.switch.observe(self.active, self._reward(self.active, len(tree), len(verdict.path), self.draft_s))
         if not self.switch.due():
             return
-        allowed = self.allowed()
+        allowed = self.candidates()
         best, draws = self.switch.decide(allowed)
         if best == self.active:
             return

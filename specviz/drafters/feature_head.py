@@ -444,27 +444,51 @@ class FeatureDrafter(BuilderHints):
         self.builder = builder
         self.name = name
         self.greedy_only = greedy_only
+        self.behind: list[tuple[int, torch.Tensor]] = []  # (start, states) handed over while not drafting
 
     @property
     def forward_seconds(self) -> float:
         return self.lm.forward_seconds
 
     def propose(self, ids: list[int], warp: Warp, gen: torch.Generator, stop: StopRule | None = None) -> DraftTree:
+        self._catch_up()
         if len(ids) < 2 or self.lm.known() < len(ids) - 1:  # no target features yet (step 0): nothing
             tree = DraftTree()
             if stop is not None:
                 tree.stop = StopNote(stop.name, 0, "no target features yet", stop.state()).as_dict()
             return tree
+        self._catch_up()
         self.lm.drop_tree()
         return self.builder(self.lm, ids, warp, gen, stop)
 
     def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
+        self._catch_up()
         self.lm.drop_tree()
         if target is not None and all(layer in target.hidden for layer in self.reads_target):
             self.lm.set_features(target.start, torch.cat([target.hidden[layer] for layer in self.reads_target], -1))
 
+    def follow(self, target: TargetView) -> bool:
+        """The text moved on under another drafter's draft (`auto` switched away): keep the target's states
+        of what was committed, so the head can draft again later. They are only kept here (the fusion and
+        the head's cache catch up in one pass when it drafts again): following costs next to nothing."""
+        if not all(layer in target.hidden for layer in self.reads_target):
+            return False
+        rows = torch.cat([target.hidden[layer] for layer in self.reads_target], -1)
+        behind = self.behind
+        if behind and behind[-1][0] + len(behind[-1][1]) == target.start:  # contiguous: one pass later
+            behind[-1] = (behind[-1][0], torch.cat([behind[-1][1], rows]))
+        else:
+            behind.append((target.start, rows))
+        return True
+
+    def _catch_up(self) -> None:
+        for start, rows in self.behind:
+            self.lm.set_features(start, rows)
+        self.behind = []
+
     def reset(self) -> None:
         self.lm.reset()
+        self.behind = []
 
 
 def default_weights(target: str = "smollm2-135m", kind: str = "eagle") -> Path:

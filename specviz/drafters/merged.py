@@ -97,6 +97,12 @@ class MergedDrafter:
         self.first.learn(tree, verdict, target)
         self.second.learn(tree, verdict, target)
 
+    def follow(self, target: TargetView) -> bool:
+        """Another drafter drafted this step (`auto`): the first drafter keeps the target's states, if it can;
+        the n-gram counts read the text when they next draft."""
+        follow = getattr(self.first, "follow", None)
+        return bool(follow(target)) if follow is not None else not self.first.reads_target
+
     def price(self, costs) -> None:
         if price := getattr(self.first, "price", None):
             price(costs)
