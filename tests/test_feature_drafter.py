@@ -638,3 +638,30 @@ def test_teacher_forced_guesses_are_what_the_served_head_drafts(context_target, 
                        [{"category": "a", "prompt": "3 1 4 1 5 9 2 6"}, {"category": "b", "prompt": "2 7 1 8"}], 16)
     assert counts["all"][1] == counts["a"][1] + counts["b"][1] == 32
     assert counts["all"][0] == counts["a"][0] + counts["b"][0]
+
+
+def test_drafters_of_one_weights_file_share_its_binding_and_stay_exact(context_target, tmp_path):
+    """A server builds a drafter per run (and `auto` one per head arm): heads loaded from the same file
+    share one loaded head and one binding to the target (readout rows, packed matrices); each drafter
+    keeps its own cache, and output stays AR's. A target in another dtype gets a binding of its own."""
+    import copy
+
+    from specviz.drafters.feature_head import load_shared
+
+    path = random_head(HeadConfig(hidden=context_target.config.hidden_size, heads=4, kv_heads=2, intermediate=16,
+                                  vocab=context_target.config.vocab_size), seed=5, std=0.5).save(tmp_path / "h.safetensors")
+    a = make_feature_drafter(context_target, path, shape="chain", draft_len=3)
+    b = make_feature_drafter(context_target, path, shape="dynamic", draft_len=2)
+    assert load_shared(path) is load_shared(path)
+    assert a.lm.readout is b.lm.readout and a.lm.lean is b.lm.lean and a.lm.kv_buf[0] is not b.lm.kv_buf[0]
+    settings = Settings(max_new_tokens=24)
+    for prompt in ([1, 2, 3, 4], [5, 9, 5, 9, 5, 2, 7]):
+        want = Engine(context_target, str).run(prompt, settings).token_ids
+        for drafter in (a, b, a):
+            assert Engine(context_target, str, drafter).run(prompt, settings).token_ids == want
+    wide = copy.deepcopy(context_target).double()
+    c = make_feature_drafter(wide, path, shape="chain", draft_len=3)
+    assert c.lm.readout.dtype == torch.float64 and a.lm.readout.dtype == torch.float32
+    assert c.lm.head is not a.lm.head and next(a.lm.head.parameters()).dtype == torch.float32
+    assert Engine(context_target, str, a).run([1, 2, 3, 4], settings).token_ids == \
+        Engine(context_target, str).run([1, 2, 3, 4], settings).token_ids

@@ -20,6 +20,7 @@ target's embeddings or LM head; they are bound to the target at load time.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -258,6 +259,51 @@ class LeanHead:
         return self.down.plus(self.up.times(h, self.gate.silu(h)), x)
 
 
+def _bind(head: FeatureHead, target_model: torch.nn.Module, lean: bool):
+    """(the head in the target's device and dtype, its readout rows, its lean forward)."""
+    embed = target_model.get_input_embeddings().weight
+    head = head.eval().to(embed.device, embed.dtype)
+    readout = readout_weight(target_model, head.vocab_ids)
+    if head.config.fused:  # fold the output norm's weight into the readout; logits() applies its scale
+        readout = readout * head.out_norm.detach().to(readout)
+    return head, readout, LeanHead(head, readout) if lean else None
+
+
+_BOUND: dict[tuple, tuple] = {}  # (id(head), id(target), lean) -> (head, target, bound parts)
+_BOUND_MAX = 8
+
+
+def bind(head: FeatureHead, target_model: torch.nn.Module, lean: bool = True):
+    """_bind, shared by every drafter of a head loaded from a file (`load_shared`): the readout rows
+    and the packed matrices are read-only at inference and cost ~85 MB for SmolLM2, which a server
+    would otherwise copy for every run (and `auto` for each of its head arms)."""
+    if not getattr(head, "shared", False):
+        return _bind(head, target_model, lean)
+    key = (id(head), id(target_model), lean)
+    hit = _BOUND.get(key)
+    if hit is None or hit[0] is not head or hit[1] is not target_model:
+        copy = FeatureHead(head.config, head.vocab_ids)  # the file's head stays in fp32 for other targets
+        copy.load_state_dict(head.state_dict())
+        hit = (head, target_model, _bind(copy, target_model, lean))
+        _BOUND[key] = hit
+        while len(_BOUND) > _BOUND_MAX:
+            _BOUND.pop(next(iter(_BOUND)))
+    return hit[2]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_file(path: str, stamp: tuple[int, int]) -> FeatureHead:
+    head = FeatureHead.load(path)
+    head.shared = True  # its drafters share one binding per target (`bind`)
+    return head
+
+
+def load_shared(path: str | Path) -> FeatureHead:
+    """A head from a file, loaded once per version of the file (its drafters only read it)."""
+    stat = Path(path).stat()
+    return _load_file(str(Path(path).resolve()), (stat.st_mtime_ns, stat.st_size))
+
+
 class HeadLM:
     """The head with a KV cache, behind CachedLM's interface, so the tree builders can drive it.
 
@@ -271,12 +317,7 @@ class HeadLM:
         self.embed = target_model.get_input_embeddings().weight.detach()
         self.device = self.embed.device  # everything the head keeps lives beside the target's weights,
         self.dtype = self.embed.dtype  # in their dtype
-        self.head = head.eval().to(self.device, self.dtype)
-        readout = readout_weight(target_model, head.vocab_ids)
-        if head.config.fused:  # fold the output norm's weight into the readout; logits() applies its scale
-            readout = readout * head.out_norm.detach().to(readout)
-        self.readout = readout
-        self.lean = LeanHead(self.head, self.readout) if lean else None
+        self.head, self.readout, self.lean = bind(head, target_model, lean)
         self.vocab_ids = None if head.vocab_ids is None else head.vocab_ids.to(self.device)
         self.vocab = vocab
         self.context = 1 << 30
@@ -507,7 +548,7 @@ def make_feature_drafter(target_model: torch.nn.Module, weights_path: str | Path
         path = Path(weights_path) if weights_path else default_weights(target, kind)
         if not path.exists():
             raise ValueError(f"no trained head at {path}; train one with `python -m specviz train-drafter {kind}`")
-        head = FeatureHead.load(path)
+        head = load_shared(path)
     if head.config.hidden != target_model.config.hidden_size or head.config.vocab != target_model.config.vocab_size:
         raise ValueError("the trained head does not fit this target (hidden size or vocabulary differ)")
     entry = STRATEGIES.get(shape)
