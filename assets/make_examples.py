@@ -17,6 +17,8 @@ from specviz.examples import ASSETS, PROMPTS  # noqa: E402
 
 EXAMPLES = [
     # name, target, drafter, draft length, prompt, settings
+    ("0-summary-smollm2-auto-greedy", "smollm2-135m", "auto", 4, PROMPTS["summarization"],
+     Settings(max_new_tokens=96, temperature=0.0)),
     ("1-code-qwen0.5b-drafts-for-qwen1.5b-T0.8", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", 4, PROMPTS["code"],
      Settings(max_new_tokens=80, temperature=0.8, seed=1)),
     ("2-summary-smollm2-pld-greedy", "smollm2-135m", "pld", 6, PROMPTS["summarization"],

@@ -29,7 +29,7 @@ PROMPTS = dict(EXAMPLE_PROMPTS)
 
 # The recorded run a visitor sees first: the app's default target and drafter on the default prompt,
 # so that pressing Run decodes live what the page already shows recorded.
-LANDING_EXAMPLE = "2-summary-smollm2-pld-greedy"
+LANDING_EXAMPLE = "0-summary-smollm2-auto-greedy"  # the page's default drafter (ui/launch.py app_default)
 LANDING_PROMPT = PROMPTS["summarization"]
 
 

@@ -48,8 +48,19 @@ HEAVY = dict(target="qwen2.5-coder-1.5b", drafter="qwen2.5-coder-0.5b", strategy
 HEAVY_SLACK_S = 90  # the time limit is checked between forwards: one beam-32 step may run past it
 
 
+DRAFTER = {"name": None}  # the page's default drafter unless --drafter names one
+
+
+def drafter() -> str:
+    if DRAFTER["name"] is None:
+        from specviz.ui.launch import app_default
+
+        DRAFTER["name"] = app_default(TARGET).drafter
+    return DRAFTER["name"]
+
+
 def args(prompt, max_new_tokens=N_TOKENS, seed=0):
-    return (prompt, TARGET, "pld", "chain", 4, 0.0, 1.0, seed, max_new_tokens, "auto")
+    return (prompt, TARGET, drafter(), "chain", 4, 0.0, 1.0, seed, max_new_tokens, "auto")
 
 
 def rss_mb(pid: int) -> float:
@@ -107,7 +118,7 @@ def expected_texts() -> dict:
     from specviz.api import build_engine
     from specviz.engine import Settings
 
-    engine = build_engine(TARGET, "pld", 4)
+    engine = build_engine(TARGET, drafter(), 4)
     return {p: engine.generate(p, Settings(max_new_tokens=N_TOKENS)).text for p in PROMPTS}
 
 
@@ -279,7 +290,7 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-    report = dict(sessions=sessions, seconds=seconds, wall_s=round(wall, 1), completed=stats["completed"],
+    report = dict(sessions=sessions, seconds=seconds, drafter=drafter(), wall_s=round(wall, 1), completed=stats["completed"],
                   cancelled=stats["cancelled"], abandoned=stats["abandoned"], errors=stats["errors"],
                   mismatches=stats["mismatches"], cancel_p50_s=round(pct(stats["cancel"], .5), 2),
                   cancel_p95_s=round(pct(stats["cancel"], .95), 2), cancel_max_s=round(max(stats["cancel"], default=0), 2),
@@ -332,9 +343,11 @@ if __name__ == "__main__":
     ap.add_argument("--no-scheduler", action="store_true",
                     help="one run at a time, each in its own thread (SPECVIZ_SCHEDULER=0): the before")
     ap.add_argument("--json", help="write the report here too")
+    ap.add_argument("--drafter", help="the drafter every run uses (default: the page's default)")
     ap.add_argument("--heavy", action="store_true",
                     help="also send the heaviest request (Qwen 1.5B + 0.5B beam, draft length 32, 512 tokens)")
     a = ap.parse_args()
+    DRAFTER["name"] = a.drafter
     if a.heavy and (why := heavy_available()):
         ap.error(f"--heavy: {why}")
     rep = main(a.sessions, a.seconds, imports=a.imports, heavy=a.heavy, scheduler=not a.no_scheduler)

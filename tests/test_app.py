@@ -400,6 +400,20 @@ def test_the_recorded_example_shown_matches_the_prompt_box(client):
         assert out[len(NAMES)] == trace.load(path)[0].prompt, name
 
 
+def test_the_page_starts_on_auto_and_the_example_on_display_is_an_auto_run():
+    """The page's default drafter is `auto` where a policy ships (faster than prompt lookup on the held-out
+    prompts), and the recorded run a visitor lands on is one, so its controls and Run agree with it."""
+    from specviz import trace
+    from specviz.choice.arms import policy_path
+    from specviz.examples import example_traces, landing_example
+    from specviz.ui.launch import app_default
+    from specviz.ui.layout import DEFAULT
+
+    assert policy_path(TARGET).exists() and app_default(TARGET).drafter == DEFAULT.drafter == "auto"
+    start = trace.load(example_traces()[landing_example()])[0]
+    assert start.config["drafter"] == "auto" and start.policy and start.policy["name"] == "auto"
+
+
 def test_a_drafter_with_another_vocabulary_is_refused(client):
     if models.status("qwen2.5-coder-0.5b") != "ready":
         pytest.skip("qwen2.5-coder-0.5b not installed")

@@ -204,10 +204,10 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
                  "layer and the draft length chosen per context from the target's states (DEL), chains", _del,
                  kind="trained"),
     # drafter choice (specviz/choice/; the policy in assets/policy/, trained by collect + train-policy)
-    DrafterEntry("auto", "auto (learned choice)", "a policy trained on logged outcomes picks the drafter or plain "
+    DrafterEntry("auto", "learned choice", "a policy trained on logged outcomes picks the drafter or plain "
                  "decoding per prompt from the target's prefill (REINFORCE)", _auto(False), kind="auto",
                  max_nodes=_auto_nodes),
-    DrafterEntry("auto-online", "auto, re-deciding", "auto that also re-decides every few steps from the acceptance "
+    DrafterEntry("auto-online", "learned choice, re-deciding", "auto that also re-decides every few steps from the acceptance "
                  "just observed (Thompson sampling), switching drafters mid-answer", _auto(True), kind="auto",
                  max_nodes=_auto_nodes),
 )

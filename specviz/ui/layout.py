@@ -13,7 +13,6 @@ from typing import Callable
 import gradio as gr
 
 from .. import models, views
-from ..config import RunConfig
 from ..examples import ASSETS, EXAMPLE_PROMPTS, LANDING_PROMPT, example_traces, landing_example
 from ..registry import Param
 from ..stop_rules import STOP_RULES
@@ -25,12 +24,12 @@ from ..views.lengths_figure import CAPTION as CAPTION_LENGTHS
 from ..views.timeline import CAPTION as CAPTION_TIMELINE
 from .render import NEXT, VIEWS
 from .request import CONTROLS, app_limits, stop_params
-from .launch import health
+from .launch import app_default, health
 from .session import Session, SESSION_TTL_S, closed
 from .streaming import decode_slots
 from .texts import HEADER, HOW_TO_READ, INTRO
 
-DEFAULT = RunConfig()  # the widgets start at RunConfig's defaults (except for a shorter output)
+DEFAULT = app_default()  # the widgets start here (`auto` where a policy ships; a shorter output than the CLI's)
 DEFAULT_MAX_NEW_TOKENS = 64
 SCROLL_TO_OUTPUT = "() => { document.getElementById('specviz-tabs')?.scrollIntoView({block: 'start'}); }"
 

@@ -11,7 +11,8 @@ from ..drafters.strategies import STRATEGIES
 from ..rules import VERIFY_RULES
 from ..stop_rules import STOP_RULES
 
-KIND = {"none": "no drafter", "free": "no model", "model": "a second model", "trained": "trained drafter"}
+KIND = {"none": "no drafter", "free": "no model", "model": "a second model", "trained": "trained drafter",
+        "auto": "picks a drafter"}
 STATUS_ORDER = {"ready": 0, "downloaded": 1, "not installed": 2}
 
 
