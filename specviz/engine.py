@@ -112,6 +112,21 @@ class Engine:
         self._rules: dict[str, Rule] = {}
         if price := getattr(drafter, "price", None):  # a tree sized by what verification costs on this machine
             price(lambda: verify_cost.seconds_by_positions(self.target))
+        self._waited = 0.0  # seconds the stream spent suspended (a consumer, a scheduler's other runs)
+        if own := getattr(drafter, "own_clock", None):  # a drafter that times its steps reads this run's own time
+            own(self.own_clock)
+
+    def own_clock(self) -> float:
+        """perf_counter without the time this engine's stream waited at its yields: under a scheduler, the
+        other runs' turns and the others' share of a batched forward are not this run's cost."""
+        return time.perf_counter() - self._waited
+
+    def _out(self, event):
+        """Yield `event`, counting the time until the stream is resumed as waiting (`own_clock`)."""
+        t = time.perf_counter()
+        answer = yield event
+        self._waited += time.perf_counter() - t
+        return answer
 
     def check_prompt(self, prompt_ids: list[int], settings: Settings) -> None:
         if not prompt_ids:
@@ -182,13 +197,13 @@ class Engine:
             t = time.perf_counter()
             self.target.prefill(ids[:done], tuple(self.drafter.reads_target) if self.drafter else ())
             read_s += time.perf_counter() - t
-            yield Prefilled(done, len(ids))
+            yield from self._out(Prefilled(done, len(ids)))
         step = 0
         while len(new) < settings.max_new_tokens and stop_reason not in ("cancelled", "time limit"):
             if reason := interrupted():
                 stop_reason = reason
                 break
-            yield StepStarted(step, *(choosing() if choosing else (None, None)))
+            yield from self._out(StepStarted(step, *(choosing() if choosing else (None, None))))
             layers = tuple(self.drafter.reads_target) if self.drafter else ()  # may change step to step (`auto`)
             t0 = time.perf_counter()
             fwd0 = self._forward_seconds()
@@ -198,14 +213,16 @@ class Engine:
             t_draft = time.perf_counter() - t0
             nodes = self._nodes(tree)
             pause = time.perf_counter()
-            yield Drafted(step, [replace(n) for n in nodes], tree.draw, tree.stop, list(tree.sources) or None)
+            yield from self._out(Drafted(step, [replace(n) for n in nodes], tree.draw, tree.stop,
+                                         list(tree.sources) or None))
             if reason := interrupted():  # before the (costly) target forward
                 stop_reason = reason
                 break
             t1 = time.perf_counter()
             if batched:  # the scheduler runs this forward together with other runs' and sends back our part
-                root, node_logits, shared_s = yield TargetForward(self.target, list(ids), list(tree.tokens),
-                                                                  list(tree.parents), layers)
+                root, node_logits, shared_s = yield from self._out(TargetForward(
+                    self.target, list(ids), list(tree.tokens), list(tree.parents), layers))
+                self._waited -= shared_s  # this run's share of the batched forward is its own time
                 t1 = time.perf_counter() - shared_s  # the wait for the others is not this run's time
             else:
                 root, node_logits = self.target.forward(ids, tree.tokens, tree.parents, layers)
@@ -235,14 +252,14 @@ class Engine:
             metrics.record_verify(t_verify, len(tree))
             metrics.forward_s += self._forward_seconds() - fwd0 + read_s
             read_s = 0.0
-            yield Verified(step, nodes, verdict.path, verdict.kind)
-            yield Emitted(step, tokens)
-            yield StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify), metrics.snapshot(),
-                               t0 - clock0, t1 - clock0)
+            yield from self._out(Verified(step, nodes, verdict.path, verdict.kind))
+            yield from self._out(Emitted(step, tokens))
+            yield from self._out(StepFinished(step, t_draft, t_verify, max(0.0, elapsed - t_draft - t_verify),
+                                              metrics.snapshot(), t0 - clock0, t1 - clock0))
             step += 1
             if stop_reason == "eos":
                 break
-        yield RunFinished(self.decode(new), new, stop_reason, metrics)
+        yield from self._out(RunFinished(self.decode(new), new, stop_reason, metrics))
 
     def _start(self, prompt_ids: list[int], settings: Settings) -> tuple[str, Rule]:
         """Check a run's settings and prompt and give it fresh caches: (rule name, rule)."""

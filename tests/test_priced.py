@@ -160,3 +160,24 @@ def test_the_graft_decision_weighs_its_value_against_its_nodes():
     assert builder.best_leaves(0.0, 0, [], 0.0)[2] is False
     builder.besides(6, 9.0)  # six nodes for nine tokens (1 + 9 tokens for 7 steps beats 1 for 1)
     assert builder.best_leaves(0.0, 0, [], 0.0)[2] is True
+
+
+def test_waiting_for_other_runs_is_not_counted_as_the_step_s_overhead(tiny_target, tiny_drafter):
+    """Under the page's scheduler a run's stream sits still while thirty others take their turns. The tree's
+    overhead is read on the engine's own clock, which stops while the stream waits: a wait there must
+    not pass for a cost of every step (which would make every node look free and grow the largest trees)."""
+    import time
+
+    from specviz.events import StepFinished
+
+    def overhead(consumer_wait: float) -> float:
+        builder = PricedDynamic(4)
+        engine = Engine(tiny_target, decode, ModelDrafter(tiny_drafter, builder))
+        builder.price(lambda: dict(STEEP))
+        for event in engine.stream([1, 5, 7, 2], Settings(24)):
+            if isinstance(event, StepFinished):
+                time.sleep(consumer_wait)  # the other runs' turns
+        return builder.overhead_s
+
+    alone, waited = overhead(0.0), overhead(0.05)
+    assert waited < 0.02 + 2 * alone, (alone, waited)

@@ -113,6 +113,11 @@ class AutoDrafter:
             if price := getattr(arm.drafter, "price", None):
                 price(costs)
 
+    def own_clock(self, clock) -> None:
+        for arm in self.arms:
+            if own := getattr(arm.drafter, "own_clock", None):
+                own(clock)
+
     def reset(self) -> None:
         for arm in self.arms:
             if arm.drafter is not None:

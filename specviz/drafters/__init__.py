@@ -74,6 +74,11 @@ class BuilderHints:
         if besides := getattr(self.builder, "besides", None):
             besides(nodes, value)
 
+    def own_clock(self, clock) -> None:
+        """clock() -> seconds of this run's own time (from the engine; it stops while the run waits)."""
+        if own := getattr(self.builder, "own_clock", None):
+            own(clock)
+
     def keeps_besides(self) -> bool:
         """Whether the last tree was built to be verified with those other nodes (False: they would
         cost more than they add)."""

@@ -107,6 +107,10 @@ class MergedDrafter:
         if price := getattr(self.first, "price", None):
             price(costs)
 
+    def own_clock(self, clock) -> None:
+        if own := getattr(self.first, "own_clock", None):
+            own(clock)
+
     def reset(self) -> None:
         self.first.reset()
         self.second.reset()

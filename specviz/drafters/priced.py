@@ -52,6 +52,7 @@ class PricedDynamic:
     def __init__(self, depth: int, max_nodes: int = 24, width: int = 2, branch: int = 4):
         self.depth, self.max_nodes, self.width, self.branch = depth, max_nodes, width, branch
         self.costs: Callable[[], dict[int, float]] | None = None
+        self.clock: Callable[[], float] = time.perf_counter  # the engine's `own_clock` where it hands one
         self._seconds: dict[int, float] | None = None
         self.accepted, self.expected = PRIOR, PRIOR
         self.child_probs: list[float] | None = None  # mean top-`branch` probabilities of a fed row
@@ -69,6 +70,12 @@ class PricedDynamic:
 
     def besides(self, nodes: int, value: float) -> None:
         self.extra = (nodes, value)
+
+    def own_clock(self, clock: Callable[[], float]) -> None:
+        """The engine's clock of this run's own time (it stops while a scheduler serves other runs):
+        what a step cost outside the forwards is read on it, or a wait for thirty other visitors would
+        pass for overhead and make every node look free."""
+        self.clock = clock
 
     @property
     def kappa(self) -> float:
@@ -123,11 +130,11 @@ class PricedDynamic:
             return build_dynamic(lm, ids, warp, gen, 4 * self.depth, self.depth, self.width, self.branch, stop)
         if self._seconds is None:
             self._seconds = self.costs()
-        start = time.perf_counter()
+        start = self.clock()
         self._observe(list(ids), start)
         tree, value = self._build(lm, ids, warp, stop, start)
         self._last = (list(ids), list(tree.tokens), list(tree.parents), value,
-                      self.extra[0] if self.graft else 0, time.perf_counter())
+                      self.extra[0] if self.graft else 0, self.clock())
         self.extra = (0, 0.0)
         return tree
 
@@ -144,7 +151,7 @@ class PricedDynamic:
         offer(-1, root_logits(lm, ids))
         tree = grow.tree
         for level in range(depth):
-            spent = time.perf_counter() - start
+            spent = self.clock() - start
             have, candidates = sum(grow.values), grow.candidates()
             now_rate, now_take, self.graft = self.best_leaves(have, len(tree), candidates, spent)
             more = level < depth - 1 and len(tree) + self.width <= self.max_nodes
