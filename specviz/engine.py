@@ -6,6 +6,7 @@ AR reference and speculative decoding share one code path and one set of metrics
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -88,6 +89,19 @@ class Result:
     events: list[Event] = field(default_factory=list)
 
 
+class Waits:
+    """Seconds an engine's stream spent suspended at its yields (a consumer, a scheduler's other runs)."""
+
+    __slots__ = ("waited",)
+
+    def __init__(self):
+        self.waited = 0.0
+
+    def clock(self) -> float:
+        """perf_counter without the waits: this run's own time."""
+        return time.perf_counter() - self.waited
+
+
 class Engine:
     def __init__(
         self,
@@ -110,22 +124,21 @@ class Engine:
         self.max_draft = max_draft  # the most nodes a drafter may add to the context in one step
         self.stop = stop  # when drafting rounds end (None: the drafter's own fixed length)
         self._rules: dict[str, Rule] = {}
+        # hints hold no strong reference to the engine or its target: through any cycle among a drafter's
+        # objects they would keep a finished run's KV cache alive until the garbage collector's next full
+        # pass (a page serving thirty visitors piled up 600 MB of them)
+        target = weakref.ref(self.target)
         if price := getattr(drafter, "price", None):  # a tree sized by what verification costs on this machine
-            price(lambda: verify_cost.seconds_by_positions(self.target))
-        self._waited = 0.0  # seconds the stream spent suspended (a consumer, a scheduler's other runs)
+            price(lambda: verify_cost.seconds_by_positions(target()))
+        self.waits = Waits()
         if own := getattr(drafter, "own_clock", None):  # a drafter that times its steps reads this run's own time
-            own(self.own_clock)
-
-    def own_clock(self) -> float:
-        """perf_counter without the time this engine's stream waited at its yields: under a scheduler, the
-        other runs' turns and the others' share of a batched forward are not this run's cost."""
-        return time.perf_counter() - self._waited
+            own(self.waits.clock)
 
     def _out(self, event):
-        """Yield `event`, counting the time until the stream is resumed as waiting (`own_clock`)."""
+        """Yield `event`, counting the time until the stream is resumed as waiting (Waits.clock)."""
         t = time.perf_counter()
         answer = yield event
-        self._waited += time.perf_counter() - t
+        self.waits.waited += time.perf_counter() - t
         return answer
 
     def check_prompt(self, prompt_ids: list[int], settings: Settings) -> None:
@@ -222,7 +235,7 @@ class Engine:
             if batched:  # the scheduler runs this forward together with other runs' and sends back our part
                 root, node_logits, shared_s = yield from self._out(TargetForward(
                     self.target, list(ids), list(tree.tokens), list(tree.parents), layers))
-                self._waited -= shared_s  # this run's share of the batched forward is its own time
+                self.waits.waited -= shared_s  # this run's share of the batched forward is its own time
                 t1 = time.perf_counter() - shared_s  # the wait for the others is not this run's time
             else:
                 root, node_logits = self.target.forward(ids, tree.tokens, tree.parents, layers)
