@@ -290,7 +290,8 @@ def main(sessions: int = 8, seconds: float = 60.0, python: str = sys.executable,
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-    report = dict(sessions=sessions, seconds=seconds, drafter=drafter(), wall_s=round(wall, 1), completed=stats["completed"],
+    report = dict(sessions=sessions, seconds=seconds, drafter=drafter(), wall_s=round(wall, 1),
+                  completed=stats["completed"],
                   cancelled=stats["cancelled"], abandoned=stats["abandoned"], errors=stats["errors"],
                   mismatches=stats["mismatches"], cancel_p50_s=round(pct(stats["cancel"], .5), 2),
                   cancel_p95_s=round(pct(stats["cancel"], .95), 2), cancel_max_s=round(max(stats["cancel"], default=0), 2),

@@ -648,8 +648,9 @@ def test_drafters_of_one_weights_file_share_its_binding_and_stay_exact(context_t
 
     from specviz.drafters.feature_head import load_shared
 
-    path = random_head(HeadConfig(hidden=context_target.config.hidden_size, heads=4, kv_heads=2, intermediate=16,
-                                  vocab=context_target.config.vocab_size), seed=5, std=0.5).save(tmp_path / "h.safetensors")
+    config = HeadConfig(hidden=context_target.config.hidden_size, heads=4, kv_heads=2, intermediate=16,
+                        vocab=context_target.config.vocab_size)
+    path = random_head(config, seed=5, std=0.5).save(tmp_path / "h.safetensors")
     a = make_feature_drafter(context_target, path, shape="chain", draft_len=3)
     b = make_feature_drafter(context_target, path, shape="dynamic", draft_len=2)
     assert load_shared(path) is load_shared(path)

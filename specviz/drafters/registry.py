@@ -208,7 +208,8 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
                  "decoding per prompt from the target's prefill (REINFORCE)", _auto(False), kind="auto",
                  max_nodes=_auto_nodes),
     DrafterEntry("auto-online", "learned choice, re-deciding", "auto that also re-decides every few steps from the "
-                 "acceptance just observed (Thompson sampling), switching drafters mid-answer", _auto(True), kind="auto",
+                 "acceptance just observed (Thompson sampling), switching drafters mid-answer", _auto(True),
+                 kind="auto",
                  max_nodes=_auto_nodes),
 )
 
