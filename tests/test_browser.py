@@ -174,6 +174,14 @@ def test_first_screen_errors_in_one_place_and_a_run_in_view(url, browser, tmp_pa
     assert page.locator("#specviz-tokens .tok-rejected").count() == titles.count("rejected draft (step")
     assert visible_badges(page) == 0
     page.screenshot(path=str(ASSETS / "screenshot-1280x720-run.png"))
+
+    # the page's default drafter is `auto`: the drafter panel says which arm it chose and why, with the bars
+    choice = page.inner_text("#specviz-drafter")
+    assert "Chosen:" in choice and "eagle3" in choice, choice
+    page.locator("#specviz-choice-plot").scroll_into_view_if_needed()
+    page.wait_for_selector("#specviz-choice-plot .js-plotly-plot", timeout=30_000)
+    page.locator("#specviz-drafter").scroll_into_view_if_needed()
+    page.screenshot(path=str(ASSETS / "screenshot-drafter-choice.png"))
     page.close()
     assert not outside, f"the page tried to reach the network: {outside[:5]}"
     assert not errors, errors

@@ -645,6 +645,8 @@ def test_drafters_of_one_weights_file_share_its_binding_and_stay_exact(context_t
     share one loaded head and one binding to the target (readout rows, packed matrices); each drafter
     keeps its own cache, and output stays AR's. A target in another dtype gets a binding of its own."""
     import copy
+    import gc
+    import weakref
 
     from specviz.drafters.feature_head import load_shared
 
@@ -666,3 +668,7 @@ def test_drafters_of_one_weights_file_share_its_binding_and_stay_exact(context_t
     assert c.lm.head is not a.lm.head and next(a.lm.head.parameters()).dtype == torch.float32
     assert Engine(context_target, str, a).run([1, 2, 3, 4], settings).token_ids == \
         Engine(context_target, str).run([1, 2, 3, 4], settings).token_ids
+    gone = weakref.ref(wide)
+    del c, wide
+    gc.collect()
+    assert gone() is None  # a binding does not keep a target the model cache let go of

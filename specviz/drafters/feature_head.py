@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -269,8 +270,9 @@ def _bind(head: FeatureHead, target_model: torch.nn.Module, lean: bool):
     return head, readout, LeanHead(head, readout) if lean else None
 
 
-_BOUND: dict[tuple, tuple] = {}  # (id(head), id(target), lean) -> (head, target, bound parts)
-_BOUND_MAX = 8
+# target model -> {(id(head), lean): (head, bound parts)}; weak on the model, so a target the model cache
+# lets go of is not kept alive by its heads' bindings
+_BOUND: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def bind(head: FeatureHead, target_model: torch.nn.Module, lean: bool = True):
@@ -279,16 +281,13 @@ def bind(head: FeatureHead, target_model: torch.nn.Module, lean: bool = True):
     would otherwise copy for every run (and `auto` for each of its head arms)."""
     if not getattr(head, "shared", False):
         return _bind(head, target_model, lean)
-    key = (id(head), id(target_model), lean)
-    hit = _BOUND.get(key)
-    if hit is None or hit[0] is not head or hit[1] is not target_model:
+    bound = _BOUND.setdefault(target_model, {})
+    hit = bound.get((id(head), lean))
+    if hit is None or hit[0] is not head:
         copy = FeatureHead(head.config, head.vocab_ids)  # the file's head stays in fp32 for other targets
         copy.load_state_dict(head.state_dict())
-        hit = (head, target_model, _bind(copy, target_model, lean))
-        _BOUND[key] = hit
-        while len(_BOUND) > _BOUND_MAX:
-            _BOUND.pop(next(iter(_BOUND)))
-    return hit[2]
+        hit = bound[id(head), lean] = (head, _bind(copy, target_model, lean))
+    return hit[1]
 
 
 @functools.lru_cache(maxsize=8)
