@@ -18,8 +18,10 @@ import torch
 
 from .api import build
 from .engine import Engine
+from .events import Drafted
 from .metrics import Metrics
 from .prompts import read_prompts
+from .stop_rules import MERGED_ALONE
 
 
 ORACLE = "oracle (best fixed arm per prompt)"
@@ -77,6 +79,7 @@ def run_drafters(a, config) -> int:
     identical: dict[tuple[str, str], list[bool]] = defaultdict(list)
     diverged: dict[str, list[dict]] = defaultdict(list)  # where greedy text left AR's, and how close the tie was
     grafted: dict[tuple[str, str], int] = defaultdict(int)  # merged trees: accepted drafts only the graft proposed
+    alone: dict[tuple[str, str], int] = defaultdict(int)  # merged trees: steps the second drafter drafted alone
     merged = {name for name, spec in engines.items() if hasattr(spec.engine.drafter, "grafted_accepted")}
     oracle = getattr(a, "oracle", False)
     if oracle and not greedy:
@@ -96,6 +99,8 @@ def run_drafters(a, config) -> int:
                 identical[name, cat].append(r.token_ids == r_ar.token_ids)
                 if name in merged:
                     grafted[name, cat] += spec.engine.drafter.grafted_accepted
+                    alone[name, cat] += sum(isinstance(e, Drafted) and bool(e.stop)
+                                            and e.stop.get("rule") == MERGED_ALONE for e in r.events)
             if greedy and r.token_ids != r_ar.token_ids:
                 from .bench import first_divergence, top2_gap
 
@@ -122,6 +127,7 @@ def run_drafters(a, config) -> int:
             "divergences": [d for d in diverged[name] if cat in ("overall", d["category"])]}
         if name in merged:
             results[name][cat]["grafted_share"] = grafted[name, cat] / m.accepted if m.accepted else 0.0
+            results[name][cat]["alone_share"] = alone[name, cat] / m.steps if m.steps else 0.0
     print(format_table(results))
     if a.json:
         from .atomic import atomic_write_text
@@ -145,6 +151,8 @@ def format_table(results: dict) -> str:
                 ident += f" (top-2 gap ≤ {max(d['top2_logit_gap'] for d in r['divergences']):.2f})"
             if "grafted_share" in r:  # a merged tree: how much of what was accepted only the graft proposed
                 ident += f"; graft {r['grafted_share']:.0%} of accepted"
+            if "alone_share" in r:  # ... and how often it switched to the second drafter alone for a step
+                ident += f", alone {r['alone_share']:.0%} of steps"
             lines.append("| " + " | ".join([name, cat, str(r["prompts"]), f"{r['ar_tokens_per_s']:.1f}",
                                             f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}×", f"{r['tau']:.2f}",
                                             *betas, f"{r['c']:.3f}", ident]) + " |")

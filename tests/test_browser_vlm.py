@@ -44,6 +44,10 @@ def test_an_image_run_with_a_vision_language_target(vlm_url):
         page.click("#specviz-target input")  # its label is the path (slashes): picked by its description
         page.get_by_role("option").filter(has_text="vision-language").first.click()
         page.wait_for_selector("#specviz-image", state="visible", timeout=10_000)
+        # the page's default drafter (auto) reads the target's states, which a VLM's hold image positions: the
+        # menu falls back to prompt lookup and says which drafters it leaves out
+        page.wait_for_selector("#specviz-drafter-note:has-text('not offered')", timeout=10_000)
+        assert page.input_value("#specviz-drafter-menu input").startswith("pld")
         page.locator("#specviz-image input[type=file]").set_input_files(str(ASSETS / "images" / "red-ball-blue-box.png"))
         page.wait_for_selector("#specviz-image img", timeout=10_000)
         page.click("#specviz-run")

@@ -159,6 +159,7 @@ def test_bench_drafters_side_by_side(tmp_path):
     assert set(results) == {"pld:chain:4", "pld-tree:chain:4", "eagle3+ngram:dynamic:2"}
     merged = results["eagle3+ngram:dynamic:2"]["overall"]  # a merged tree says what its graft added
     assert 0 <= merged["grafted_share"] <= 1 and "grafted_share" not in results["pld:chain:4"]["overall"]
+    assert 0 <= merged["alone_share"] <= 1 and "alone_share" not in results["pld:chain:4"]["overall"]
     assert merged["identical_count"] == 2
     for rows in results.values():
         assert set(rows) == {"a", "b", "overall"} and rows["overall"]["prompts"] == 2

@@ -43,6 +43,7 @@ class DrafterEntry:
     greedy_only: bool = False
     max_nodes: Callable[[int, str], int] = lambda draft_len, shape: draft_len  # per step
     hf: Callable[[int, Drafter | None], dict] | None = None  # transformers generate() kwargs doing the same
+    reads_target: bool = False  # reads the target's hidden states (not for a VLM, whose states hold image positions)
 
     @property
     def has_distribution(self) -> bool:
@@ -191,26 +192,26 @@ DRAFTERS: Registry[DrafterEntry] = Registry(
     # EAGLE feature head (specviz/drafters/feature_head.py; weights in assets/drafters/, SmolLM2-135M only)
     DrafterEntry("eagle3", "EAGLE-3 feature head", "one trained decoder layer on the target's low, middle and last "
                  "states fused (EAGLE-3), trained on its own multi-step drafts; readout through the target's LM "
-                 "head, any shape", _eagle("eagle3"), kind="trained", takes_shape=True, max_nodes=_model_nodes),
+                 "head, any shape", _eagle("eagle3"), kind="trained", takes_shape=True, max_nodes=_model_nodes,
+                 reads_target=True),
     DrafterEntry("eagle", "EAGLE feature head", "one trained decoder layer on the target's own hidden states "
                  "(EAGLE), 8k-token readout through the target's LM head, any shape", _eagle("eagle"), kind="trained",
-                 takes_shape=True, max_nodes=_model_nodes),
+                 takes_shape=True, max_nodes=_model_nodes, reads_target=True),
     DrafterEntry("eagle3+ngram", "EAGLE-3 head + n-gram tree", "the EAGLE-3 head's tree with the n-gram tree "
                  "grafted on (SpecInfer's merged token tree): guesses where the text is new, copies where it "
                  "repeats; one verification", _merged, kind="trained", takes_shape=True,
-                 max_nodes=lambda d, s: _model_nodes(d, s) + NGRAM_GRAFT),
+                 max_nodes=lambda d, s: _model_nodes(d, s) + NGRAM_GRAFT, reads_target=True),
     # DEL self-speculation (specviz/drafters/early_exit.py; exit adapters in assets/drafters/, SmolLM2-135M only)
     DrafterEntry("del", "DEL self-speculation", "the target's own first L layers + a trained exit adapter; the exit "
                  "layer and the draft length chosen per context from the target's states (DEL), chains", _del,
-                 kind="trained"),
+                 kind="trained", reads_target=True),
     # drafter choice (specviz/choice/; the policy in assets/policy/, trained by collect + train-policy)
     DrafterEntry("auto", "learned choice", "a policy trained on logged outcomes picks the drafter or plain "
                  "decoding per prompt from the target's prefill (REINFORCE)", _auto(False), kind="auto",
-                 max_nodes=_auto_nodes),
+                 max_nodes=_auto_nodes, reads_target=True),
     DrafterEntry("auto-online", "learned choice, re-deciding", "auto that also re-decides every few steps from the "
                  "acceptance just observed (Thompson sampling), switching drafters mid-answer", _auto(True),
-                 kind="auto",
-                 max_nodes=_auto_nodes),
+                 kind="auto", max_nodes=_auto_nodes, reads_target=True),
 )
 
 

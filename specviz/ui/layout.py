@@ -292,8 +292,9 @@ def build_demo() -> gr.Blocks:
                 group: gr.Group(visible=rule == name) for rule, group in groups.items()}
 
         def show_drafter(target_name, drafter_name):
-            return {drafter_note: menus.drafter_note(target_name, drafter_name),
-                    drafter: gr.Dropdown(choices=menus.drafters(target_name))}
+            kept = menus.drafter_for(target_name, drafter_name)
+            menu = gr.Dropdown(choices=menus.drafters(target_name), **({"value": kept} if kept != drafter_name else {}))
+            return {drafter_note: menus.drafter_note(target_name, kept), drafter: menu}
 
         for menu in (target, drafter):
             menu.change(show_drafter, [target, drafter], [drafter_note, drafter], queue=False, api_visibility="private")

@@ -6,7 +6,7 @@ import os
 
 from .. import models
 from . import measured
-from ..drafters.registry import DRAFTERS
+from ..drafters.registry import DRAFTERS, drafter_entry
 from ..drafters.strategies import STRATEGIES
 from ..rules import VERIFY_RULES
 from ..stop_rules import STOP_RULES
@@ -42,16 +42,40 @@ def measured_tag(target: str | None, drafter: str) -> str:
 
 def drafters(target: str | None = None) -> list[tuple[str, str]]:
     """The registered drafters, then every model preset (any of them drafts, in every shape); each with its
-    measured speed against plain decoding of `target` on this machine, where measured."""
+    measured speed against plain decoding of `target` on this machine, where measured. For a vision-language
+    target only those that read the text (`text_only`)."""
     registered = [(f"{e.name} · {e.label} ({KIND.get(e.kind, e.kind)}){measured_tag(target, e.name)}", e.name)
-                  for e in DRAFTERS.entries()]
+                  for e in DRAFTERS.entries() if not (is_vlm(target) and e.reads_target)]
     return registered + [(f"{n} · model drafter · {preset_status(n)}{measured_tag(target, n)}", n) for n in presets()]
+
+
+TEXT_ONLY = "pld"  # what a vision-language target drafts with when the menu held a drafter it cannot take
+VLM_NOTE = ("*A vision-language target's hidden states hold image positions a drafter never sees: the drafters "
+            "that read them (the EAGLE heads, DEL, auto) are not offered for it.*")
+
+
+def is_vlm(target) -> bool:
+    return isinstance(target, str) and target == models.vlm_target()
+
+
+def drafter_for(target: str, drafter: str) -> str:
+    """The drafter the menu keeps when the target changes: prompt lookup in place of one that reads the
+    target's hidden states, for a vision-language target."""
+    if is_vlm(target) and isinstance(drafter, str) and drafter_entry(drafter).reads_target:
+        return TEXT_ONLY
+    return drafter
 
 
 def drafter_note(target: str, drafter: str) -> str:
     """Under the drafter menu: what this drafter measured on this machine, and a warning if it was slower."""
     if not isinstance(target, str) or not isinstance(drafter, str):
         return ""
+    if is_vlm(target):
+        return _measured_note(target, drafter) + "\n\n" + VLM_NOTE
+    return _measured_note(target, drafter)
+
+
+def _measured_note(target: str, drafter: str) -> str:
     plain = measured.speed(target, measured.PLAIN)
     if drafter == measured.PLAIN:
         return (f"Plain decoding of {target}: {plain.tokens_per_s:.1f} tok/s here (median of {plain.runs} runs)."
