@@ -315,6 +315,12 @@ def test_the_choice_view_shows_the_choice_switches_and_arms(tiny_target, tiny_dr
     text = choice_markdown(trace.loads(trace.dumps(run.events)))  # a replay renders the same
     assert text == choice_markdown(run.events)
     assert "Chosen: **pld:chain:3**" in text and "→" in text and "Steps drafted by" in text
+    assert "not measured" in text  # no AR run of the prompt and no recorded forward times: it says so
+    plain = Engine(tiny_target, str).run(PROMPTS[0], Settings(max_new_tokens=40)).metrics
+    from specviz.views.steps import decode_metrics
+
+    want = decode_metrics(run.events).tokens_per_s / plain.tokens_per_s
+    assert f"**{want:.2f}×** plain decoding, measured" in choice_markdown(run.events, reference=plain)
     fig = choice_figure(run.events)
     assert len(fig.data) == 3 and list(fig.data[0].x) == list(c.first["probs"])
     assert choices(Engine(tiny_target, str).run(PROMPTS[0], Settings(max_new_tokens=4)).events) is None

@@ -174,7 +174,7 @@ def started(session: Session, note: str = "") -> dict:
 
 def _with_choices(panel: str, events) -> str:
     """The drafter panel, with an `auto` run's choices first (views/choice_view.py)."""
-    choice = choice_markdown(events, measured.curve_of(events))
+    choice = choice_markdown(events, measured.curve_of(events), ar_reference(events))
     return f"{choice}\n\n{panel}" if choice else panel
 
 

@@ -3,7 +3,8 @@
     choices(events)              -> Choices | None   (None: not an auto run)
     choice_markdown(events, curve) the panel: the arm chosen and why, each arm's probability and
                                    expected speedup (text bars), which arm drafted how many steps,
-                                   every switch, and the realized speedup against the expectation
+                                   every switch, and the run's speedup (measured against an AR run of
+                                   the prompt where there is one) against the expectation
     choice_figure(events)        plotly: probabilities and expected speedups per arm (bars), and a
                                    band of the drafting arm along the steps
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..events import Event, RunStarted, StepStarted
-from ..metrics import CostCurve, expected_speedup
+from ..metrics import CostCurve, Metrics, expected_speedup
+from .metrics_view import speedup
 from .steps import decode_metrics
 
 BAR = 20  # characters of a full text bar
@@ -50,7 +52,7 @@ def _esc(s: str) -> str:
     return str(s).replace("|", "\\|")
 
 
-def choice_markdown(events: list[Event], curve: CostCurve | None = None) -> str:
+def choice_markdown(events: list[Event], curve: CostCurve | None = None, reference: Metrics | None = None) -> str:
     c = choices(events)
     if c is None:
         return ""
@@ -77,16 +79,27 @@ def choice_markdown(events: list[Event], curve: CostCurve | None = None) -> str:
                    + " (step 0 reads the prompt)")
     for step, sw in c.switches:
         out.append(f"- step {step}: {_esc(sw.get('from', '?'))} → **{_esc(sw['arm'])}**: {_esc(sw.get('reason', ''))}")
-    decode = decode_metrics(events)
-    realized = expected_speedup(decode, curve) if decode is not None and curve is not None else None
     if c.first is not None and c.first.get("expected_speedup"):
         want = c.first["expected_speedup"].get(c.first["arm"])
-        got = f"{realized:.2f}×" if realized is not None else "not known (this machine's cost curve does not cover it)"
-        out.append(f"Realized (expected from τ and this machine's cost curve): {got}; "
-                   f"the chosen arm's logged mean: {want:.2f}×" if want is not None else f"Realized: {got}")
+        out.append(f"This run: {_realized(events, curve, reference)}"
+                   + (f"; the policy expected {want:.2f}× for the chosen arm" if want is not None else ""))
     if c.policy.get("skipped"):
         out.append("*" + "; ".join(_esc(s) for s in c.policy["skipped"]) + "*")
     return "\n\n".join(out)
+
+
+def _realized(events: list[Event], curve: CostCurve | None, reference: Metrics | None) -> str:
+    """The run's speed against plain decoding: measured where an autoregressive run of the same prompt is
+    known (`reference`), else estimated from τ and the forward times recorded here, and said to be one."""
+    decode = decode_metrics(events)
+    measured = speedup(decode, reference)
+    if measured is not None:
+        return f"**{measured:.2f}×** plain decoding, measured against an autoregressive run of this prompt"
+    estimate = expected_speedup(decode, curve) if decode is not None and curve is not None else None
+    if estimate is None:
+        return "not measured (tick *measure against AR* to measure it)"
+    return (f"about {estimate:.2f}× plain decoding, estimated from its τ and the forward times this page has "
+            "recorded (tick *measure against AR* to measure it)")
 
 
 def choice_figure(events: list[Event]):
