@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .drafters import Drafter, TargetView
+from .drafters import Drafter, TargetView, hint
 from .events import Drafted, Emitted, Event, Node, Prefilled, RunFinished, RunStarted, StepFinished, StepStarted, Token, Verified
 from .limits import ENGINE
 from .lm import CachedLM
@@ -128,11 +128,9 @@ class Engine:
         # objects they would keep a finished run's KV cache alive until the garbage collector's next full
         # pass (a page serving thirty visitors piled up 600 MB of them)
         target = weakref.ref(self.target)
-        if price := getattr(drafter, "price", None):  # a tree sized by what verification costs on this machine
-            price(lambda: verify_cost.seconds_by_positions(target()))
+        hint(drafter, "price", lambda: verify_cost.seconds_by_positions(target()))  # trees sized by it
         self.waits = Waits()
-        if own := getattr(drafter, "own_clock", None):  # a drafter that times its steps reads this run's own time
-            own(self.waits.clock)
+        hint(drafter, "own_clock", self.waits.clock)  # a drafter that times its steps reads this run's own time
 
     def _out(self, event):
         """Yield `event`, counting the time until the stream is resumed as waiting (Waits.clock)."""

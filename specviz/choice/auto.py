@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..drafters import Drafter, FreeDrafter, TargetView
+from ..drafters import Drafter, FreeDrafter, TargetView, hint
 from ..sampling import Warp
 from ..stop_rules import StopRule
 from ..tree import DraftTree, depths
@@ -105,18 +105,16 @@ class AutoDrafter:
         return tuple(sorted({layer for i in followers for layer in self.arms[i].reads_target}))
 
     def _can_follow(self, i: int) -> bool:
-        return getattr(self.arms[i].drafter, "follow", None) is not None
+        return hasattr(self.arms[i].drafter, "follow")
 
     def price(self, costs) -> None:
         self.costs, self._seconds = costs, None  # the online switch's rewards read it too
         for arm in self.arms:
-            if price := getattr(arm.drafter, "price", None):
-                price(costs)
+            hint(arm.drafter, "price", costs)
 
     def own_clock(self, clock) -> None:
         for arm in self.arms:
-            if own := getattr(arm.drafter, "own_clock", None):
-                own(clock)
+            hint(arm.drafter, "own_clock", clock)
 
     def reset(self) -> None:
         for arm in self.arms:

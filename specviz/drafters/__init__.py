@@ -57,6 +57,13 @@ class Drafter(Protocol):
         ...
 
 
+def hint(drafter, name: str, *args):
+    """`drafter.name(*args)` where the drafter takes that hint (an optional method such as `price`,
+    `own_clock`, `besides`, `follow`), else None."""
+    method = getattr(drafter, name, None)
+    return method(*args) if method is not None else None
+
+
 class BuilderHints:
     """For drafters that build their trees with `self.builder`: passes hints on to a builder that takes
     them (drafters/priced.py), and ignores them otherwise."""
@@ -65,19 +72,16 @@ class BuilderHints:
 
     def price(self, costs) -> None:
         """costs() -> seconds of a target forward by new positions on this machine (from the engine)."""
-        if price := getattr(self.builder, "price", None):
-            price(costs)
+        hint(self.builder, "price", costs)
 
     def besides(self, nodes: int, value: float) -> None:
         """The next tree will be verified together with `nodes` other nodes expected to add `value`
         accepted tokens (a merged drafter's graft)."""
-        if besides := getattr(self.builder, "besides", None):
-            besides(nodes, value)
+        hint(self.builder, "besides", nodes, value)
 
     def own_clock(self, clock) -> None:
         """clock() -> seconds of this run's own time (from the engine; it stops while the run waits)."""
-        if own := getattr(self.builder, "own_clock", None):
-            own(clock)
+        hint(self.builder, "own_clock", clock)
 
     def keeps_besides(self) -> bool:
         """Whether the last tree was built to be verified with those other nodes (False: they would

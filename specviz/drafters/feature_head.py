@@ -497,15 +497,14 @@ class FeatureDrafter(BuilderHints):
             if stop is not None:
                 tree.stop = StopNote(stop.name, 0, "no target features yet", stop.state()).as_dict()
             return tree
-        self._catch_up()
         self.lm.drop_tree()
         return self.builder(self.lm, ids, warp, gen, stop)
 
     def learn(self, tree: DraftTree, verdict: Verdict, target: TargetView | None = None) -> None:
-        self._catch_up()
         self.lm.drop_tree()
-        if target is not None and all(layer in target.hidden for layer in self.reads_target):
-            self.lm.set_features(target.start, torch.cat([target.hidden[layer] for layer in self.reads_target], -1))
+        if target is not None:
+            self.follow(target)
+        self._catch_up()
 
     def follow(self, target: TargetView) -> bool:
         """The text moved on under another drafter's draft (`auto` switched away): keep the target's states

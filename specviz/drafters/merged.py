@@ -22,7 +22,7 @@ from ..sampling import Warp
 from ..stop_rules import MERGED_ALONE, StopNote, StopRule
 from ..tree import DraftTree, depths
 from ..verify import Verdict
-from . import Drafter, TargetView
+from . import Drafter, TargetView, hint
 
 
 BOTH = "both"
@@ -82,8 +82,8 @@ class MergedDrafter:
                                  f"(at least {self.alone_above:g}), so it drafted alone and the {self.names[0]} "
                                  "was not asked").as_dict()
         else:
-            if besides := getattr(self.first, "besides", None):  # a priced tree counts the graft's cost
-                besides(len(other), getattr(self.second, "last_expected", 0.0))
+            # a priced tree counts the graft's cost
+            hint(self.first, "besides", len(other), getattr(self.second, "last_expected", 0.0))
             tree = self.first.propose(ids, warp, gen, stop)  # the stop rule bounds the drafter that has one
             if not getattr(self.first, "keeps_besides", lambda: True)():
                 other = DraftTree(draw=other.draw)  # the priced tree found the graft costs more than it adds
@@ -100,16 +100,15 @@ class MergedDrafter:
     def follow(self, target: TargetView) -> bool:
         """Another drafter drafted this step (`auto`): the first drafter keeps the target's states, if it can;
         the n-gram counts read the text when they next draft."""
-        follow = getattr(self.first, "follow", None)
-        return bool(follow(target)) if follow is not None else not self.first.reads_target
+        if hasattr(self.first, "follow"):
+            return bool(self.first.follow(target))
+        return not self.first.reads_target
 
     def price(self, costs) -> None:
-        if price := getattr(self.first, "price", None):
-            price(costs)
+        hint(self.first, "price", costs)
 
     def own_clock(self, clock) -> None:
-        if own := getattr(self.first, "own_clock", None):
-            own(clock)
+        hint(self.first, "own_clock", clock)
 
     def reset(self) -> None:
         self.first.reset()

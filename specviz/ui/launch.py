@@ -66,10 +66,9 @@ def warm_up(target: str = RunConfig().target) -> threading.Thread | None:
 
 def _warm(target: str) -> None:
     from .. import verify_cost
-    from ..api import build, load_model
+    from ..api import build
 
-    load_model(target)
-    engine = build(app_default(target)).engine
+    engine = build(app_default(target)).engine  # loads the target and the drafter's weights
     if hasattr(engine.drafter, "price"):
         verify_cost.seconds_by_positions(engine.target)
 

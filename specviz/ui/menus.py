@@ -43,7 +43,7 @@ def measured_tag(target: str | None, drafter: str) -> str:
 def drafters(target: str | None = None) -> list[tuple[str, str]]:
     """The registered drafters, then every model preset (any of them drafts, in every shape); each with its
     measured speed against plain decoding of `target` on this machine, where measured. For a vision-language
-    target only those that read the text (`text_only`)."""
+    target only those that read the text (`is_vlm`)."""
     registered = [(f"{e.name} · {e.label} ({KIND.get(e.kind, e.kind)}){measured_tag(target, e.name)}", e.name)
                   for e in DRAFTERS.entries() if not (is_vlm(target) and e.reads_target)]
     return registered + [(f"{n} · model drafter · {preset_status(n)}{measured_tag(target, n)}", n) for n in presets()]
